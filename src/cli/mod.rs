@@ -1,0 +1,91 @@
+//! The `kybctl` command line: one binary whose subcommands are the service, the migrator and the demo.
+
+mod demo;
+mod migrate;
+mod serve;
+
+pub use serve::start as start_service;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{self, LogFormat};
+
+/// Exit codes, the same for every command.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The command's check failed.
+    pub const CHECK_FAILED: u8 = 1;
+    /// Bad usage or environment: a flag, a file, an unreachable dependency.
+    pub const USAGE: u8 = 2;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kybctl",
+    version,
+    about = "Run and operate the KYB platform: API service, migrations, demo",
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "KYB_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the KYB API service.
+    Serve(serve::ServeArgs),
+    /// Apply the embedded schema migrations.
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
+    /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
+    Demo(demo::DemoArgs),
+}
+
+/// Parses arguments, runs the command and returns its exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Migrate(cmd) => migrate::run(cmd).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

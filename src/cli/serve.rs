@@ -1,0 +1,72 @@
+//! `kybctl serve`.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::app::AppState;
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+pub async fn run(args: ServeArgs) -> u8 {
+    let config = match Config::load(&args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            return exit::USAGE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let running = match start(config, listener, shutdown.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    super::shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    shutdown.cancel();
+    let _ = running.await;
+    exit::OK
+}
+
+/// Builds the state, starts background tasks and serves on `listener` until `shutdown`; the returned
+/// handle finishes once in-flight requests have drained. Used by `serve`, `demo` and the tests.
+pub fn start(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, crate::config::ConfigError> {
+    let state = AppState::build(config)?;
+    state.spawn_background(shutdown.clone());
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?addr,
+        shards = state.db.shards().len(),
+        replicas = state.db.shards().iter().map(|s| s.replicas.len()).sum::<usize>(),
+        redis = state.cache.redis().is_some(),
+        registry = state.registry.is_some(),
+        "KYB API service listening"
+    );
+    let app = crate::api::router(state.clone());
+    let server_cfg = state.config.server.clone();
+    Ok(tokio::spawn(async move {
+        crate::server::serve(listener, app, &server_cfg, shutdown).await;
+        drop(Arc::clone(&state));
+    }))
+}

@@ -1,0 +1,17 @@
+//! kybctl: the KYB platform's API service, operator and command line, in one crate.
+
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod classification;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod local;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod risk;
+pub mod server;
+pub mod telemetry;
