@@ -1,0 +1,233 @@
+//! Merchant queries. Every value is a bind parameter; the only SQL built at run time is the fixed set
+//! of filter clauses in [`list`].
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::DbError;
+use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
+use crate::model::{Merchant, MerchantStatus};
+
+const SELECT: &str =
+    "SELECT m.id, m.name, m.description, m.website, m.country, m.declared_mcc, m.status,
+        m.version, m.created_at, m.updated_at, c.industry_id, c.mcc, c.confidence_score,
+        c.classification_method, c.matched_terms, c.alternatives
+   FROM merchants m
+   LEFT JOIN classifications c ON c.business_id = m.id AND c.status = 'active'";
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    website: Option<String>,
+    country: Option<String>,
+    declared_mcc: Option<String>,
+    status: MerchantStatus,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    industry_id: Option<String>,
+    mcc: Option<String>,
+    confidence_score: Option<f64>,
+    classification_method: Option<String>,
+    matched_terms: Option<Vec<String>>,
+    alternatives: Option<sqlx::types::Json<Vec<Alternative>>>,
+}
+
+impl From<Row> for Merchant {
+    fn from(r: Row) -> Self {
+        let classification = r.industry_id.map(|code| Classification {
+            naics_title: classify::naics_title(&code).unwrap_or_default().to_owned(),
+            naics_code: code,
+            mcc_description: r
+                .mcc
+                .as_deref()
+                .and_then(classify::mcc_description)
+                .map(str::to_owned),
+            mcc: r.mcc,
+            confidence: r.confidence_score.unwrap_or(0.0),
+            method: r
+                .classification_method
+                .as_deref()
+                .and_then(Method::parse)
+                .unwrap_or(Method::Keyword),
+            matched_terms: r.matched_terms.unwrap_or_default(),
+            alternatives: r.alternatives.map(|j| j.0).unwrap_or_default(),
+        });
+        Merchant {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            website: r.website,
+            country: r.country,
+            declared_mcc: r.declared_mcc,
+            status: r.status,
+            classification,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+pub async fn get(pool: PgPool, id: Uuid) -> Result<Option<Merchant>, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!("{SELECT} WHERE m.id = $1"));
+    let row: Option<Row> = sqlx::query_as(sql).bind(id).fetch_optional(&pool).await?;
+    Ok(row.map(Into::into))
+}
+
+/// Same as [`get`] inside a transaction, locking the row for an update.
+pub async fn get_for_update(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Merchant>, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!("{SELECT} WHERE m.id = $1 FOR UPDATE OF m"));
+    let row: Option<Row> = sqlx::query_as(sql).bind(id).fetch_optional(tx).await?;
+    Ok(row.map(Into::into))
+}
+
+pub async fn insert(
+    tx: &mut PgConnection,
+    id: Uuid,
+    input: &BusinessInput,
+    status: MerchantStatus,
+    c: &Classification,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO merchants (id, name, description, website, country, declared_mcc, status,
+                                industry_id, mcc, confidence_score)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(&input.name)
+    .bind(&input.description)
+    .bind(&input.website)
+    .bind(&input.country)
+    .bind(&input.declared_mcc)
+    .bind(status)
+    .bind(&c.naics_code)
+    .bind(&c.mcc)
+    .bind(c.confidence)
+    .execute(&mut *tx)
+    .await?;
+    insert_classification(tx, id, c).await
+}
+
+async fn insert_classification(
+    tx: &mut PgConnection,
+    business_id: Uuid,
+    c: &Classification,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO classifications (id, business_id, industry_id, mcc, confidence_score,
+                                      classification_method, matched_terms, alternatives)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(business_id)
+    .bind(&c.naics_code)
+    .bind(&c.mcc)
+    .bind(c.confidence)
+    .bind(c.method.as_str())
+    .bind(&c.matched_terms)
+    .bind(sqlx::types::Json(&c.alternatives))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the merchant's new state; a new classification supersedes the active one.
+pub async fn update(
+    tx: &mut PgConnection,
+    id: Uuid,
+    input: &BusinessInput,
+    status: MerchantStatus,
+    reclassified: Option<&Classification>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE merchants SET name = $2, description = $3, website = $4, country = $5, declared_mcc = $6,
+                status = $7, version = version + 1, updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&input.name)
+    .bind(&input.description)
+    .bind(&input.website)
+    .bind(&input.country)
+    .bind(&input.declared_mcc)
+    .bind(status)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(c) = reclassified {
+        sqlx::query("UPDATE classifications SET status = 'superseded' WHERE business_id = $1 AND status = 'active'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE merchants SET industry_id = $2, mcc = $3, confidence_score = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&c.naics_code)
+        .bind(&c.mcc)
+        .bind(c.confidence)
+        .execute(&mut *tx)
+        .await?;
+        insert_classification(tx, id, c).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    /// NAICS code or prefix ("72" matches every 72xxxx).
+    pub industry: Option<String>,
+    pub status: Option<MerchantStatus>,
+    pub min_confidence: Option<f64>,
+    /// Exclusive lower bound of the keyset.
+    pub after: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// One page in id order (ids are UUIDv7, so creation order). Fetches `limit + 1` rows to know if
+/// there is a next page.
+pub async fn list(pool: PgPool, f: &ListFilter) -> Result<Vec<Merchant>, sqlx::Error> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(SELECT);
+    q.push(" WHERE true");
+    if let Some(industry) = &f.industry {
+        // A range on the "C"-collated column, so the prefix filter uses idx_merchants_industry_id;
+        // ':' sorts right after '9'.
+        q.push(" AND m.industry_id >= ").push_bind(industry.clone());
+        q.push(" AND m.industry_id < ")
+            .push_bind(format!("{industry}:"));
+    }
+    if let Some(status) = f.status {
+        q.push(" AND m.status = ").push_bind(status);
+    }
+    if let Some(min) = f.min_confidence {
+        q.push(" AND m.confidence_score >= ").push_bind(min);
+    }
+    if let Some(after) = f.after {
+        q.push(" AND m.id > ").push_bind(after);
+    }
+    q.push(" ORDER BY m.id LIMIT ")
+        .push_bind(i64::from(f.limit) + 1);
+    let rows: Vec<Row> = q.build_query_as().fetch_all(&pool).await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Merchants per industry with average confidence: the reporting query, run on the analytics pool.
+pub async fn industry_report(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT industry_id, count(*), coalesce(avg(confidence_score), 0)::float8
+           FROM merchants WHERE industry_id IS NOT NULL
+          GROUP BY industry_id ORDER BY count(*) DESC, industry_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,118 @@
+//! PostgreSQL access: pools by role, the shard router, migrations and the service's queries.
+
+pub mod freshness;
+pub mod merchants;
+pub mod migrate;
+pub mod pools;
+pub mod reference;
+pub mod risk;
+pub mod shard;
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+pub use pools::{PoolStats, Role, ShardPools};
+use shard::ShardRouter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database could not be reached (down, refusing, pool exhausted): clients should retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("not found")]
+    NotFound,
+    #[error("precondition failed: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Query(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_connection_error(&e) {
+            DbError::Unavailable(e.to_string())
+        } else if matches!(e, sqlx::Error::RowNotFound) {
+            DbError::NotFound
+        } else {
+            DbError::Query(e)
+        }
+    }
+}
+
+/// Errors that say "the server is not there" rather than "the query is wrong".
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // 57P01 admin_shutdown, 57P03 cannot_connect_now (starting up / shutting down / recovery).
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
+
+/// Every shard's pools plus the router that picks one for a business id.
+pub struct Database {
+    shards: Vec<Arc<ShardPools>>,
+    router: ShardRouter,
+}
+
+impl Database {
+    /// Creates the pools lazily: the service starts (and reports not-ready) while databases are down.
+    pub fn connect_lazy(config: &Config) -> Result<Self, ConfigError> {
+        let db = &config.database;
+        let router = ShardRouter::from_config(&db.sharding)
+            .map_err(|e| ConfigError::Invalid(format!("database.sharding: {e}")))?;
+        let shards = if db.sharding.shards.is_empty() {
+            let url = config.require_database_url()?;
+            vec![ShardPools::connect_lazy(
+                "default",
+                url,
+                &db.replica_urls,
+                db.analytics_url.as_ref(),
+                db,
+            )?]
+        } else {
+            db.sharding
+                .shards
+                .iter()
+                .map(|s| {
+                    let url = s.url.as_ref().ok_or_else(|| {
+                        ConfigError::Invalid(format!("shard {}: url is required", s.id))
+                    })?;
+                    ShardPools::connect_lazy(&s.id, url, &s.replica_urls, None, db)
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Self {
+            shards: shards.into_iter().map(Arc::new).collect(),
+            router,
+        })
+    }
+
+    /// The shard that holds `business_id`.
+    pub fn shard_for(&self, business_id: &str) -> &Arc<ShardPools> {
+        &self.shards[self.router.route(business_id)]
+    }
+
+    pub fn shards(&self) -> &[Arc<ShardPools>] {
+        &self.shards
+    }
+
+    /// Shard 0 also holds shard-independent data: reference tables and the L3 cache table.
+    pub fn catalog(&self) -> &Arc<ShardPools> {
+        &self.shards[0]
+    }
+
+    /// Starts the per-shard health monitors (primary reachability, replica recovery).
+    pub fn spawn_monitors(&self, shutdown: tokio_util::sync::CancellationToken) {
+        for shard in &self.shards {
+            tokio::spawn(shard.clone().monitor(shutdown.clone()));
+        }
+    }
+}

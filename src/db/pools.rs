@@ -1,0 +1,251 @@
+//! One shard's pools by role: the primary (writes), replicas (reads, balanced, with fallback) and analytics.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+
+use super::freshness::{Freshness, WriteMark};
+use super::{is_connection_error, DbError};
+use crate::config::{ConfigError, DatabaseConfig, Secret};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Primary,
+    Replica,
+    Analytics,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Analytics => "analytics",
+        }
+    }
+}
+
+/// How long a replica that failed a read is skipped before it is tried again.
+const REPLICA_PENALTY: Duration = Duration::from_secs(5);
+/// Primary health probe period; also bounds how long /ready lags an outage.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Replica {
+    pub pool: PgPool,
+    /// Milliseconds since `ShardPools::epoch` before which this replica is skipped.
+    skip_until_ms: AtomicU64,
+}
+
+pub struct ShardPools {
+    pub id: String,
+    pub primary: PgPool,
+    pub replicas: Vec<Replica>,
+    pub analytics: PgPool,
+    next_replica: AtomicUsize,
+    primary_up: AtomicBool,
+    epoch: Instant,
+    pub freshness: Freshness,
+    /// Host:port of the primary, for messages (never the credentials).
+    pub primary_target: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+}
+
+fn options(url: &Secret) -> Result<PgConnectOptions, ConfigError> {
+    url.expose().parse::<PgConnectOptions>().map_err(|e| {
+        // The error text of a DSN parse never includes the password, but be explicit about the target.
+        ConfigError::Invalid(format!(
+            "invalid database URL for {}: {e}",
+            url.redacted_target()
+        ))
+    })
+}
+
+fn pool(url: &Secret, cfg: &DatabaseConfig, max: u32) -> Result<PgPool, ConfigError> {
+    let p = &cfg.pool;
+    Ok(PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(p.min_connections.min(max))
+        .max_lifetime(p.max_lifetime)
+        .idle_timeout(p.idle_timeout)
+        .acquire_timeout(p.acquire_timeout)
+        .connect_lazy_with(options(url)?))
+}
+
+impl ShardPools {
+    pub fn connect_lazy(
+        id: &str,
+        url: &Secret,
+        replica_urls: &[Secret],
+        analytics_url: Option<&Secret>,
+        cfg: &DatabaseConfig,
+    ) -> Result<Self, ConfigError> {
+        let max = cfg.pool.max_connections;
+        let primary = pool(url, cfg, max)?;
+        let replicas = replica_urls
+            .iter()
+            .map(|u| {
+                Ok(Replica {
+                    pool: pool(u, cfg, max)?,
+                    skip_until_ms: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        // Reporting gets a small pool of its own so long queries cannot starve the request path.
+        let analytics_max = (max / 4).max(1);
+        let analytics = match analytics_url.or(replica_urls.first()) {
+            Some(u) => pool(u, cfg, analytics_max)?,
+            None => pool(url, cfg, analytics_max)?,
+        };
+        Ok(Self {
+            id: id.to_owned(),
+            primary,
+            replicas,
+            analytics,
+            next_replica: AtomicUsize::new(0),
+            primary_up: AtomicBool::new(true),
+            epoch: Instant::now(),
+            freshness: Freshness::new(&cfg.read_your_writes),
+            primary_target: url.redacted_target(),
+        })
+    }
+
+    pub fn primary_up(&self) -> bool {
+        self.primary_up.load(Ordering::Relaxed)
+    }
+
+    /// Fails fast while the monitor sees the primary down, instead of every request waiting out
+    /// the pool's acquire timeout.
+    pub fn writable(&self) -> Result<&PgPool, DbError> {
+        if self.primary_up() {
+            Ok(&self.primary)
+        } else {
+            Err(DbError::Unavailable(format!(
+                "primary {} of shard {} is unreachable",
+                self.primary_target, self.id
+            )))
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Round-robin over replicas not currently penalised.
+    fn pick_replica(&self) -> Option<&Replica> {
+        let n = self.replicas.len();
+        if n == 0 {
+            return None;
+        }
+        let now = self.now_ms();
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.replicas[(start + i) % n])
+            .find(|r| r.skip_until_ms.load(Ordering::Relaxed) <= now)
+    }
+
+    /// Runs a read on a replica when the read-your-writes rule allows it, falling back to the primary
+    /// when no replica is usable or the chosen one fails at the connection level.
+    pub async fn read<T, F, Fut>(&self, key: Option<&str>, f: F) -> Result<(T, Role), DbError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mark = key.and_then(|k| self.freshness.mark(k));
+        if !matches!(mark, Some(WriteMark::PrimaryOnly)) {
+            if let Some(replica) = self.pick_replica() {
+                match self.replica_read(replica, mark.as_ref(), &f).await {
+                    Ok(Some(v)) => return Ok((v, Role::Replica)),
+                    Ok(None) => {} // replica behind the caller's write: use the primary
+                    Err(e) if is_connection_error(&e) => {
+                        replica.skip_until_ms.store(
+                            self.now_ms() + REPLICA_PENALTY.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
+                        tracing::warn!(shard = %self.id, error = %e, "replica read failed; using the primary");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let v = f(self.primary.clone()).await?;
+        Ok((v, Role::Primary))
+    }
+
+    async fn replica_read<T, F, Fut>(
+        &self,
+        replica: &Replica,
+        mark: Option<&WriteMark>,
+        f: &F,
+    ) -> Result<Option<T>, sqlx::Error>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        if let Some(WriteMark::Lsn(lsn)) = mark {
+            let caught_up: Option<bool> =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
+                    .bind(lsn)
+                    .fetch_one(&replica.pool)
+                    .await?;
+            if caught_up != Some(true) {
+                return Ok(None);
+            }
+        }
+        f(replica.pool.clone()).await.map(Some)
+    }
+
+    /// Records that `key` was just written, so the read-your-writes rule can route its next reads.
+    pub async fn note_write(&self, key: &str) {
+        if self.replicas.is_empty() {
+            return;
+        }
+        self.freshness.note(key, &self.primary).await;
+    }
+
+    pub fn stats(&self) -> Vec<(Role, PoolStats)> {
+        let s = |p: &PgPool| PoolStats {
+            size: p.size(),
+            idle: p.num_idle() as u32,
+        };
+        let mut out = vec![(Role::Primary, s(&self.primary))];
+        out.extend(self.replicas.iter().map(|r| (Role::Replica, s(&r.pool))));
+        out.push((Role::Analytics, s(&self.analytics)));
+        out
+    }
+
+    /// Probes the primary every second; flips `primary_up` and logs each transition once.
+    pub async fn monitor(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(PROBE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let ok = tokio::time::timeout(
+                PROBE_INTERVAL * 2,
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.primary),
+            )
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+            let was = self.primary_up.swap(ok, Ordering::Relaxed);
+            if was != ok {
+                if ok {
+                    tracing::info!(shard = %self.id, target = %self.primary_target, "primary reachable again");
+                } else {
+                    tracing::error!(shard = %self.id, target = %self.primary_target, "primary unreachable; writes answer 503");
+                }
+            }
+        }
+    }
+}

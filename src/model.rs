@@ -1,0 +1,180 @@
+//! The API's resources, shared by the HTTP layer, the queries and the cache (as serialised JSON).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::classify::{BusinessInput, Classification};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum MerchantStatus {
+    Pending,
+    Active,
+    Suspended,
+    Closed,
+}
+
+impl MerchantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Merchant {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub website: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    pub country: Option<String>,
+    pub declared_mcc: Option<String>,
+    pub status: MerchantStatus,
+    /// The active classification.
+    pub classification: Option<Classification>,
+    /// Incremented by every update; send it back in `If-Match` to update safely.
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Merchant {
+    pub fn business_input(&self) -> BusinessInput {
+        BusinessInput {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            website: self.website.clone(),
+            country: self.country.clone(),
+            declared_mcc: self.declared_mcc.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMerchant {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub website: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub declared_mcc: Option<String>,
+    #[serde(default)]
+    pub status: Option<MerchantStatus>,
+}
+
+impl NewMerchant {
+    pub fn business_input(&self) -> BusinessInput {
+        BusinessInput {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            website: self.website.clone(),
+            country: self.country.clone(),
+            declared_mcc: self.declared_mcc.clone(),
+        }
+    }
+}
+
+/// Fields to change; absent fields stay. `null` clears an optional field.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantPatch {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub website: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub country: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub declared_mcc: Option<Option<String>>,
+    pub status: Option<MerchantStatus>,
+}
+
+impl MerchantPatch {
+    /// The merchant as it will be after the patch (business fields only).
+    pub fn apply_to(&self, current: &BusinessInput) -> BusinessInput {
+        BusinessInput {
+            name: self.name.clone().unwrap_or_else(|| current.name.clone()),
+            description: pick(&self.description, &current.description),
+            website: pick(&self.website, &current.website),
+            country: pick(&self.country, &current.country),
+            declared_mcc: pick(&self.declared_mcc, &current.declared_mcc),
+        }
+    }
+}
+
+fn pick(patch: &Option<Option<String>>, current: &Option<String>) -> Option<String> {
+    match patch {
+        Some(v) => v.clone(),
+        None => current.clone(),
+    }
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MerchantPage {
+    pub items: Vec<Merchant>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RiskFactor {
+    /// Stable machine-readable name, e.g. `high_risk_mcc`.
+    pub code: String,
+    /// Points this factor added to the score.
+    pub weight: f64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RiskAssessment {
+    pub id: Uuid,
+    pub business_id: Uuid,
+    pub risk_level: RiskLevel,
+    /// Sum of the factors' weights, 0 to 100.
+    pub risk_score: f64,
+    pub factors: Vec<RiskFactor>,
+    pub assessment_date: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RiskAssessmentList {
+    pub items: Vec<RiskAssessment>,
+}
