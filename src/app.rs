@@ -1,0 +1,82 @@
+//! The service's shared state, built once from the configuration, and its background tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
+use crate::config::{Config, ConfigError};
+use crate::db::Database;
+use crate::metrics::Metrics;
+use crate::registry::RegistryClient;
+
+pub struct AppState {
+    pub config: Config,
+    pub db: Database,
+    pub cache: Arc<MultiLevelCache>,
+    pub registry: Option<RegistryClient>,
+    pub metrics: Arc<Metrics>,
+}
+
+const L3_PURGE_EVERY: Duration = Duration::from_secs(60);
+
+impl AppState {
+    /// Builds pools and clients without connecting: the service starts while its dependencies are down
+    /// and reports not-ready until they come up.
+    pub fn build(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        let db = Database::connect_lazy(&config)?;
+        let c = &config.cache;
+        let l2 = RedisCache::from_config(&config.redis, &c.key_prefix, c.l2_ttl, metrics.clone())?;
+        let l3 = DbCache::new(
+            db.catalog().primary.clone(),
+            &c.key_prefix,
+            c.l3_ttl,
+            metrics.clone(),
+        );
+        let cache = Arc::new(MultiLevelCache::new(c, l2, Some(l3), metrics.clone()));
+        let registry = RegistryClient::from_config(&config.registry, metrics.clone());
+        Ok(Arc::new(Self {
+            config,
+            db,
+            cache,
+            registry,
+            metrics,
+        }))
+    }
+
+    /// Health monitors, cache invalidation listeners (one per shard primary) and L3 expiry.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
+        self.db.spawn_monitors(shutdown.clone());
+        let cache = self.cache.clone();
+        // Connect to Redis now rather than on the first request.
+        tokio::spawn(async move {
+            if let Some(redis) = cache.redis() {
+                redis.ping().await;
+            }
+        });
+        for shard in self.db.shards() {
+            tokio::spawn(
+                self.cache
+                    .clone()
+                    .listen(shard.primary.clone(), shutdown.clone()),
+            );
+        }
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(L3_PURGE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Some(l3) = state.cache.l3() {
+                    if let Err(e) = l3.purge_expired().await {
+                        tracing::debug!(error = %e, "L3 purge failed");
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,271 @@
+//! The multi-level cache: L1 in-process (moka), L2 Redis, L3 the database table. A read fills the
+//! levels above the one that hit; writes invalidate on events, and every instance's L1 hears about
+//! them through PostgreSQL LISTEN/NOTIFY, sent in the writing transaction so it fires only on commit.
+
+pub mod keys;
+pub mod l2;
+pub mod l3;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CacheConfig;
+use crate::metrics::{LevelLabel, Metrics};
+pub use keys::{Event, Invalidation};
+use l2::RedisCache;
+use l3::DbCache;
+
+pub const INVALIDATION_CHANNEL: &str = "kyb_cache_invalidation";
+
+/// Where a response came from; the value of `X-Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    HitL1,
+    HitL2,
+    HitL3,
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::HitL1 => "HIT-L1",
+            Self::HitL2 => "HIT-L2",
+            Self::HitL3 => "HIT-L3",
+            Self::Miss => "MISS",
+        }
+    }
+}
+
+/// Which levels a family of keys uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Levels {
+    /// Per-process only (listings: they change with every write).
+    L1,
+    /// Shared records that are cheap to reload from the database.
+    L1L2,
+    /// Expensive computed results worth keeping in the database too.
+    All,
+}
+
+#[derive(Debug)]
+struct Entry {
+    body: Bytes,
+    origin: CacheStatus,
+}
+
+pub struct MultiLevelCache {
+    l1: moka::future::Cache<String, Arc<Entry>>,
+    l2: Option<RedisCache>,
+    l3: Option<DbCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl MultiLevelCache {
+    pub fn new(
+        cfg: &CacheConfig,
+        l2: Option<RedisCache>,
+        l3: Option<DbCache>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(cfg.l1_max_entries)
+            .time_to_live(cfg.l1_ttl)
+            .support_invalidation_closures()
+            .build();
+        Self {
+            l1,
+            l2,
+            l3,
+            metrics,
+        }
+    }
+
+    pub fn redis(&self) -> Option<&RedisCache> {
+        self.l2.as_ref()
+    }
+
+    pub fn l3(&self) -> Option<&DbCache> {
+        self.l3.as_ref()
+    }
+
+    fn count(&self, level: LevelLabel, hit: bool) {
+        let family = if hit {
+            &self.metrics.cache_hits
+        } else {
+            &self.metrics.cache_misses
+        };
+        family.get_or_create(&level).inc();
+    }
+
+    /// Returns the cached body for `key`, or runs `load` once however many requests miss at the same
+    /// time (moka coalesces them), storing the result in every level of `levels`.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        levels: Levels,
+        load: F,
+    ) -> Result<(Bytes, CacheStatus), Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+        E: Send + Sync + 'static,
+    {
+        let entry = self
+            .l1
+            .entry_by_ref(key)
+            .or_try_insert_with(self.load_below_l1(key, levels, load))
+            .await?;
+        self.count(LevelLabel::l1(), !entry.is_fresh());
+        let status = if entry.is_fresh() {
+            entry.value().origin
+        } else {
+            CacheStatus::HitL1
+        };
+        Ok((entry.value().body.clone(), status))
+    }
+
+    async fn load_below_l1<F, Fut, E>(
+        &self,
+        key: &str,
+        levels: Levels,
+        load: F,
+    ) -> Result<Arc<Entry>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        let l2 = self.l2.as_ref().filter(|_| levels != Levels::L1);
+        let l3 = self.l3.as_ref().filter(|_| levels == Levels::All);
+        if let Some(l2) = l2 {
+            let hit = l2.get(key).await;
+            self.count(LevelLabel::l2(), hit.is_some());
+            if let Some(body) = hit {
+                return Ok(Arc::new(Entry {
+                    body,
+                    origin: CacheStatus::HitL2,
+                }));
+            }
+        }
+        if let Some(l3) = l3 {
+            let hit = l3.get(key).await;
+            self.count(LevelLabel::l3(), hit.is_some());
+            if let Some(body) = hit {
+                if let Some(l2) = l2 {
+                    l2.set(key, &body).await;
+                }
+                return Ok(Arc::new(Entry {
+                    body,
+                    origin: CacheStatus::HitL3,
+                }));
+            }
+        }
+        let body = load().await?;
+        if let Some(l2) = l2 {
+            l2.set(key, &body).await;
+        }
+        if let Some(l3) = l3 {
+            l3.set(key, &body).await;
+        }
+        Ok(Arc::new(Entry {
+            body,
+            origin: CacheStatus::Miss,
+        }))
+    }
+
+    /// Drops what `inv` names from this process's L1.
+    pub async fn invalidate_local(&self, inv: &Invalidation) {
+        for key in &inv.keys {
+            self.l1.invalidate(key).await;
+        }
+        if !inv.patterns.is_empty() {
+            let patterns = inv.patterns.clone();
+            // Only fails when closures are not enabled on the builder, which `new` always does.
+            let _ = self
+                .l1
+                .invalidate_entries_if(move |k, _| patterns.iter().any(|p| keys::glob_match(p, k)));
+        }
+        self.metrics.cache_invalidations.inc();
+    }
+
+    /// Drops exact keys from the shared levels. Called after the writing transaction commits.
+    pub async fn invalidate_shared(&self, inv: &Invalidation) {
+        if inv.keys.is_empty() {
+            return;
+        }
+        if let Some(l2) = &self.l2 {
+            l2.delete(&inv.keys).await;
+        }
+        if let Some(l3) = &self.l3 {
+            l3.delete(&inv.keys).await;
+        }
+    }
+
+    pub fn clear_local(&self) {
+        self.l1.invalidate_all();
+    }
+
+    /// Sends `inv` to every instance (this one included) when `tx` commits.
+    pub async fn publish(tx: &mut PgConnection, inv: &Invalidation) -> Result<(), sqlx::Error> {
+        let payload = serde_json::to_string(inv).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INVALIDATION_CHANNEL)
+            .bind(payload)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies invalidations from one shard's primary to L1 until shutdown. Notifications sent while the
+    /// connection was down are lost, so a reconnect clears L1 entirely.
+    pub async fn listen(self: Arc<Self>, pool: sqlx::PgPool, shutdown: CancellationToken) {
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cache invalidation listener cannot connect yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(INVALIDATION_CHANNEL).await {
+                tracing::warn!(error = %e, "cannot LISTEN for cache invalidations");
+                continue;
+            }
+            backoff = std::time::Duration::from_millis(100);
+            // Anything may have changed while we were not listening.
+            self.clear_local();
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = listener.try_recv() => n,
+                };
+                match next {
+                    Ok(Some(n)) => match serde_json::from_str::<Invalidation>(n.payload()) {
+                        Ok(inv) => self.invalidate_local(&inv).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring malformed cache invalidation")
+                        }
+                    },
+                    Ok(None) => {
+                        tracing::warn!("cache invalidation listener reconnecting; clearing L1");
+                        self.clear_local();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache invalidation listener lost its connection");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The external business registry: an optional HTTP lookup that can confirm a business's industry.
+//! Timeouts, jittered retries and a circuit breaker keep a slow or failing registry from slowing the
+//! classification path; when it is unavailable, classification proceeds on local data alone.
+
+pub mod breaker;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::Deserialize;
+
+use crate::classify::BusinessInput;
+use crate::config::RegistryConfig;
+use crate::metrics::{BreakerLabels, Metrics, OutcomeLabels};
+use breaker::CircuitBreaker;
+
+/// What the registry knows about a business.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RegistryRecord {
+    pub naics_code: Option<String>,
+    pub mcc: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("circuit open")]
+    CircuitOpen,
+    #[error("registry request failed: {0}")]
+    Transport(String),
+    #[error("registry answered {0}")]
+    Status(u16),
+    #[error("registry answer unreadable: {0}")]
+    Body(String),
+}
+
+impl RegistryError {
+    fn retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Status(s) => *s >= 500 || *s == 429,
+            _ => false,
+        }
+    }
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: url::Url,
+    retries: u32,
+    breaker: CircuitBreaker,
+    metrics: Arc<Metrics>,
+}
+
+const NAME: &str = "business_registry";
+
+impl RegistryClient {
+    pub fn from_config(cfg: &RegistryConfig, metrics: Arc<Metrics>) -> Option<Self> {
+        let base = cfg.base_url.clone()?;
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .build()
+            .ok()?;
+        metrics
+            .breaker_state
+            .get_or_create(&BreakerLabels { name: NAME.into() })
+            .set(0);
+        Some(Self {
+            http,
+            base,
+            retries: cfg.retries,
+            breaker: CircuitBreaker::new(&cfg.circuit_breaker),
+            metrics,
+        })
+    }
+
+    fn record(&self, outcome: &str) {
+        self.metrics
+            .outbound_calls
+            .get_or_create(&OutcomeLabels {
+                name: NAME.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.metrics
+            .breaker_state
+            .get_or_create(&BreakerLabels { name: NAME.into() })
+            .set(self.breaker.state(Instant::now()).gauge());
+    }
+
+    /// Looks the business up. `Ok(None)`: the registry does not know it.
+    pub async fn lookup(
+        &self,
+        input: &BusinessInput,
+    ) -> Result<Option<RegistryRecord>, RegistryError> {
+        if self.breaker.try_acquire(Instant::now()).is_err() {
+            self.record("rejected");
+            return Err(RegistryError::CircuitOpen);
+        }
+        let attempt = || self.lookup_once(input);
+        let result = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(50))
+                    .with_max_delay(std::time::Duration::from_millis(500))
+                    .with_max_times(self.retries as usize)
+                    .with_jitter(),
+            )
+            .when(RegistryError::retryable)
+            .await;
+        match &result {
+            Ok(_) => {
+                self.breaker.on_success();
+                self.record("success");
+            }
+            Err(_) => {
+                self.breaker.on_failure(Instant::now());
+                self.record("failure");
+            }
+        }
+        result
+    }
+
+    async fn lookup_once(
+        &self,
+        input: &BusinessInput,
+    ) -> Result<Option<RegistryRecord>, RegistryError> {
+        let mut url = self
+            .base
+            .join("v1/businesses/lookup")
+            .map_err(|e| RegistryError::Transport(e.to_string()))?;
+        url.query_pairs_mut().append_pair("name", &input.name);
+        if let Some(c) = &input.country {
+            url.query_pairs_mut().append_pair("country", c);
+        }
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| RegistryError::Transport(e.to_string()))?;
+        match resp.status().as_u16() {
+            200 => resp
+                .json::<RegistryRecord>()
+                .await
+                .map(Some)
+                .map_err(|e| RegistryError::Body(e.to_string())),
+            404 => Ok(None),
+            s => Err(RegistryError::Status(s)),
+        }
+    }
+}
