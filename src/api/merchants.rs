@@ -1,0 +1,390 @@
+//! Merchants: create (classifies), read (cached, from replicas), update (invalidates), list (keyset).
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use super::{bypass_cache, json_bytes, CachedJson, State};
+use crate::app::AppState;
+use crate::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
+use crate::classification::classify_cached;
+use crate::classify::{self, BusinessInput, Classification};
+use crate::db::merchants::{self as q, ListFilter};
+use crate::model::{Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+/// Trims text fields and upper-cases the country, then validates.
+fn tidy(mut b: BusinessInput) -> Result<BusinessInput, ApiError> {
+    let trim = |o: Option<String>| o.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    b.name = b.name.trim().to_owned();
+    b.description = trim(b.description);
+    b.website = trim(b.website);
+    b.country = trim(b.country).map(|c| c.to_ascii_uppercase());
+    b.declared_mcc = trim(b.declared_mcc);
+    classify::validate(&b).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    Ok(b)
+}
+
+async fn classification_for(
+    state: &AppState,
+    input: &BusinessInput,
+) -> Result<Classification, ApiError> {
+    let (body, _) = classify_cached(state, input).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Internal(format!("cached classification unreadable: {e}")))
+}
+
+fn etag(version: i32) -> HeaderValue {
+    // Digits and quotes only: always a valid header value.
+    HeaderValue::from_str(&format!("\"v{version}\"")).unwrap_or(HeaderValue::from_static("\"v0\""))
+}
+
+fn with_etag(mut resp: Response, version: i32) -> Response {
+    resp.headers_mut().insert(header::ETAG, etag(version));
+    resp
+}
+
+/// Create a merchant; it is classified on the way in.
+#[utoipa::path(
+    post,
+    path = "/v1/merchants",
+    request_body = NewMerchant,
+    responses(
+        (status = 201, description = "Created", body = Merchant),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Primary database unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "merchants"
+)]
+pub async fn create(
+    axum::extract::State(state): State,
+    ApiJson(new): ApiJson<NewMerchant>,
+) -> Result<Response, ApiError> {
+    let status = new.status.unwrap_or(MerchantStatus::Active);
+    let input = tidy(new.business_input())?;
+    let id = Uuid::now_v7();
+    let shard = state.db.shard_for(&id.to_string());
+    let primary = shard.writable()?;
+    let classification = classification_for(&state, &input).await?;
+    let mut tx = primary.begin().await?;
+    q::insert(&mut tx, id, &input, status, &classification).await?;
+    let inv = keys::invalidation_for(&Event::MerchantCreated);
+    MultiLevelCache::publish(&mut tx, &inv).await?;
+    let merchant = q::get_for_update(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("inserted merchant vanished".into()))?;
+    tx.commit().await?;
+    state.cache.invalidate_local(&inv).await;
+    shard.note_write(&keys::merchant(id)).await;
+    let mut resp = (StatusCode::CREATED, axum::Json(&merchant)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/merchants/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(with_etag(resp, merchant.version))
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: i32,
+}
+
+/// Read a merchant (cached; `Cache-Control: no-cache` reads through to the database).
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{id}",
+    params(("id" = Uuid, Path, description = "Merchant id")),
+    responses(
+        (status = 200, description = "The merchant", body = Merchant),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "merchants"
+)]
+pub async fn get(
+    axum::extract::State(state): State,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = keys::merchant(id);
+    let load = || async {
+        let shard = state.db.shard_for(&id.to_string());
+        let (m, _) = shard.read(Some(&key), |pool| q::get(pool, id)).await?;
+        json_bytes(&m.ok_or(ApiError::NotFound("merchant"))?)
+    };
+    let (body, cache) = if bypass_cache(&headers) {
+        (load().await?, CacheStatus::Miss)
+    } else {
+        state.cache.get_or_load(&key, Levels::L1L2, load).await?
+    };
+    let version = serde_json::from_slice::<VersionOnly>(&body)
+        .map(|v| v.version)
+        .unwrap_or(0);
+    let resp = CachedJson {
+        status: StatusCode::OK,
+        body,
+        cache,
+    }
+    .into_response();
+    Ok(with_etag(resp, version))
+}
+
+/// `If-Match: "v3"` (or `3`); `*` or absent matches any version.
+fn expected_version(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("If-Match is not text".into()))?
+        .trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let digits = s
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .trim_start_matches('v');
+    digits
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("If-Match {s:?} is not an ETag this API issued")))
+}
+
+/// Update a merchant; business changes re-classify it and drop its cached entries everywhere.
+#[utoipa::path(
+    patch,
+    path = "/v1/merchants/{id}",
+    params(("id" = Uuid, Path, description = "Merchant id"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body = MerchantPatch,
+    responses(
+        (status = 200, description = "Updated", body = Merchant),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The merchant changed since the ETag was issued", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "merchants"
+)]
+pub async fn update(
+    axum::extract::State(state): State,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(patch): ApiJson<MerchantPatch>,
+) -> Result<Response, ApiError> {
+    let expected = expected_version(&headers)?;
+    let shard = state.db.shard_for(&id.to_string());
+    let primary = shard.writable()?;
+    let current = q::get(primary.clone(), id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    if expected.is_some_and(|v| v != current.version) {
+        return Err(ApiError::PreconditionFailed(format!(
+            "merchant is at version {}, not {}",
+            current.version,
+            expected.unwrap_or_default()
+        )));
+    }
+    let before = current.business_input();
+    let after = tidy(patch.apply_to(&before))?;
+    // Classify before taking the row lock: the registry may be slow.
+    let reclassified = if after != before {
+        Some(classification_for(&state, &after).await?)
+    } else {
+        None
+    };
+    let mut tx = primary.begin().await?;
+    let locked = q::get_for_update(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    if locked.version != current.version {
+        return Err(ApiError::PreconditionFailed(
+            "merchant changed concurrently; read it again and retry".into(),
+        ));
+    }
+    let status = patch.status.unwrap_or(current.status);
+    q::update(&mut tx, id, &after, status, reclassified.as_ref()).await?;
+    let inv = keys::invalidation_for(&Event::MerchantUpdated {
+        id,
+        previous_classification_key: classify::cache_key(&classify::normalise(&before)),
+    });
+    MultiLevelCache::publish(&mut tx, &inv).await?;
+    let merchant = q::get_for_update(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    tx.commit().await?;
+    state.cache.invalidate_shared(&inv).await;
+    state.cache.invalidate_local(&inv).await;
+    shard.note_write(&keys::merchant(id)).await;
+    Ok(with_etag(
+        axum::Json(&merchant).into_response(),
+        merchant.version,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// NAICS code or prefix (2 to 6 digits).
+    industry: Option<String>,
+    status: Option<MerchantStatus>,
+    /// Minimum classification confidence, 0 to 1.
+    min_confidence: Option<f64>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn parse_filter(p: &ListParams) -> Result<ListFilter, ApiError> {
+    if let Some(i) = &p.industry {
+        if !(2..=6).contains(&i.len()) || !i.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::invalid(
+                "industry",
+                "must be a NAICS code or prefix of 2 to 6 digits",
+            ));
+        }
+    }
+    if let Some(c) = p.min_confidence {
+        if !(0.0..=1.0).contains(&c) {
+            return Err(ApiError::invalid(
+                "min_confidence",
+                "must be between 0 and 1",
+            ));
+        }
+    }
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let after = p.cursor.as_deref().map(decode_cursor).transpose()?;
+    Ok(ListFilter {
+        industry: p.industry.clone(),
+        status: p.status,
+        min_confidence: p.min_confidence,
+        after,
+        limit,
+    })
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(c: &str) -> Result<Uuid, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API issued"))
+}
+
+/// Merges per-shard pages (each sorted by id) into one page.
+fn merge_pages(mut rows: Vec<Merchant>, limit: u32) -> MerchantPage {
+    rows.sort_by_key(|m| m.id);
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|m| encode_cursor(m.id))
+    } else {
+        None
+    };
+    MerchantPage {
+        items: rows,
+        next_cursor,
+    }
+}
+
+/// List merchants in creation order (keyset pagination, read from replicas, every shard).
+#[utoipa::path(
+    get,
+    path = "/v1/merchants",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of merchants", body = MerchantPage),
+        (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "merchants"
+)]
+pub async fn list(
+    axum::extract::State(state): State,
+    ApiQuery(params): ApiQuery<ListParams>,
+    headers: HeaderMap,
+) -> Result<CachedJson, ApiError> {
+    let filter = parse_filter(&params)?;
+    let load = || async {
+        let mut rows = Vec::new();
+        for shard in state.db.shards() {
+            let (page, _) = shard
+                .read(None, |pool| {
+                    let f = filter.clone();
+                    async move { q::list(pool, &f).await }
+                })
+                .await?;
+            rows.extend(page);
+        }
+        json_bytes(&merge_pages(rows, filter.limit))
+    };
+    let (body, cache) = if bypass_cache(&headers) {
+        (load().await?, CacheStatus::Miss)
+    } else {
+        let key = keys::merchant_list(&format!("{filter:?}"));
+        state.cache.get_or_load(&key, Levels::L1, load).await?
+    };
+    Ok(CachedJson {
+        status: StatusCode::OK,
+        body,
+        cache,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert!(decode_cursor("not a cursor!").is_err());
+        assert!(decode_cursor("AAAA").is_err());
+    }
+
+    #[test]
+    fn filter_validation() {
+        let p = |industry: Option<&str>, min: Option<f64>, limit: Option<u32>| ListParams {
+            industry: industry.map(Into::into),
+            status: None,
+            min_confidence: min,
+            limit,
+            cursor: None,
+        };
+        assert!(parse_filter(&p(Some("7225"), Some(0.5), Some(10))).is_ok());
+        assert!(parse_filter(&p(Some("7"), None, None)).is_err());
+        assert!(parse_filter(&p(Some("72x5"), None, None)).is_err());
+        assert!(parse_filter(&p(None, Some(1.5), None)).is_err());
+        assert!(parse_filter(&p(None, None, Some(0))).is_err());
+        assert!(parse_filter(&p(None, None, Some(501))).is_err());
+    }
+
+    #[test]
+    fn if_match_forms() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(expected_version(&h("\"v3\"")).unwrap(), Some(3));
+        assert_eq!(expected_version(&h("W/\"v3\"")).unwrap(), Some(3));
+        assert_eq!(expected_version(&h("7")).unwrap(), Some(7));
+        assert_eq!(expected_version(&h("*")).unwrap(), None);
+        assert!(expected_version(&h("\"abc\"")).is_err());
+        assert_eq!(expected_version(&HeaderMap::new()).unwrap(), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! HTTP API: routes under `/v1`, health, readiness, metrics and the OpenAPI document.
+
+pub mod classifications;
+pub mod error;
+pub mod health;
+pub mod merchants;
+pub mod middleware;
+pub mod openapi;
+pub mod reports;
+pub mod risk;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+use crate::app::AppState;
+use crate::cache::CacheStatus;
+use error::ApiError;
+
+pub type State = axum::extract::State<Arc<AppState>>;
+
+pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let server = &state.config.server;
+    let v1 = Router::new()
+        .route("/classifications", post(classifications::create))
+        .route("/merchants", post(merchants::create).get(merchants::list))
+        .route(
+            "/merchants/{id}",
+            get(merchants::get).patch(merchants::update),
+        )
+        .route(
+            "/merchants/{id}/risk-assessments",
+            post(risk::create).get(risk::list),
+        )
+        .route("/reports/industries", get(reports::industries));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            server.write_timeout,
+        ))
+        .layer(CompressionLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
+        .with_state(state)
+}
+
+/// A JSON body that came through the cache, served as stored.
+pub struct CachedJson {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub cache: CacheStatus,
+}
+
+impl IntoResponse for CachedJson {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (
+                    X_CACHE_STATUS.clone(),
+                    HeaderValue::from_static(self.cache.header_value()),
+                ),
+            ],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+/// `Cache-Control: no-cache` or `no-store` on a request skips every cache level for it.
+pub fn bypass_cache(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            matches!(
+                d.trim().to_ascii_lowercase().as_str(),
+                "no-cache" | "no-store"
+            )
+        })
+}
+
+pub fn json_bytes<T: serde::Serialize>(v: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}

@@ -1,0 +1,50 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::OpenApi;
+
+use super::{classifications, error, health, merchants, reports, risk};
+use crate::classify;
+use crate::model;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "KYB API",
+        description = "Business classification, merchants and risk assessments."
+    ),
+    paths(
+        classifications::create,
+        merchants::create,
+        merchants::get,
+        merchants::update,
+        merchants::list,
+        risk::create,
+        risk::list,
+        reports::industries,
+        health::health,
+        health::ready,
+        health::metrics,
+    ),
+    components(schemas(
+        classify::BusinessInput,
+        classify::Classification,
+        classify::Alternative,
+        classify::Method,
+        model::Merchant,
+        model::MerchantStatus,
+        model::NewMerchant,
+        model::MerchantPatch,
+        model::MerchantPage,
+        model::RiskAssessment,
+        model::RiskAssessmentList,
+        model::RiskFactor,
+        model::RiskLevel,
+        reports::IndustryCount,
+        error::Problem,
+    ))
+)]
+pub struct ApiDoc;
+
+pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

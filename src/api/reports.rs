@@ -1,0 +1,58 @@
+//! Reporting endpoints, served from the analytics pool so they never compete with request traffic.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, Problem};
+use super::State;
+use crate::db::merchants::industry_report;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IndustryCount {
+    pub naics_code: String,
+    pub naics_title: String,
+    pub merchants: i64,
+    pub average_confidence: f64,
+}
+
+/// Merchant counts per industry across all shards (top 100).
+#[utoipa::path(
+    get,
+    path = "/v1/reports/industries",
+    responses(
+        (status = 200, description = "Counts per industry", body = Vec<IndustryCount>),
+        (status = 503, description = "Analytics database unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "reports"
+)]
+pub async fn industries(
+    axum::extract::State(state): State,
+) -> Result<axum::Json<Vec<IndustryCount>>, ApiError> {
+    let mut merged: std::collections::BTreeMap<String, (i64, f64)> = Default::default();
+    for shard in state.db.shards() {
+        for (code, n, avg) in industry_report(&shard.analytics, 100).await? {
+            let e = merged.entry(code).or_default();
+            // Weighted mean across shards.
+            e.1 = (e.1 * e.0 as f64 + avg * n as f64) / (e.0 + n) as f64;
+            e.0 += n;
+        }
+    }
+    let mut out: Vec<IndustryCount> = merged
+        .into_iter()
+        .map(|(code, (n, avg))| IndustryCount {
+            naics_title: crate::classify::naics_title(&code)
+                .unwrap_or_default()
+                .to_owned(),
+            naics_code: code,
+            merchants: n,
+            average_confidence: avg,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.merchants
+            .cmp(&a.merchants)
+            .then(a.naics_code.cmp(&b.naics_code))
+    });
+    out.truncate(100);
+    Ok(axum::Json(out))
+}

@@ -1,0 +1,110 @@
+//! Risk assessments of a merchant.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiPath, ApiQuery, Problem};
+use super::{bypass_cache, json_bytes, CachedJson, State};
+use crate::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
+use crate::db::{merchants, risk as q};
+use crate::model::{RiskAssessment, RiskAssessmentList};
+
+const DEFAULT_LIMIT: i64 = 20;
+
+/// Assess a merchant's risk now, from its current data and classification.
+#[utoipa::path(
+    post,
+    path = "/v1/merchants/{id}/risk-assessments",
+    params(("id" = Uuid, Path, description = "Merchant id")),
+    responses(
+        (status = 201, description = "The new assessment", body = RiskAssessment),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "risk"
+)]
+pub async fn create(
+    axum::extract::State(state): State,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let shard = state.db.shard_for(&id.to_string());
+    let primary = shard.writable()?;
+    let merchant = merchants::get(primary.clone(), id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    let a = crate::risk::assess(&merchant);
+    let assessment = RiskAssessment {
+        id: Uuid::now_v7(),
+        business_id: id,
+        risk_level: a.level,
+        risk_score: a.score,
+        factors: a.factors,
+        assessment_date: chrono::Utc::now(),
+    };
+    let inv = keys::invalidation_for(&Event::RiskAssessed { id });
+    let mut tx = primary.begin().await?;
+    q::insert(&mut tx, &assessment).await?;
+    MultiLevelCache::publish(&mut tx, &inv).await?;
+    tx.commit().await?;
+    state.cache.invalidate_shared(&inv).await;
+    state.cache.invalidate_local(&inv).await;
+    shard.note_write(&keys::risk_assessments(id)).await;
+    Ok((StatusCode::CREATED, axum::Json(assessment)).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// At most this many, newest first (1 to 200, default 20).
+    limit: Option<i64>,
+}
+
+/// A merchant's assessments, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{id}/risk-assessments",
+    params(("id" = Uuid, Path, description = "Merchant id"), ListParams),
+    responses(
+        (status = 200, description = "Assessments", body = RiskAssessmentList),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "risk"
+)]
+pub async fn list(
+    axum::extract::State(state): State,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(p): ApiQuery<ListParams>,
+    headers: HeaderMap,
+) -> Result<CachedJson, ApiError> {
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 200"));
+    }
+    let key = keys::risk_assessments(id);
+    let load = || async {
+        let shard = state.db.shard_for(&id.to_string());
+        let (items, _) = shard
+            .read(Some(&key), |pool| q::list(pool, id, limit))
+            .await?;
+        if items.is_empty() {
+            let (m, _) = shard
+                .read(Some(&keys::merchant(id)), |pool| merchants::get(pool, id))
+                .await?;
+            m.ok_or(ApiError::NotFound("merchant"))?;
+        }
+        json_bytes(&RiskAssessmentList { items })
+    };
+    // Only the default page is cached: the invalidation key names it exactly.
+    let (body, cache) = if bypass_cache(&headers) || p.limit.is_some() {
+        (load().await?, CacheStatus::Miss)
+    } else {
+        state.cache.get_or_load(&key, Levels::L1L2, load).await?
+    };
+    Ok(CachedJson {
+        status: StatusCode::OK,
+        body,
+        cache,
+    })
+}

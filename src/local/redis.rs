@@ -1,0 +1,119 @@
+//! A throwaway Redis server.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::process::{free_port, spawn_tied, stop, tail};
+use super::LocalError;
+
+pub struct TempRedis {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn find_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("KYB_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"])
+        .map(|d| PathBuf::from(d).join("redis-server"))
+        .find(|p| p.exists())
+}
+
+impl TempRedis {
+    pub fn installed() -> bool {
+        find_bin().is_some()
+    }
+
+    pub fn start() -> Result<Self, LocalError> {
+        let bin = find_bin().ok_or_else(|| LocalError::Missing {
+            what: "redis-server".into(),
+            hint: "install it (Debian: apt-get install redis-server) or set KYB_REDIS_SERVER"
+                .into(),
+        })?;
+        let mut r = Self {
+            dir: tempfile::Builder::new().prefix("kyb-redis-").tempdir()?,
+            bin,
+            port: free_port()?,
+            child: None,
+        };
+        r.launch()?;
+        Ok(r)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn launch(&mut self) -> Result<(), LocalError> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(self.log_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.child = Some(spawn_tied(cmd, None, libc::SIGTERM)?);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                return Err(LocalError::NotReady {
+                    what: format!("redis-server on port {}", self.port),
+                    secs: READY_TIMEOUT.as_secs(),
+                    log: tail(&self.log_path(), 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c, libc::SIGKILL);
+        }
+    }
+
+    /// Starts again on the same port (empty: it never saves).
+    pub fn restart(&mut self) -> Result<(), LocalError> {
+        self.stop();
+        self.launch()
+    }
+}
+
+impl Drop for TempRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

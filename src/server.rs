@@ -1,0 +1,152 @@
+//! The HTTP server loop: hyper with the plan's timeouts (read 15 s, write 15 s, idle 60 s) and a
+//! graceful shutdown that stops accepting, lets in-flight requests finish, then closes.
+//!
+//! `axum::serve` offers neither header-read nor idle timeouts, hence this small loop over hyper-util.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+
+pin_project_lite::pin_project! {
+    /// A TCP stream that remembers when bytes last moved, for the idle timeout.
+    struct Tracked {
+        #[pin]
+        inner: TcpStream,
+        last_io_ms: Arc<AtomicU64>,
+        epoch: Instant,
+    }
+}
+
+impl Tracked {
+    fn touch(last: &AtomicU64, epoch: Instant) {
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            Self::touch(this.last_io_ms, *this.epoch);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            Self::touch(this.last_io_ms, *this.epoch);
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then drains for at most `shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    cfg: &ServerConfig,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let epoch = Instant::now();
+        let last_io_ms = Arc::new(AtomicU64::new(0));
+        let io = Tracked {
+            inner: stream,
+            last_io_ms: last_io_ms.clone(),
+            epoch,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        let idle = cfg.idle_timeout;
+        tracker.spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let mut check = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = &mut conn => break,
+                    _ = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = check.tick(), if !closing => {
+                        let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last_io_ms.load(Ordering::Relaxed)));
+                        if quiet >= idle {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let open = tracker.len();
+    if open > 0 {
+        tracing::info!(connections = open, "draining in-flight requests");
+    }
+    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?cfg.shutdown_grace, "shutdown grace period over; closing remaining connections");
+    }
+}
