@@ -1,0 +1,477 @@
+//! The API over HTTP against a real PostgreSQL and Redis.
+
+mod common;
+
+use common::{business, config, metric, migrated_db, redis, Service};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn service() -> Service {
+    Service::start(config(&migrated_db().await, Some(&redis().url()))).await
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn classification_is_explained_and_cached() {
+    let s = service().await;
+    let body = business("Sunrise Bakery", "Artisan bread and pastry bakery");
+    let r = s.post_json("/v1/classifications", &body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-cache-status"), "MISS");
+    assert!(header(&r, "x-response-time").ends_with("ms"));
+    assert!(!header(&r, "x-request-id").is_empty());
+    let c: Value = r.json().await.unwrap();
+    assert!(c["naics_code"].as_str().unwrap().starts_with("3118"), "{c}");
+    assert!(!c["naics_title"].as_str().unwrap().is_empty());
+    let conf = c["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&conf));
+    assert_eq!(c["method"], "keyword");
+    assert!(c["matched_terms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t.as_str().unwrap().starts_with("bak")));
+    assert!(c["alternatives"].as_array().unwrap().len() <= 3);
+
+    // Same business, differently spelled: one normalised key, served from L1.
+    let again = business("  sunrise   BAKERY ", "Artisan bread and pastry bakery");
+    let r = s.post_json("/v1/classifications", &again).await;
+    assert_eq!(header(&r, "x-cache-status"), "HIT-L1");
+    let c2: Value = r.json().await.unwrap();
+    assert_eq!(c, c2);
+    let m = s.metrics().await;
+    assert!(
+        metric(&m, "kyb_cache_hits_total{level=\"L1\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "kyb_cache_misses_total{level=\"L3\"}") >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn levels_fill_from_below() {
+    let db = migrated_db().await;
+    let cfg = config(&db, Some(&redis().url()));
+    let a = Service::start(cfg.clone()).await;
+    let body = business("Northwind Trucking", "long haul freight trucking company");
+    assert_eq!(
+        header(
+            &a.post_json("/v1/classifications", &body).await,
+            "x-cache-status"
+        ),
+        "MISS"
+    );
+    // A second instance sharing Redis and the database: L2 answers, then its own L1.
+    let b = Service::start(cfg.clone()).await;
+    assert_eq!(
+        header(
+            &b.post_json("/v1/classifications", &body).await,
+            "x-cache-status"
+        ),
+        "HIT-L2"
+    );
+    assert_eq!(
+        header(
+            &b.post_json("/v1/classifications", &body).await,
+            "x-cache-status"
+        ),
+        "HIT-L1"
+    );
+    // A third instance without Redis reaches the database cache table.
+    let mut no_redis = cfg.clone();
+    no_redis.redis.url = None;
+    let c = Service::start(no_redis).await;
+    assert_eq!(
+        header(
+            &c.post_json("/v1/classifications", &body).await,
+            "x-cache-status"
+        ),
+        "HIT-L3"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_details() {
+    let s = service().await;
+    let url = s.url("/v1/classifications");
+    let send = |body: &'static str, ct: Option<&'static str>| {
+        let mut rb = s.http.post(&url).body(body);
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
+        }
+        rb.send()
+    };
+    let cases: Vec<(&str, Option<&str>, StatusCode, &str)> = vec![
+        (
+            "{\"name\": ",
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            "{\"name\": 42}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            "{\"name\": \"A\", \"colour\": 1}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `colour`",
+        ),
+        (
+            "{\"description\": \"x\"}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `name`",
+        ),
+        (
+            "{\"name\": \"A\"}",
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            "{\"name\": \"A\", \"country\": \"USA\"}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "country",
+        ),
+        (
+            "{\"name\": \"  \"}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            "{\"name\": \"A\", \"declared_mcc\": \"0000\"}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "declared_mcc",
+        ),
+    ];
+    for (body, ct, status, needle) in cases {
+        let r = send(body, ct).await.unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        assert_eq!(
+            header(&r, "content-type"),
+            "application/problem+json",
+            "{body}"
+        );
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["status"], status.as_u16(), "{body}");
+        let text = format!("{} {}", p["detail"], p["field"]);
+        assert!(text.contains(needle), "{body}: {p}");
+    }
+    // Oversize body.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(128 * 1024));
+    let r = s
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Bad ids and unknown routes.
+    let r = s.get("/v1/merchants/not-a-uuid").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(&r, "content-type"), "application/problem+json");
+    assert_eq!(
+        s.get(&format!("/v1/merchants/{}", uuid::Uuid::now_v7()))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(s.get("/v1/nothing").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.get("/v1/merchants?limit=0").await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        s.get("/v1/merchants?cursor=zzz").await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        s.get("/v1/merchants?bogus=1").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    // Still serving, and no 500 was ever produced.
+    assert_eq!(s.get("/health").await.status(), StatusCode::OK);
+    assert_eq!(
+        metric(
+            &s.metrics().await,
+            "kyb_http_requests_total{method=\"POST\",route=\"/v1/classifications\",status=\"500\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn merchant_lifecycle() {
+    let s = service().await;
+    let r = s
+        .post_json(
+            "/v1/merchants",
+            &json!({"name": "Joe's Pizza", "description": "pizza restaurant", "country": "us", "declared_mcc": "5812"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = header(&r, "location");
+    assert_eq!(header(&r, "etag"), "\"v1\"");
+    let m: Value = r.json().await.unwrap();
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/merchants/{id}"));
+    assert_eq!(m["country"], "US");
+    assert_eq!(m["status"], "active");
+    assert!(
+        m["classification"]["naics_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("7225"),
+        "{m}"
+    );
+    assert_eq!(m["classification"]["mcc"], "5812");
+
+    let r = s.get(&location).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-cache-status"), "MISS");
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got, m);
+    assert_eq!(header(&s.get(&location).await, "x-cache-status"), "HIT-L1");
+
+    // Stale If-Match is refused; the right one applies and re-classifies.
+    let patch = json!({"name": "Joe's Dental", "description": "family dentist office", "declared_mcc": null});
+    let r = s
+        .http
+        .patch(s.url(&location))
+        .header("if-match", "\"v7\"")
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let r = s
+        .http
+        .patch(s.url(&location))
+        .header("if-match", "\"v1\"")
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "etag"), "\"v2\"");
+    let updated: Value = r.json().await.unwrap();
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["declared_mcc"], Value::Null);
+    assert!(
+        updated["classification"]["naics_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("6212"),
+        "{updated}"
+    );
+    // The cached copy was dropped: the next read sees the update.
+    let r = s.get(&location).await;
+    assert_eq!(header(&r, "x-cache-status"), "MISS");
+    assert_eq!(r.json::<Value>().await.unwrap()["name"], "Joe's Dental");
+    // Bad patch.
+    let r = s
+        .http
+        .patch(s.url(&location))
+        .json(&json!({"status": "sleeping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let s = service().await;
+    let names = [
+        ("Ana's Bakery", "bread bakery"),
+        ("Bo's Bakery", "cake and bread bakery"),
+        ("Cy's Hotel", "hotel with rooms"),
+        ("Di's Bakery", "pastry bakery"),
+        ("Ed's Law", "law firm attorneys"),
+    ];
+    for (n, d) in names {
+        assert_eq!(
+            s.post_json("/v1/merchants", &business(n, d)).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let page: Value = s.get("/v1/merchants?limit=2").await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let mut seen: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
+    while let Some(c) = cursor {
+        let p: Value = s
+            .get(&format!("/v1/merchants?limit=2&cursor={c}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            p["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["name"].as_str().unwrap().to_owned()),
+        );
+        cursor = p["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(
+        seen,
+        names.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+        "creation order, no gaps"
+    );
+
+    let bakeries: Value = s
+        .get("/v1/merchants?industry=3118")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bakeries["items"].as_array().unwrap().len(), 3, "{bakeries}");
+    let none: Value = s
+        .get("/v1/merchants?industry=3118&status=suspended")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(none["items"].as_array().unwrap().is_empty());
+    let confident: Value = s
+        .get("/v1/merchants?min_confidence=0.99")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(confident["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["classification"]["confidence"].as_f64().unwrap() >= 0.99));
+    // A new merchant invalidates cached listings.
+    let before: Value = s
+        .get("/v1/merchants?industry=3118")
+        .await
+        .json()
+        .await
+        .unwrap();
+    s.post_json("/v1/merchants", &business("Fi's Bakery", "bread bakery"))
+        .await;
+    let after: Value = s
+        .get("/v1/merchants?industry=3118")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["items"].as_array().unwrap().len(),
+        before["items"].as_array().unwrap().len() + 1
+    );
+    let report: Value = s.get("/v1/reports/industries").await.json().await.unwrap();
+    let bakery_total: i64 = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["naics_code"].as_str().unwrap().starts_with("3118"))
+        .map(|r| r["merchants"].as_i64().unwrap())
+        .sum();
+    assert_eq!(bakery_total, 4, "{report}");
+}
+
+#[tokio::test]
+async fn risk_assessments() {
+    let s = service().await;
+    let m: Value = s
+        .post_json("/v1/merchants", &json!({"name": "Lucky Star Casino", "description": "casino gambling and betting", "country": "VN"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = m["id"].as_str().unwrap();
+    let path = format!("/v1/merchants/{id}/risk-assessments");
+    let empty: Value = s.get(&path).await.json().await.unwrap();
+    assert!(empty["items"].as_array().unwrap().is_empty());
+    let r = s.http.post(s.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a: Value = r.json().await.unwrap();
+    assert!(
+        ["high", "critical"].contains(&a["risk_level"].as_str().unwrap()),
+        "{a}"
+    );
+    let codes: Vec<&str> = a["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"monitored_jurisdiction"), "{codes:?}");
+    // The cached empty list was invalidated by the new assessment.
+    let list: Value = s.get(&path).await.json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["id"], a["id"]);
+    let missing = format!("/v1/merchants/{}/risk-assessments", uuid::Uuid::now_v7());
+    assert_eq!(
+        s.http.post(s.url(&missing)).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(s.get(&missing).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let s = service().await;
+    assert_eq!(s.get("/health").await.status(), StatusCode::OK);
+    let r = s.get("/ready").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    let doc: Value = s.get("/openapi.json").await.json().await.unwrap();
+    for p in [
+        "/v1/classifications",
+        "/v1/merchants",
+        "/v1/merchants/{id}",
+        "/v1/merchants/{id}/risk-assessments",
+    ] {
+        assert!(doc["paths"][p].is_object(), "missing {p}");
+    }
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    s.get("/health").await;
+    let m = s.metrics().await;
+    for name in [
+        "kyb_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}",
+        "kyb_http_request_duration_seconds_bucket{",
+        "kyb_db_pool_connections{shard=\"default\",role=\"primary\"",
+        "kyb_cache_degraded ",
+    ] {
+        assert!(m.contains(name), "missing {name} in\n{m}");
+    }
+    // Compression when the client accepts it.
+    let r = s
+        .http
+        .get(s.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "content-encoding"), "gzip");
+}

@@ -1,0 +1,119 @@
+//! Cache coherence across instances and behaviour through a Redis outage.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{business, config, eventually, metric, migrated_db, redis, Service};
+use kybctl::local::TempRedis;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()["x-cache-status"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_update_on_one_instance_reaches_the_others_l1() {
+    let cfg = config(&migrated_db().await, Some(&redis().url()));
+    let a = Service::start(cfg.clone()).await;
+    let b = Service::start(cfg.clone()).await;
+    let m: Value = a
+        .post_json("/v1/merchants", &business("Green Grocer", "grocery store"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/merchants/{}", m["id"].as_str().unwrap());
+    // B caches the merchant in its L1.
+    b.get(&path).await;
+    let r = b.get(&path).await;
+    assert_eq!(cache_status(&r), "HIT-L1");
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 1);
+    // A updates it; B must stop serving the old copy without waiting for the TTL (5 min).
+    let r = a
+        .http
+        .patch(a.url(&path))
+        .json(&json!({"status": "suspended"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = eventually(Duration::from_secs(3), || async {
+        b.get(&path).await.json::<Value>().await.unwrap()["version"] == 2
+    })
+    .await;
+    assert!(seen, "instance B kept serving the stale merchant");
+    let m = b.metrics().await;
+    assert!(metric(&m, "kyb_cache_invalidations_total") >= 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_redis_outage_degrades_but_does_not_fail() {
+    let mut own_redis = TempRedis::start().expect("redis");
+    let cfg = config(&migrated_db().await, Some(&own_redis.url()));
+    let s = Service::start(cfg.clone()).await;
+    let body = business("Harbor Hotel", "hotel and lodging");
+    assert_eq!(
+        s.post_json("/v1/classifications", &body).await.status(),
+        StatusCode::OK
+    );
+    let created: Value = s
+        .post_json(
+            "/v1/merchants",
+            &business("Pine Pharmacy", "pharmacy drug store"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/merchants/{}", created["id"].as_str().unwrap());
+
+    own_redis.stop();
+    // New keys (L1 misses) go through the broken L2 and still answer.
+    for i in 0..20 {
+        let r = s
+            .post_json(
+                "/v1/classifications",
+                &business(&format!("Shop {i}"), "shoe store"),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "request {i} during the outage");
+    }
+    assert_eq!(s.get(&path).await.status(), StatusCode::OK);
+    let r = s
+        .post_json("/v1/merchants", &business("Oak Bakery", "bakery"))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "kyb_cache_degraded "), 1.0, "{m}");
+    assert!(metric(&m, "kyb_cache_errors_total{level=\"L2\"}") >= 1.0);
+    let ready: Value = s.get("/ready").await.json().await.unwrap();
+    assert_eq!(
+        ready["status"], "ready",
+        "Redis does not gate readiness: {ready}"
+    );
+
+    own_redis.restart().expect("redis restarts");
+    let recovered = eventually(Duration::from_secs(10), || async {
+        s.post_json(
+            "/v1/classifications",
+            &business(&format!("Recovery {}", uuid::Uuid::new_v4()), "bakery"),
+        )
+        .await;
+        metric(&s.metrics().await, "kyb_cache_degraded ") == 0.0
+    })
+    .await;
+    assert!(recovered, "the cache did not reconnect to Redis");
+    // And L2 is really used again: a second instance gets an L2 hit.
+    let key_body = business("After Recovery Cafe", "coffee shop");
+    assert_eq!(
+        cache_status(&s.post_json("/v1/classifications", &key_body).await),
+        "MISS"
+    );
+    let other = Service::start(cfg).await;
+    assert_eq!(
+        cache_status(&other.post_json("/v1/classifications", &key_body).await),
+        "HIT-L2"
+    );
+}

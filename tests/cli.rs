@@ -1,0 +1,138 @@
+//! The `kybctl` binary as users run it: `migrate up`, `serve` with flags and environment, logs and exit
+//! codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn kybctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kybctl"))
+}
+
+#[test]
+fn migrate_up_is_idempotent_and_reports() {
+    let pg = common::pg();
+    let name = common::unique("t");
+    pg.create_database(&name).unwrap();
+    for _ in 0..2 {
+        let out = kybctl()
+            .args(["migrate", "up", "--database-url", &pg.url(&name)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version"));
+    }
+}
+
+#[test]
+fn unreachable_database_is_a_clear_usage_error() {
+    let port = kybctl::local::free_port().unwrap();
+    let out = kybctl()
+        .args([
+            "migrate",
+            "up",
+            "--database-url",
+            &format!("postgres://u:hunter2@127.0.0.1:{port}/x"),
+        ])
+        .env("KYB_LOG_FORMAT", "human")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot migrate PostgreSQL at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "credentials leaked: {err}");
+}
+
+#[test]
+fn bad_config_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(&f, "databse: {}\n").unwrap();
+    let out = kybctl()
+        .args(["serve", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("databse"));
+}
+
+#[test]
+fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
+    let pg = common::pg();
+    let name = common::unique("t");
+    pg.create_database(&name).unwrap();
+    // Trust authentication ignores the password, so it can be a marker that must never be printed.
+    let url = pg.url(&name).replace("postgres@", "postgres:pw-marker-93@");
+    assert!(kybctl()
+        .args(["migrate", "up", "--database-url", &url])
+        .status()
+        .unwrap()
+        .success());
+    let port = kybctl::local::free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("redis-url");
+    std::fs::write(&secret_file, format!("{}\n", common::redis().url())).unwrap();
+    let mut child = kybctl()
+        .arg("serve")
+        .env("KYB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KYB_DATABASE_URL", &url)
+        .env("KYB_REDIS_URL_FILE", &secret_file)
+        .env("KYB_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{base}/ready"))
+            .send()
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+        {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "service did not become ready");
+    let r = client
+        .post(format!("{base}/v1/classifications"))
+        .header("x-request-id", "req-abc-123")
+        .json(&serde_json::json!({"name": "Log Test Bakery"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "req-abc-123");
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stderr = child.stderr.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    let all = lines.join("\n");
+    assert!(!all.contains("pw-marker-93"), "password logged");
+    let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("req-abc-123")).collect();
+    assert!(
+        !request_lines.is_empty(),
+        "no log line carries the request id:\n{all}"
+    );
+    for l in &request_lines {
+        serde_json::from_str::<serde_json::Value>(l).expect("JSON log lines");
+    }
+}

@@ -1,0 +1,163 @@
+//! Shared test harness: one real PostgreSQL and one real Redis per test binary (started on free
+//! loopback ports, torn down when the binary exits), a fresh database per test, and the API service
+//! started in-process. A missing PostgreSQL or Redis fails the tests; nothing is skipped.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kybctl::config::{Config, Secret};
+use kybctl::local::{TempPostgres, TempRedis};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub fn pg() -> &'static TempPostgres {
+    static PG: OnceLock<TempPostgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        TempPostgres::start().unwrap_or_else(|e| panic!("the tests need PostgreSQL: {e}"))
+    })
+}
+
+pub fn redis() -> &'static TempRedis {
+    static REDIS: OnceLock<TempRedis> = OnceLock::new();
+    REDIS.get_or_init(|| TempRedis::start().unwrap_or_else(|e| panic!("the tests need Redis: {e}")))
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A new, migrated database on `server`; returns its URL.
+pub async fn migrated_db_on(server: &TempPostgres) -> String {
+    let name = unique("t");
+    server.create_database(&name).expect("create database");
+    let url = server.url(&name);
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect to the test database");
+    kybctl::db::migrate::up(&pool).await.expect("migrate");
+    pool.close().await;
+    url
+}
+
+pub async fn migrated_db() -> String {
+    migrated_db_on(pg()).await
+}
+
+/// Small pools (many services share one test server) and a cache key prefix of its own.
+pub fn config(db_url: &str, redis_url: Option<&str>) -> Config {
+    let mut c = Config::default();
+    c.database.url = Some(Secret::new(db_url));
+    c.database.pool.max_connections = 10;
+    c.database.pool.min_connections = 0;
+    c.database.pool.acquire_timeout = Duration::from_secs(2);
+    c.redis.url = redis_url.map(Secret::new);
+    // Tests run in parallel with builds on two cores: be generous so a slow first connect is not an outage.
+    c.redis.command_timeout = Duration::from_secs(2);
+    c.cache.key_prefix = format!("{}:", unique("kt"));
+    c
+}
+
+pub struct Service {
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Service {
+    pub async fn start(mut config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        config.listen = addr;
+        let shutdown = CancellationToken::new();
+        let handle = kybctl_start(config, listener, shutdown.clone());
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// Signals shutdown and waits for in-flight requests to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn take_handle(&mut self) -> tokio::task::JoinHandle<()> {
+        self.handle.take().unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn kybctl_start(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    kybctl::cli::start_service(config, listener, shutdown).expect("service starts")
+}
+
+/// Value of a metric line (`name{labels} value`) whose text starts with `prefix`; 0 when absent.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn business(name: &str, description: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "description": description, "country": "US", "website": "https://example.com"})
+}

@@ -1,0 +1,331 @@
+//! Pools by role against a real streaming replica, primary outages, and sharding over two databases.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{business, config, eventually, migrated_db_on, Service};
+use kybctl::config::{ReadYourWrites, Secret, ShardConfig};
+use kybctl::db::shard::ShardingStrategy;
+use kybctl::db::{Role, ShardPools};
+use kybctl::local::TempPostgres;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+async fn count(pool: PgPool, name: String) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM merchants WHERE name = $1")
+        .bind(name)
+        .fetch_one(&pool)
+        .await
+}
+
+async fn insert(primary: &PgPool, name: &str) {
+    sqlx::query("INSERT INTO merchants (id, name) VALUES ($1, $2)")
+        .bind(uuid::Uuid::now_v7())
+        .bind(name)
+        .execute(primary)
+        .await
+        .unwrap();
+}
+
+fn shard(primary: &str, replica: &str, ryw: ReadYourWrites) -> ShardPools {
+    let mut cfg = config(primary, None).database;
+    cfg.read_your_writes = ryw;
+    ShardPools::connect_lazy(
+        "s",
+        &Secret::new(primary),
+        &[Secret::new(replica)],
+        None,
+        &cfg,
+    )
+    .unwrap()
+}
+
+/// Reads go to the replica; read-your-writes sends a just-written key to the primary while the replica
+/// has not replayed it; a dead replica falls back to the primary.
+#[tokio::test]
+async fn replica_routing_read_your_writes_and_fallback() {
+    let primary = TempPostgres::start().unwrap();
+    let url = migrated_db_on(&primary).await;
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let mut replica = primary.replica().unwrap();
+    let shard = shard(&url, &replica.url(&db), ReadYourWrites::default());
+    let admin_replica = PgPool::connect(&replica.url(&db)).await.unwrap();
+
+    let (_, role) = shard.read(None, |p| count(p, "x".into())).await.unwrap();
+    assert_eq!(role, Role::Replica);
+
+    // Freeze replay on the replica: it now serves stale data.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&admin_replica)
+        .await
+        .unwrap();
+    insert(&shard.primary, "fresh").await;
+    shard.note_write("merchant:fresh").await;
+    let (n, role) = shard
+        .read(Some("merchant:fresh"), |p| count(p, "fresh".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, role),
+        (1, Role::Primary),
+        "the writer must read its write"
+    );
+    let (n, role) = shard
+        .read(None, |p| count(p, "fresh".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, role),
+        (0, Role::Replica),
+        "other reads may be stale: proves the replica is behind"
+    );
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&admin_replica)
+        .await
+        .unwrap();
+    let caught_up = eventually(Duration::from_secs(10), || async {
+        matches!(
+            shard
+                .read(Some("merchant:fresh"), |p| count(p, "fresh".into()))
+                .await,
+            Ok((1, Role::Replica))
+        )
+    })
+    .await;
+    assert!(
+        caught_up,
+        "once replayed, the replica serves the writer again"
+    );
+    admin_replica.close().await;
+
+    // Replica gone: reads still succeed, from the primary.
+    replica.kill();
+    let (n, role) = shard
+        .read(None, |p| count(p, "fresh".into()))
+        .await
+        .unwrap();
+    assert_eq!((n, role), (1, Role::Primary));
+}
+
+#[tokio::test]
+async fn primary_window_rule() {
+    let primary = TempPostgres::start().unwrap();
+    let url = migrated_db_on(&primary).await;
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let replica = primary.replica().unwrap();
+    let shard = shard(
+        &url,
+        &replica.url(&db),
+        ReadYourWrites::PrimaryWindow {
+            window: Duration::from_millis(500),
+        },
+    );
+    shard.note_write("k").await;
+    let (_, role) = shard
+        .read(Some("k"), |p| count(p, "k".into()))
+        .await
+        .unwrap();
+    assert_eq!(role, Role::Primary);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, role) = shard
+        .read(Some("k"), |p| count(p, "k".into()))
+        .await
+        .unwrap();
+    assert_eq!(role, Role::Replica);
+}
+
+/// The service with a replica: creating then reading a merchant always sees it.
+#[tokio::test]
+async fn service_reads_its_writes_through_the_replica_pool() {
+    let primary = TempPostgres::start().unwrap();
+    let url = migrated_db_on(&primary).await;
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let replica = primary.replica().unwrap();
+    let mut cfg = config(&url, None);
+    cfg.database.replica_urls = vec![Secret::new(replica.url(&db))];
+    let s = Service::start(cfg).await;
+    for i in 0..20 {
+        let m: Value = s
+            .post_json(
+                "/v1/merchants",
+                &business(&format!("Cafe {i}"), "coffee shop"),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let r = s
+            .http
+            .get(s.url(&format!("/v1/merchants/{}", m["id"].as_str().unwrap())))
+            .header("cache-control", "no-cache")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "merchant {i} not visible right after creation"
+        );
+    }
+    let m = s.metrics().await;
+    assert!(m.contains("role=\"replica\""), "{m}");
+}
+
+#[tokio::test]
+async fn primary_outage_answers_503_and_recovers() {
+    let mut pg = TempPostgres::start().unwrap();
+    let url = migrated_db_on(&pg).await;
+    let s = Service::start(config(&url, None)).await;
+    assert_eq!(s.get("/ready").await.status(), StatusCode::OK);
+    pg.stop();
+    let down = eventually(Duration::from_secs(10), || async {
+        s.get("/ready").await.status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(down, "/ready must fail while the primary is down");
+    let r = s
+        .post_json("/v1/merchants", &business("Down Diner", "restaurant"))
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        s.get("/health").await.status(),
+        StatusCode::OK,
+        "liveness stays up"
+    );
+    // Classification needs no database row: still served.
+    assert_eq!(
+        s.post_json("/v1/classifications", &business("Up Diner", "restaurant"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    pg.restart().unwrap();
+    let up = eventually(Duration::from_secs(15), || async {
+        s.get("/ready").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(up, "/ready must recover by itself");
+    let r = s
+        .post_json("/v1/merchants", &business("Back Diner", "restaurant"))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn not_ready_before_migrations() {
+    let pg = common::pg();
+    let name = common::unique("t");
+    pg.create_database(&name).unwrap();
+    let s = Service::start(config(&pg.url(&name), None)).await;
+    let r = s.get("/ready").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.unwrap().contains("migrate up"));
+}
+
+/// Two databases as two hash shards: merchants land where the router says, and every API read finds
+/// them; listing gathers both shards.
+#[tokio::test]
+async fn hash_sharding_over_two_databases() {
+    let pg = common::pg();
+    let a = migrated_db_on(pg).await;
+    let b = migrated_db_on(pg).await;
+    let mut cfg = config(&a, None);
+    cfg.database.url = None;
+    cfg.database.sharding.strategy = ShardingStrategy::Hash;
+    cfg.database.sharding.shards = [("a", &a), ("b", &b)]
+        .into_iter()
+        .map(|(id, url)| ShardConfig {
+            id: id.into(),
+            url: Some(Secret::new(url)),
+            url_file: None,
+            replica_urls: vec![],
+            range_from: None,
+            keys: vec![],
+        })
+        .collect();
+    let router = kybctl::db::shard::ShardRouter::from_config(&cfg.database.sharding).unwrap();
+    let s = Service::start(cfg).await;
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let m: Value = s
+            .post_json(
+                "/v1/merchants",
+                &business(&format!("Shard Shop {i}"), "bakery"),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(m["id"].as_str().unwrap().to_owned());
+    }
+    let pools = [
+        PgPool::connect(&a).await.unwrap(),
+        PgPool::connect(&b).await.unwrap(),
+    ];
+    for id in &ids {
+        let home = router.route(id);
+        let uuid: uuid::Uuid = id.parse().unwrap();
+        for (i, pool) in pools.iter().enumerate() {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM merchants WHERE id = $1")
+                .bind(uuid)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(n, i64::from(i == home), "merchant {id} on shard {i}");
+        }
+        assert_eq!(
+            s.get(&format!("/v1/merchants/{id}")).await.status(),
+            StatusCode::OK
+        );
+        let r = s
+            .http
+            .post(s.url(&format!("/v1/merchants/{id}/risk-assessments")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let homes: std::collections::HashSet<usize> = ids.iter().map(|id| router.route(id)).collect();
+    assert_eq!(homes.len(), 2, "16 ids should use both shards");
+    let page: Value = s.get("/v1/merchants?limit=100").await.json().await.unwrap();
+    let mut listed: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected = ids.clone();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // Paging across shards: pages of 5 cover all 16 in order, once each.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/v1/merchants?limit=5&cursor={c}"),
+            None => "/v1/merchants?limit=5".into(),
+        };
+        let p: Value = s.get(&q).await.json().await.unwrap();
+        seen.extend(
+            p["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned()),
+        );
+        match p["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen, ids,
+        "ids are time-ordered, so pages follow creation order"
+    );
+}

@@ -1,0 +1,100 @@
+//! Server behaviour: graceful shutdown drains in-flight requests; idle and header-read timeouts close
+//! connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{business, config, migrated_db, Service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A registry that answers after a delay makes a request that is reliably in flight.
+async fn slow_registry(delay: Duration) -> String {
+    let app = axum::Router::new().route(
+        "/v1/businesses/lookup",
+        axum::routing::get(move || async move {
+            tokio::time::sleep(delay).await;
+            axum::Json(serde_json::json!({"naics_code": "311811"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let mut cfg = config(&migrated_db().await, None);
+    cfg.registry.base_url = Some(
+        slow_registry(Duration::from_millis(800))
+            .await
+            .parse()
+            .unwrap(),
+    );
+    cfg.registry.timeout = Duration::from_secs(5);
+    let mut s = Service::start(cfg).await;
+    let http = s.http.clone();
+    let url = s.url("/v1/classifications");
+    let in_flight = tokio::spawn(async move {
+        http.post(url)
+            .json(&business("Slow Bakery", "bakery"))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handle = s.take_handle();
+    s.shutdown_token().cancel();
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["method"],
+        "registry"
+    );
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("server stops after draining")
+        .unwrap();
+    // New connections are refused once stopped.
+    assert!(reqwest::get(s.url("/health")).await.is_err());
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let mut cfg = config(&migrated_db().await, None);
+    cfg.server.idle_timeout = Duration::from_millis(400);
+    cfg.server.read_timeout = Duration::from_millis(400);
+    let s = Service::start(cfg).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // Keep-alive connection that goes quiet after one request.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert_eq!(n, 0, "server closes the idle connection");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
+
+    // A client that never finishes its headers.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nhost:").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(r, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains("408"));
+}
