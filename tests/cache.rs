@@ -117,3 +117,43 @@ async fn a_redis_outage_degrades_but_does_not_fail() {
         "HIT-L2"
     );
 }
+
+/// The same cache through the Redis Cluster client (a one-node cluster owning every slot).
+#[tokio::test]
+async fn redis_cluster_backend() {
+    let cluster = TempRedis::start_cluster().expect("redis cluster");
+    let mut cfg = config(&migrated_db().await, None);
+    cfg.redis.cluster_nodes = vec![kybctl::config::Secret::new(cluster.url())];
+    let a = Service::start(cfg.clone()).await;
+    let b = Service::start(cfg).await;
+    let body = business("Cluster Coffee", "coffee shop cafe");
+    assert_eq!(
+        cache_status(&a.post_json("/v1/classifications", &body).await),
+        "MISS"
+    );
+    assert_eq!(
+        cache_status(&b.post_json("/v1/classifications", &body).await),
+        "HIT-L2"
+    );
+    // Exact-key invalidation works across slots: an update drops the merchant from L2 too.
+    let m: Value = a
+        .post_json("/v1/merchants", &business("Cluster Cafe", "cafe"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/merchants/{}", m["id"].as_str().unwrap());
+    a.get(&path).await;
+    assert_eq!(cache_status(&b.get(&path).await), "HIT-L2");
+    a.http
+        .patch(a.url(&path))
+        .json(&json!({"name": "Cluster Cafe 2"}))
+        .send()
+        .await
+        .unwrap();
+    let seen = eventually(Duration::from_secs(3), || async {
+        b.get(&path).await.json::<Value>().await.unwrap()["name"] == "Cluster Cafe 2"
+    })
+    .await;
+    assert!(seen, "stale merchant served after the update");
+}

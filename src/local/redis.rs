@@ -12,6 +12,7 @@ pub struct TempRedis {
     bin: PathBuf,
     port: u16,
     child: Option<Child>,
+    cluster: bool,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -34,6 +35,42 @@ impl TempRedis {
     }
 
     pub fn start() -> Result<Self, LocalError> {
+        Self::start_mode(false)
+    }
+
+    /// A one-node Redis Cluster owning every slot: enough to exercise the cluster client.
+    pub fn start_cluster() -> Result<Self, LocalError> {
+        let r = Self::start_mode(true)?;
+        let failed = |detail: String| LocalError::Failed {
+            what: "redis cluster set-up".into(),
+            detail,
+        };
+        let mut conn = redis::Client::open(r.url())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| failed(e.to_string()))?;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query::<()>(&mut conn)
+            .map_err(|e| failed(e.to_string()))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut conn)
+                .map_err(|e| failed(e.to_string()))?;
+            if info.contains("cluster_state:ok") {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                return Err(failed(info));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_mode(cluster: bool) -> Result<Self, LocalError> {
         let bin = find_bin().ok_or_else(|| LocalError::Missing {
             what: "redis-server".into(),
             hint: "install it (Debian: apt-get install redis-server) or set KYB_REDIS_SERVER"
@@ -44,6 +81,7 @@ impl TempRedis {
             bin,
             port: free_port()?,
             child: None,
+            cluster,
         };
         r.launch()?;
         Ok(r)
@@ -68,10 +106,18 @@ impl TempRedis {
         .arg("--dir")
         .arg(self.dir.path())
         .arg("--logfile")
-        .arg(self.log_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .arg(self.log_path());
+        if self.cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         self.child = Some(spawn_tied(cmd, None, libc::SIGTERM)?);
         let deadline = Instant::now() + READY_TIMEOUT;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
