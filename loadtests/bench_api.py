@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""API service benchmark: the service against references measured in the same run, on the same servers.
+
+Starts a throwaway PostgreSQL primary with a streaming replica and a Redis, migrates, runs
+`kybctl serve` (release build), then measures with wrk (an independent generator):
+
+  reference  trivial route (GET /health) of the same server
+  subject    cached classification   (POST /v1/classifications, same body: L1 hits)
+  subject    merchant read by id     (GET /v1/merchants/{id}, Cache-Control: no-cache -> replica pool)
+  subject    merchant creation       (POST /v1/merchants)
+  reference  pgbench -S (select-only) and pgbench tpcb-like on the same primary
+  reference  redis-benchmark on the same Redis
+
+at 64 and 1,000 connections, alternating subject and reference REPS times, and prints medians
+(min-max) and ratios against the issue's targets.
+
+Usage: python3 loadtests/bench_api.py [--reps 3] [--duration 10] [--json out.json]
+Needs: wrk, pgbench, redis-server, redis-benchmark (Debian: wrk postgresql-contrib redis-server).
+"""
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin():
+    versions = sorted(
+        (int(v), f"/usr/lib/postgresql/{v}/bin") for v in os.listdir("/usr/lib/postgresql") if v.isdigit()
+    )
+    return versions[-1][1]
+
+
+def as_postgres():
+    if os.geteuid() != 0:
+        return {}
+    pw = pwd.getpwnam("postgres")
+
+    def drop():
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+
+    return {"preexec_fn": drop}
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def wait_for(check, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"{what} did not come up")
+
+
+def start_postgres(procs, tmp, bin_dir):
+    settings = ["max_connections=400", "shared_buffers=256MB", "wal_level=replica", "max_wal_senders=5",
+                "listen_addresses=127.0.0.1"]
+    data = os.path.join(tmp, "primary")
+    subprocess.run([f"{bin_dir}/initdb", "-D", data, "--auth=trust", "-U", "postgres", "--no-instructions"],
+                   check=True, stdout=subprocess.DEVNULL, **as_postgres())
+    port = free_port()
+    args = [f"{bin_dir}/postgres", "-D", data, "-k", tmp, "-p", str(port)]
+    for s in settings:
+        args += ["-c", s]
+    procs.start(args, **as_postgres())
+    wait_for(lambda: subprocess.run([f"{bin_dir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0,
+             "postgres")
+    rdata = os.path.join(tmp, "replica")
+    subprocess.run([f"{bin_dir}/pg_basebackup", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-R",
+                    "-X", "stream", "--checkpoint=fast", "-D", rdata], check=True, **as_postgres())
+    rport = free_port()
+    args = [f"{bin_dir}/postgres", "-D", rdata, "-k", tmp, "-p", str(rport)]
+    for s in settings:
+        args += ["-c", s]
+    procs.start(args, **as_postgres())
+    wait_for(lambda: subprocess.run([f"{bin_dir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(rport)]).returncode == 0,
+             "replica")
+    return port, rport
+
+
+def psql(port, sql, db="postgres"):
+    return subprocess.run(["psql", "-qAt", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", db, "-c", sql],
+                          check=True, capture_output=True, text=True).stdout
+
+
+WRK_LUA = {
+    "classify": """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"name":"Sunrise Bakery","description":"artisan bread and pastry bakery","country":"US"}'
+""",
+    "create": """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format('{"name":"Bench Shop %d-%d","description":"bakery bread and cakes","country":"US"}', math.random(1, 1000000000), counter)
+  return wrk.format(nil, "/v1/merchants", nil, body)
+end
+""",
+}
+
+
+def read_lua(ids):
+    lines = ",".join(f'"{i}"' for i in ids)
+    return f"""
+ids = {{{lines}}}
+wrk.headers["Cache-Control"] = "no-cache"
+request = function()
+  return wrk.format("GET", "/v1/merchants/" .. ids[math.random(1, #ids)])
+end
+"""
+
+
+def parse_wrk(out):
+    def dur(s):
+        m = re.match(r"([\d.]+)(us|ms|s)", s)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = dur(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = dur(re.search(r"\s99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+
+
+def wrk(url, conns, duration, script=None):
+    args = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run(args + [url], check=True, capture_output=True, text=True).stdout
+    return parse_wrk(out)
+
+
+def pgbench(port, select_only, duration):
+    args = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "16", "-j", "2", "-T", str(duration), "bench"]
+    if select_only:
+        args.insert(1, "-S")
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return {"rps": float(re.search(r"tps = ([\d.]+)", out).group(1))}
+
+
+def redis_bench(port):
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "get,set", "-c", "50", "-n", "200000", "-q"],
+                         check=True, capture_output=True, text=True).stdout
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+): ([\d.]+) requests per second", out)}
+
+
+def summary(runs, key):
+    vals = [r[key] for r in runs]
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", help="write all raw figures here")
+    a = ap.parse_args()
+    for tool in ["wrk", "pgbench", "redis-server", "redis-benchmark"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (Debian: apt-get install wrk postgresql-contrib redis-server)")
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    kybctl = os.path.join(target, "release", "kybctl")
+
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="kyb-bench-")
+    os.chmod(tmp, 0o777)
+    try:
+        bin_dir = pg_bin()
+        port, rport = start_postgres(procs, tmp, bin_dir)
+        psql(port, "CREATE DATABASE kyb")
+        psql(port, "CREATE DATABASE bench")
+        subprocess.run(["pgbench", "-i", "-q", "-s", "10", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "bench"],
+                       check=True, capture_output=True)
+        redis_port = free_port()
+        procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        wait_for(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1), "redis")
+        db = f"postgres://postgres@127.0.0.1:{port}/kyb"
+        subprocess.run([kybctl, "migrate", "up", "--database-url", db], check=True, capture_output=True)
+        api_port = free_port()
+        env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_DATABASE_URL=db,
+                   KYB_REPLICA_URLS=f"postgres://postgres@127.0.0.1:{rport}/kyb",
+                   KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn")
+        procs.start([kybctl, "serve"], env=env)
+        base = f"http://127.0.0.1:{api_port}"
+        wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
+
+        scripts = {}
+        for name, lua in WRK_LUA.items():
+            path = os.path.join(tmp, f"{name}.lua")
+            with open(path, "w") as f:
+                f.write(lua)
+            scripts[name] = path
+        # Seed merchants for the read test (this is also a warm-up of the creation path).
+        wrk(base, 64, 5, scripts["create"])
+        ids = psql(port, "SELECT id FROM merchants ORDER BY random() LIMIT 2000", db="kyb").split()
+        scripts["read"] = os.path.join(tmp, "read.lua")
+        with open(scripts["read"], "w") as f:
+            f.write(read_lua(ids))
+
+        subjects = {
+            "trivial (GET /health)": (f"{base}/health", None),
+            "cached classification": (base + "/v1/classifications", scripts["classify"]),
+            "merchant read by id, no cache (replica)": (base, scripts["read"]),
+            "merchant creation": (base, scripts["create"]),
+        }
+        results = {f"{name} @{c}": [] for name in subjects for c in (64, 1000)}
+        refs = {"pgbench -S": [], "pgbench tpcb-like": []}
+        for rep in range(a.reps):
+            for conns in (64, 1000):
+                for name, (url, script) in subjects.items():
+                    wrk(url, conns, a.warmup, script)
+                    r = wrk(url, conns, a.duration, script)
+                    results[f"{name} @{conns}"].append(r)
+                    print(f"rep {rep + 1} {name} @{conns}: {r['rps']:.0f} rps p50 {r['p50_ms']:.2f} ms "
+                          f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non2xx']}", file=sys.stderr)
+            refs["pgbench -S"].append(pgbench(port, True, a.duration))
+            refs["pgbench tpcb-like"].append(pgbench(port, False, a.duration))
+            print(f"rep {rep + 1} pgbench -S {refs['pgbench -S'][-1]['rps']:.0f} tps, tpcb-like "
+                  f"{refs['pgbench tpcb-like'][-1]['rps']:.0f} tps", file=sys.stderr)
+        rb = redis_bench(redis_port)
+
+        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, server and generator share the cores (unpinned)")
+        print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max)\n")
+        print(f"{'measurement':48} {'rps':>18} {'p50 ms':>8} {'p99 ms':>9} {'non-2xx':>8}")
+        for name, runs in results.items():
+            m, lo, hi = summary(runs, "rps")
+            print(f"{name:48} {m:8.0f} ({lo:.0f}-{hi:.0f}) {summary(runs, 'p50_ms')[0]:8.2f} "
+                  f"{summary(runs, 'p99_ms')[0]:9.2f} {sum(r['non2xx'] + r['socket_errors'] for r in runs):8d}")
+        for name, runs in refs.items():
+            m, lo, hi = summary(runs, "rps")
+            print(f"{name:48} {m:8.0f} ({lo:.0f}-{hi:.0f}) tps")
+        print(f"{'redis-benchmark -c 50 (GET / SET)':48} {rb.get('GET', 0):.0f} / {rb.get('SET', 0):.0f} ops/s")
+
+        med = lambda k, f="rps": summary(results[k], f)[0]
+        checks = []
+        for c in (64, 1000):
+            ratio = med(f"cached classification @{c}") / med(f"trivial (GET /health) @{c}")
+            checks.append((f"cached classification rps / trivial rps @{c}", ratio, ">= 0.6", ratio >= 0.6))
+        p99r = med("cached classification @1000", "p99_ms") / med("trivial (GET /health) @1000", "p99_ms")
+        checks.append(("cached classification p99 / trivial p99 @1000", p99r, "<= 2.0", p99r <= 2.0))
+        sel = summary(refs["pgbench -S"], "rps")[0]
+        tpcb = summary(refs["pgbench tpcb-like"], "rps")[0]
+        for c in (64, 1000):
+            r = med(f"merchant read by id, no cache (replica) @{c}") / sel
+            checks.append((f"merchant read rps / pgbench -S tps @{c}", r, ">= 0.5", r >= 0.5))
+            r = med(f"merchant creation @{c}") / tpcb
+            checks.append((f"merchant creation rps / tpcb-like tps @{c}", r, ">= 0.5", r >= 0.5))
+        bad = sum(r["non2xx"] + r["socket_errors"] for runs in results.values() for r in runs)
+        checks.append(("non-2xx responses and socket errors", bad, "== 0", bad == 0))
+        print(f"\n{'target':52} {'measured':>9} {'wanted':>8}  result")
+        for name, v, want, ok in checks:
+            print(f"{name:52} {v:9.2f} {want:>8}  {'met' if ok else 'MISSED'}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"results": results, "references": refs, "redis": rb,
+                           "checks": [{"name": n, "value": v, "wanted": w, "met": ok} for n, v, w, ok in checks]}, f, indent=2)
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
