@@ -475,3 +475,28 @@ async fn operations_endpoints() {
         .unwrap();
     assert_eq!(header(&r, "content-encoding"), "gzip");
 }
+
+/// Concurrent misses on one key compute once: only one request goes below L1.
+#[tokio::test]
+async fn concurrent_misses_compute_once() {
+    let s = service().await;
+    let before = s.metrics().await;
+    let body = business("Stampede Steakhouse", "steak restaurant and grill");
+    let requests = (0..50).map(|_| s.post_json("/v1/classifications", &body));
+    let responses = futures::future::join_all(requests).await;
+    let mut statuses: Vec<String> = responses
+        .iter()
+        .map(|r| header(r, "x-cache-status"))
+        .collect();
+    statuses.sort();
+    statuses.dedup();
+    assert!(responses.iter().all(|r| r.status() == StatusCode::OK));
+    let after = s.metrics().await;
+    let below_l1 = |m: &str| metric(m, "kyb_cache_misses_total{level=\"L2\"}");
+    assert_eq!(
+        below_l1(&after) - below_l1(&before),
+        1.0,
+        "statuses seen: {statuses:?}"
+    );
+    assert!(statuses.contains(&"MISS".to_string()));
+}
