@@ -1,0 +1,436 @@
+//! A real Kubernetes control plane for integration tests (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler and kwok's fake nodes, built from upstream Go modules by `tests/cluster/build`).
+//!
+//! Include it with `#[path = "common/cluster.rs"] mod cluster;` and call [`cluster()`]: the first call in
+//! a test binary starts ONE control plane (`tests/cluster/up`) that every test of the binary shares;
+//! each test makes its own namespace with [`Cluster::namespace`]. The control plane goes away with the
+//! test process: `up` is spawned from a thread that lives as long as the process with
+//! `PR_SET_PDEATHSIG(SIGTERM)`, and `up --parent-pid` also watches this process. A control plane that
+//! cannot start fails the test (panic with the log tail); it is never skipped.
+//!
+//! Environment: `KYB_CLUSTER_TIMEOUT_SECS` (default 2400: a cold build of the binaries takes minutes),
+//! `KYB_CLUSTER_KEEP=1` keeps the control plane's directory (logs, etcd data) after the run.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The shared control plane of this test binary.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Directory holding all of the control plane's state (certs, etcd data, logs/*.log).
+    pub dir: PathBuf,
+    /// Admin kubeconfig (user in `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:PORT` of kube-apiserver.
+    pub server: String,
+    /// CA certificate that signed kube-apiserver's serving certificate.
+    pub ca_cert: PathBuf,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// Starts (once per test binary) or returns the shared control plane. Panics when it cannot start.
+pub async fn cluster() -> &'static Cluster {
+    let result = tokio::task::spawn_blocking(|| CLUSTER.get_or_init(start_shared))
+        .await
+        .expect("control-plane start-up task panicked");
+    match result {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("the test Kubernetes control plane did not start:\n{e}"),
+    }
+}
+
+/// Path of `tests/cluster/up`.
+pub fn up_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/up")
+}
+
+fn start_timeout() -> Duration {
+    let secs = std::env::var("KYB_CLUSTER_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2400);
+    Duration::from_secs(secs)
+}
+
+fn start_shared() -> Result<Cluster, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("kybctl-k8s-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?
+        .keep();
+    let keep = std::env::var_os("KYB_CLUSTER_KEEP").is_some_and(|v| v != "0" && !v.is_empty());
+    let (tx, rx) = mpsc::channel();
+    let thread_dir = dir.clone();
+    // The thread that spawns `up` must outlive every test: PR_SET_PDEATHSIG fires when the spawning
+    // THREAD exits, and each test runs on a thread of its own. This one lives until the process exits.
+    std::thread::Builder::new()
+        .name("kyb-control-plane".into())
+        .spawn(move || {
+            let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
+            if !keep {
+                args.push("--rm".into());
+            }
+            match UpProcess::spawn(&thread_dir, &args) {
+                Ok(mut up) => {
+                    let ready = up.wait_ready(start_timeout());
+                    let failed = ready.is_err();
+                    let _ = tx.send(ready);
+                    if failed {
+                        let _ = up.child.kill();
+                        let _ = up.child.wait();
+                        return;
+                    }
+                    // Keep reading its stdout and reap it if it ever ends (it should not before exit).
+                    up.drain_and_wait();
+                    // Stay alive so that the parent-death signal only fires when the process exits.
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| format!("cannot spawn the control-plane thread: {e}"))?;
+    let kubeconfig = rx
+        .recv()
+        .map_err(|_| "control-plane thread died".to_string())??;
+    let (server, ca_cert) = (read_server(&kubeconfig)?, dir.join("pki/ca.crt"));
+    Ok(Cluster {
+        dir,
+        kubeconfig,
+        server,
+        ca_cert,
+    })
+}
+
+/// Reads the apiserver URL out of a kubeconfig that `up` wrote.
+fn read_server(kubeconfig: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(kubeconfig)
+        .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("server:")
+                .map(|s| s.trim().to_string())
+        })
+        .ok_or_else(|| format!("no server in {}", kubeconfig.display()))
+}
+
+/// A running `tests/cluster/up DIR` process (used for the shared control plane and by tests that need
+/// a control plane of their own, e.g. to check that stopping it leaves nothing behind).
+pub struct UpProcess {
+    pub dir: PathBuf,
+    pub child: Child,
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+impl UpProcess {
+    /// Spawns `up DIR ARGS...` with stdout piped (for the KUBECONFIG= line) and stderr in DIR/up.log.
+    /// The child gets SIGTERM when the spawning thread exits (PR_SET_PDEATHSIG).
+    pub fn spawn(dir: &Path, args: &[String]) -> Result<UpProcess, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log = std::fs::File::create(dir.join("up.log")).map_err(|e| format!("up.log: {e}"))?;
+        let mut cmd = Command::new(up_script());
+        cmd.arg(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
+        unsafe {
+            let parent = libc::getpid();
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGTERM as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", up_script().display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(UpProcess {
+            dir: dir.to_path_buf(),
+            child,
+            lines: Some(rx),
+        })
+    }
+
+    /// Waits for the `KUBECONFIG=...` line; on failure returns the tail of `up`'s log.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<PathBuf, String> {
+        let start = Instant::now();
+        let rx = self.lines.as_ref().expect("wait_ready called twice");
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+                Ok(line) => {
+                    if let Some(path) = line.strip_prefix("KUBECONFIG=") {
+                        return Ok(PathBuf::from(path.trim()));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if start.elapsed() >= timeout {
+                        return Err(format!(
+                            "tests/cluster/up did not get ready within {timeout:?}\n{}",
+                            self.log_tail(80)
+                        ));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    return Err(format!(
+                        "tests/cluster/up exited ({status}) before it was ready\n{}",
+                        self.log_tail(80)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads stdout until `up` closes it, then reaps `up`.
+    fn drain_and_wait(&mut self) {
+        if let Some(rx) = self.lines.take() {
+            for _ in rx {}
+        }
+        let _ = self.child.wait();
+    }
+
+    /// The last `n` lines of `up`'s own log (which includes the failing component's log tail).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        format!(
+            "---- {} (last {n} lines) ----\n{}",
+            self.dir.join("up.log").display(),
+            lines[from..].join("\n")
+        )
+    }
+
+    /// Sends SIGTERM to `up` (which then stops every component it started) and waits for it.
+    pub fn stop(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, String> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                return Err(format!(
+                    "up did not stop within {timeout:?}\n{}",
+                    self.log_tail(40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `name pid` lines of DIR/pids: every process `up` started.
+    pub fn pids(&self) -> Vec<(String, i32)> {
+        read_pairs(&self.dir.join("pids"))
+    }
+
+    /// `name port` lines of DIR/ports: every loopback port `up` handed to a component.
+    pub fn ports(&self) -> Vec<(String, u16)> {
+        read_pairs(&self.dir.join("ports"))
+    }
+}
+
+fn read_pairs<T: std::str::FromStr>(path: &Path) -> Vec<(String, T)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+static NAMESPACE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Cluster {
+    /// A kube client authenticated as the cluster admin.
+    pub async fn client(&self) -> kube::Client {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// A kube client authenticated only with `token` (e.g. from `kubectl create token`).
+    pub async fn client_with_token(&self, token: &str) -> kube::Client {
+        client_from_kubeconfig(&self.kubeconfig_for_token(token)).await
+    }
+
+    /// Writes a kubeconfig that authenticates with `token` alone (no client certificate: a request
+    /// carrying both would be authenticated by the certificate) and returns its path.
+    pub fn kubeconfig_for_token(&self, token: &str) -> PathBuf {
+        let seq = NAMESPACE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("token-{}-{seq}.kubeconfig", std::process::id()));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kybctl-test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: token\n  user:\n    token: {}\ncontexts:\n- name: token\n  context:\n    cluster: kybctl-test\n    user: token\n\
+             current-context: token\n",
+            self.server,
+            self.ca_cert.display(),
+            token.trim()
+        );
+        std::fs::write(&path, text).expect("write token kubeconfig");
+        path
+    }
+
+    /// `kubectl --kubeconfig=<admin kubeconfig>`; add arguments and run it.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        cmd
+    }
+
+    /// `kubectl` authenticated only with `token`.
+    pub fn kubectl_with_token(&self, token: &str) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            self.kubeconfig_for_token(token).display()
+        ));
+        cmd
+    }
+
+    /// Creates a namespace with a unique name starting with `prefix` and waits until its `default`
+    /// ServiceAccount exists (pods cannot be admitted before). Returns its name.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        use kube::api::{Api, PostParams};
+
+        let seq = NAMESPACE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let prefix: String = prefix
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(40)
+            .collect();
+        let name = format!(
+            "{}-{seq}-{:x}",
+            prefix.trim_matches('-'),
+            nanos ^ std::process::id()
+        );
+        let client = self.client().await;
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "kybctl.test/namespace": "true" } }
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        let sas: Api<ServiceAccount> = Api::namespaced(client, &name);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sas.get_opt("default").await.ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no default ServiceAccount in namespace {name} after 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        name
+    }
+}
+
+async fn client_from_kubeconfig(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// Runs a command, returning (success, stdout, stderr); panics if it cannot be run at all.
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a command with `stdin` as its standard input, returning (success, stdout, stderr).
+pub fn run_with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a command and panics with its output unless it succeeds; returns stdout.
+pub fn check(cmd: &mut Command) -> String {
+    let (ok, stdout, stderr) = run(cmd);
+    assert!(ok, "{cmd:?} failed\nstdout: {stdout}\nstderr: {stderr}");
+    stdout
+}
+
+/// [`check`] with standard input.
+pub fn check_with_stdin(cmd: &mut Command, stdin: &str) -> String {
+    let (ok, stdout, stderr) = run_with_stdin(cmd, stdin);
+    assert!(ok, "{cmd:?} failed\nstdout: {stdout}\nstderr: {stderr}");
+    stdout
+}
