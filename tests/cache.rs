@@ -46,6 +46,18 @@ async fn an_update_on_one_instance_reaches_the_others_l1() {
     assert!(seen, "instance B kept serving the stale merchant");
     let m = b.metrics().await;
     assert!(metric(&m, "kyb_cache_invalidations_total") >= 1.0, "{m}");
+
+    // A creation on A drops B's cached listing pages too.
+    let count = |v: Value| v["items"].as_array().unwrap().len();
+    let before = count(b.get("/v1/merchants").await.json().await.unwrap());
+    assert_eq!(cache_status(&b.get("/v1/merchants").await), "HIT-L1");
+    a.post_json("/v1/merchants", &business("Blue Butcher", "butcher shop"))
+        .await;
+    let listed = eventually(Duration::from_secs(3), || async {
+        count(b.get("/v1/merchants").await.json().await.unwrap()) == before + 1
+    })
+    .await;
+    assert!(listed, "instance B kept serving a stale listing");
 }
 
 #[tokio::test]

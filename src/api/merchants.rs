@@ -74,13 +74,19 @@ pub async fn create(
     let classification = classification_for(&state, &input).await?;
     let mut tx = primary.begin().await?;
     q::insert(&mut tx, id, &input, status, &classification).await?;
-    let inv = keys::invalidation_for(&Event::MerchantCreated);
-    MultiLevelCache::publish(&mut tx, &inv).await?;
     let merchant = q::get_for_update(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::Internal("inserted merchant vanished".into()))?;
     tx.commit().await?;
+    // A creation only stales L1 listing pages, so it is announced after the commit rather than inside
+    // the transaction: a NOTIFY in a transaction holds PostgreSQL's notification-queue lock through the
+    // commit's WAL flush, which serialises concurrent creations. A crash between the two costs other
+    // instances a stale listing for at most the L1 TTL.
+    let inv = keys::invalidation_for(&Event::MerchantCreated);
     state.cache.invalidate_local(&inv).await;
+    if let Err(e) = MultiLevelCache::publish(&shard.relaxed, &inv).await {
+        tracing::warn!(error = %e, "could not announce the new merchant to other instances");
+    }
     shard.note_write(&keys::merchant(id)).await;
     let mut resp = (StatusCode::CREATED, axum::Json(&merchant)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/merchants/{id}")) {
@@ -211,7 +217,7 @@ pub async fn update(
         id,
         previous_classification_key: classify::cache_key(&classify::normalise(&before)),
     });
-    MultiLevelCache::publish(&mut tx, &inv).await?;
+    MultiLevelCache::publish(&mut *tx, &inv).await?;
     let merchant = q::get_for_update(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;

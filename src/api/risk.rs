@@ -46,7 +46,7 @@ pub async fn create(
     let inv = keys::invalidation_for(&Event::RiskAssessed { id });
     let mut tx = primary.begin().await?;
     q::insert(&mut tx, &assessment).await?;
-    MultiLevelCache::publish(&mut tx, &inv).await?;
+    MultiLevelCache::publish(&mut *tx, &inv).await?;
     tx.commit().await?;
     state.cache.invalidate_shared(&inv).await;
     state.cache.invalidate_local(&inv).await;

@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CacheConfig;
@@ -209,13 +208,17 @@ impl MultiLevelCache {
         self.l1.invalidate_all();
     }
 
-    /// Sends `inv` to every instance (this one included) when `tx` commits.
-    pub async fn publish(tx: &mut PgConnection, inv: &Invalidation) -> Result<(), sqlx::Error> {
+    /// Sends `inv` to every instance (this one included): inside a transaction it is delivered when the
+    /// transaction commits; on a pool, at once.
+    pub async fn publish<'e, E>(executor: E, inv: &Invalidation) -> Result<(), sqlx::Error>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+    {
         let payload = serde_json::to_string(inv).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(INVALIDATION_CHANNEL)
             .bind(payload)
-            .execute(tx)
+            .execute(executor)
             .await?;
         Ok(())
     }

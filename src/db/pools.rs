@@ -15,6 +15,8 @@ use crate::config::{ConfigError, DatabaseConfig, Secret};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Primary,
+    /// The primary, for writes that need no durability wait.
+    Relaxed,
     Replica,
     Analytics,
 }
@@ -23,6 +25,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Primary => "primary",
+            Role::Relaxed => "primary_relaxed",
             Role::Replica => "replica",
             Role::Analytics => "analytics",
         }
@@ -43,6 +46,9 @@ pub struct Replica {
 pub struct ShardPools {
     pub id: String,
     pub primary: PgPool,
+    /// The primary again, with `synchronous_commit=off`: for writes whose loss in a crash is harmless
+    /// (cache rows, invalidation fan-out), so they never wait for a WAL flush.
+    pub relaxed: PgPool,
     pub replicas: Vec<Replica>,
     pub analytics: PgPool,
     next_replica: AtomicUsize,
@@ -69,15 +75,19 @@ fn options(url: &Secret) -> Result<PgConnectOptions, ConfigError> {
     })
 }
 
-fn pool(url: &Secret, cfg: &DatabaseConfig, max: u32) -> Result<PgPool, ConfigError> {
+fn pool_with(opts: PgConnectOptions, cfg: &DatabaseConfig, max: u32) -> PgPool {
     let p = &cfg.pool;
-    Ok(PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(max)
         .min_connections(p.min_connections.min(max))
         .max_lifetime(p.max_lifetime)
         .idle_timeout(p.idle_timeout)
         .acquire_timeout(p.acquire_timeout)
-        .connect_lazy_with(options(url)?))
+        .connect_lazy_with(opts)
+}
+
+fn pool(url: &Secret, cfg: &DatabaseConfig, max: u32) -> Result<PgPool, ConfigError> {
+    Ok(pool_with(options(url)?, cfg, max))
 }
 
 impl ShardPools {
@@ -90,6 +100,11 @@ impl ShardPools {
     ) -> Result<Self, ConfigError> {
         let max = cfg.pool.max_connections;
         let primary = pool(url, cfg, max)?;
+        let relaxed = pool_with(
+            options(url)?.options([("synchronous_commit", "off")]),
+            cfg,
+            (max / 4).max(2),
+        );
         let replicas = replica_urls
             .iter()
             .map(|u| {
@@ -108,6 +123,7 @@ impl ShardPools {
         Ok(Self {
             id: id.to_owned(),
             primary,
+            relaxed,
             replicas,
             analytics,
             next_replica: AtomicUsize::new(0),
@@ -216,7 +232,10 @@ impl ShardPools {
             size: p.size(),
             idle: p.num_idle() as u32,
         };
-        let mut out = vec![(Role::Primary, s(&self.primary))];
+        let mut out = vec![
+            (Role::Primary, s(&self.primary)),
+            (Role::Relaxed, s(&self.relaxed)),
+        ];
         out.extend(self.replicas.iter().map(|r| (Role::Replica, s(&r.pool))));
         out.push((Role::Analytics, s(&self.analytics)));
         out
