@@ -201,6 +201,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="write all raw figures here")
+    ap.add_argument("--pool", type=int, default=16,
+                    help="service pool size per role (pgbench uses 16 clients; the plan's 100 is sized for bigger hosts)")
     a = ap.parse_args()
     for tool in ["wrk", "pgbench", "redis-server", "redis-benchmark"]:
         if not shutil.which(tool):
@@ -229,10 +231,13 @@ def main():
         db = f"postgres://postgres@127.0.0.1:{port}/kyb"
         subprocess.run([kybctl, "migrate", "up", "--database-url", db], check=True, capture_output=True)
         api_port = free_port()
+        config = os.path.join(tmp, "kyb.yaml")
+        with open(config, "w") as f:
+            f.write(f"database:\n  pool: {{max_connections: {a.pool}, min_connections: {min(a.pool, 4)}}}\n")
         env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_DATABASE_URL=db,
                    KYB_REPLICA_URLS=f"postgres://postgres@127.0.0.1:{rport}/kyb",
                    KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn")
-        procs.start([kybctl, "serve"], env=env)
+        procs.start([kybctl, "serve", "--config", config], env=env)
         base = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
 
@@ -272,7 +277,8 @@ def main():
         rb = redis_bench(redis_port)
 
         print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, server and generator share the cores (unpinned)")
-        print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max)\n")
+        print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max); "
+              f"service pools {a.pool} connections per role\n")
         print(f"{'measurement':48} {'rps':>18} {'p50 ms':>8} {'p99 ms':>9} {'non-2xx':>8}")
         for name, runs in results.items():
             m, lo, hi = summary(runs, "rps")

@@ -36,7 +36,7 @@ impl AppState {
             metrics.clone(),
         );
         let cache = Arc::new(MultiLevelCache::new(c, l2, Some(l3), metrics.clone()));
-        let registry = RegistryClient::from_config(&config.registry, metrics.clone());
+        let registry = RegistryClient::from_config(&config.registry, metrics.clone())?;
         Ok(Arc::new(Self {
             config,
             db,

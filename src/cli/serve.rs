@@ -1,7 +1,5 @@
 //! `kybctl serve`.
 
-use std::sync::Arc;
-
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +65,5 @@ pub fn start(
     let server_cfg = state.config.server.clone();
     Ok(tokio::spawn(async move {
         crate::server::serve(listener, app, &server_cfg, shutdown).await;
-        drop(Arc::clone(&state));
     }))
 }

@@ -11,7 +11,7 @@ use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 
 use crate::classify::BusinessInput;
-use crate::config::RegistryConfig;
+use crate::config::{ConfigError, RegistryConfig};
 use crate::metrics::{BreakerLabels, Metrics, OutcomeLabels};
 use breaker::CircuitBreaker;
 
@@ -55,24 +55,30 @@ pub struct RegistryClient {
 const NAME: &str = "business_registry";
 
 impl RegistryClient {
-    pub fn from_config(cfg: &RegistryConfig, metrics: Arc<Metrics>) -> Option<Self> {
-        let base = cfg.base_url.clone()?;
+    /// `Ok(None)` when no registry is configured.
+    pub fn from_config(
+        cfg: &RegistryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(base) = cfg.base_url.clone() else {
+            return Ok(None);
+        };
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
             .build()
-            .ok()?;
+            .map_err(|e| ConfigError::Invalid(format!("registry HTTP client: {e}")))?;
         metrics
             .breaker_state
             .get_or_create(&BreakerLabels { name: NAME.into() })
             .set(0);
-        Some(Self {
+        Ok(Some(Self {
             http,
             base,
             retries: cfg.retries,
             breaker: CircuitBreaker::new(&cfg.circuit_breaker),
             metrics,
-        })
+        }))
     }
 
     fn record(&self, outcome: &str) {
