@@ -765,34 +765,15 @@ mod tests {
             serde_json::to_value(Method::DeclaredMcc).expect("serialise"),
             "declared_mcc"
         );
-    }
-
-    /// `cargo test --release -- --ignored --nocapture timing` prints ns/call.
-    #[test]
-    #[ignore = "timing, run in release"]
-    fn timing() {
-        let i = BusinessInput {
-            name: "Sunrise Bakery".to_string(),
-            description: Some(
-                "Family-owned artisan bakery selling sourdough bread, pastries and custom \
-                 cakes. We also run a small cafe serving coffee."
-                    .to_string(),
-            ),
-            website: Some("https://www.sunrisebakery.com".to_string()),
-            country: Some("US".to_string()),
-            declared_mcc: None,
-        };
-        // The first call builds the index; report it separately (it is only
-        // meaningful when this test runs alone, before any other test).
-        let start = std::time::Instant::now();
-        let _ = classify(&i);
-        eprintln!("first call (index build): {:?}", start.elapsed());
-        let n = 2000u32;
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(classify(std::hint::black_box(&i)));
+        for m in [
+            Method::Keyword,
+            Method::DeclaredMcc,
+            Method::Registry,
+            Method::Fallback,
+        ] {
+            assert_eq!(serde_json::to_value(m).expect("serialise"), m.as_str());
+            assert_eq!(Method::parse(m.as_str()), Some(m));
         }
-        let per = start.elapsed().as_nanos() / u128::from(n);
-        eprintln!("classify: {per} ns/call");
+        assert_eq!(Method::parse("guess"), None);
     }
 }
