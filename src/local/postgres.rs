@@ -93,7 +93,7 @@ impl TempPostgres {
     pub fn start_with(settings: &[&str]) -> Result<Self, LocalError> {
         let bin = bin_dir()?;
         let run_as = unprivileged("postgres");
-        let dir = tempfile::Builder::new().prefix("kyb-pg-").tempdir()?;
+        let dir = process::owned_temp_dir("kyb-pg-")?;
         chown_tree(dir.path(), run_as)?;
         let data = dir.path().join("data");
         run(
@@ -205,9 +205,7 @@ impl TempPostgres {
 
     /// A streaming replica of this server (`pg_basebackup -R`), started on its own port.
     pub fn replica(&self) -> Result<Self, LocalError> {
-        let dir = tempfile::Builder::new()
-            .prefix("kyb-pg-replica-")
-            .tempdir()?;
+        let dir = process::owned_temp_dir("kyb-pg-replica-")?;
         chown_tree(dir.path(), self.run_as)?;
         run(
             as_user(

@@ -108,3 +108,61 @@ pub fn tail(path: &std::path::Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+const OWNER_FILE: &str = "owner.pid";
+
+/// A temporary directory for a server, marked with this process's pid. Directories left by processes
+/// that are gone (the test harness keeps its shared servers in statics, which are never dropped) are
+/// removed first, so repeated runs do not fill the disk.
+pub fn owned_temp_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    sweep_stale(prefix);
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
+    Ok(dir)
+}
+
+fn sweep_stale(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = owner {
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_of_dead_owners_are_swept() {
+        let prefix = format!("kyb-sweep-test-{}-", std::process::id());
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::write(stale.join(OWNER_FILE), dead.to_string()).unwrap();
+        let live = owned_temp_dir(&prefix).unwrap();
+        assert!(!stale.exists(), "a dead owner's directory stays");
+        // Our own (live) directory survives the next sweep.
+        let other = owned_temp_dir(&prefix).unwrap();
+        assert!(live.path().exists() && other.path().exists());
+    }
+}

@@ -77,7 +77,7 @@ impl TempRedis {
                 .into(),
         })?;
         let mut r = Self {
-            dir: tempfile::Builder::new().prefix("kyb-redis-").tempdir()?,
+            dir: super::process::owned_temp_dir("kyb-redis-")?,
             bin,
             port: free_port()?,
             child: None,
