@@ -7,6 +7,7 @@ pub mod classification;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod crd;
 pub mod db;
 pub mod local;
 pub mod metrics;

@@ -49,6 +49,8 @@ enum Command {
     Migrate(migrate::MigrateCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
     Demo(demo::DemoArgs),
+    /// Print the KybPlatform CustomResourceDefinition (YAML), for `kubectl apply -f -`.
+    Crd,
 }
 
 /// Parses arguments, runs the command and returns its exit code.
@@ -70,6 +72,16 @@ pub fn main() -> u8 {
             Command::Serve(args) => serve::run(args).await,
             Command::Migrate(cmd) => migrate::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Crd => match crate::crd::crd_yaml() {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: cannot render the CRD: {e}");
+                    exit::USAGE
+                }
+            },
         }
     })
 }

@@ -1,0 +1,467 @@
+//! The `KybPlatform` custom resource (`kyb.io/v1alpha1`): the API platform teams use to run the KYB
+//! service. Defaults are the plan's values; validation runs in the apiserver itself (OpenAPI constraints
+//! and CEL rules whose messages name the field), so a bad spec is refused at `kubectl apply`.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Go-style durations as the service's configuration accepts them: `500ms`, `15s`, `10m`, `1h30m`.
+const DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
+
+// One `printcolumn(...)` per column is kube's syntax; clippy reads the repeated `type_` keys as duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kyb.io",
+    version = "v1alpha1",
+    kind = "KybPlatform",
+    plural = "kybplatforms",
+    shortname = "kyb",
+    namespaced,
+    status = "KybPlatformStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Pods ready"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.image",
+        description = "Image serving now"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    doc = "A KYB API deployment: service, autoscaling, database, cache, SLOs and rollout policy."
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.replicas) || !self.autoscaling.enabled || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)"
+).message("spec.replicas must lie within spec.autoscaling.minReplicas..maxReplicas while autoscaling is enabled (the autoscaler sets it through the scale subresource)"))]
+#[serde(rename_all = "camelCase")]
+pub struct KybPlatformSpec {
+    /// Container image of kybctl (the service, the migration Job and the workers run from it).
+    #[schemars(length(min = 1))]
+    pub image: String,
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Pods to run; while autoscaling is enabled the autoscaler writes this through the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas"))]
+    pub autoscaling: Autoscaling,
+    /// Requests and limits of the service container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    pub database: DatabaseSpec,
+    #[serde(default)]
+    pub cache: CacheSpec,
+    #[serde(default)]
+    pub server: ServerSpec,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerSpec,
+    #[serde(default)]
+    pub health_check: HealthCheckSpec,
+    /// Service-level objectives: the defaults of `kybctl slo check` and of rollout analysis.
+    #[serde(default)]
+    pub slos: SloSpec,
+    #[serde(default)]
+    pub migrations: MigrationsSpec,
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+/// The plan's HorizontalPodAutoscaler: 3 to 20 pods on 70 % CPU / 80 % memory, up 100 % per 15 s after
+/// 60 s of stability, down 10 % per 60 s after 300 s.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Autoscaling {
+    pub enabled: bool,
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub target_memory_utilization_percentage: i32,
+    pub scale_up: ScalingPolicy,
+    pub scale_down: ScalingPolicy,
+}
+
+impl Default for Autoscaling {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_replicas: 3,
+            max_replicas: 20,
+            target_cpu_utilization_percentage: 70,
+            target_memory_utilization_percentage: 80,
+            scale_up: ScalingPolicy {
+                percent: 100,
+                period_seconds: 15,
+                stabilization_window_seconds: 60,
+            },
+            scale_down: ScalingPolicy {
+                percent: 10,
+                period_seconds: 60,
+                stabilization_window_seconds: 300,
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    /// Pods added or removed per period, as a percentage of the current count.
+    #[schemars(range(min = 1, max = 1000))]
+    pub percent: i32,
+    #[schemars(range(min = 1, max = 1800))]
+    pub period_seconds: i32,
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: i32,
+}
+
+/// A key of a Secret in the KybPlatform's namespace. Credentials are only ever referenced, never copied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!(has(self.primary) && size(self.shards) > 0)")
+    .message("spec.database: set either primary (one database) or shards, not both"))]
+#[x_kube(validation = Rule::new("has(self.primary) || size(self.shards) > 0")
+    .message("spec.database.primary is required (or spec.database.shards)"))]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// DSN of the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<SecretKeyRef>,
+    /// DSNs of read replicas.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub replicas: Vec<SecretKeyRef>,
+    /// DSN for reporting queries (default: the first replica, else the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analytics: Option<SecretKeyRef>,
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.minConnections <= self.maxConnections")
+        .message("spec.database.pool.minConnections must be <= maxConnections"))]
+    pub pool: PoolSpec,
+    #[serde(default)]
+    pub sharding_strategy: ShardingStrategy,
+    /// Shards, each its own database; empty for a single database.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))")
+        .message("spec.database.shards: ids must be unique"))]
+    pub shards: Vec<ShardSpec>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardingStrategy {
+    #[default]
+    Hash,
+    Range,
+    Directory,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardSpec {
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub id: String,
+    pub primary: SecretKeyRef,
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub replicas: Vec<SecretKeyRef>,
+    /// Range strategy: lower bound (inclusive) of the business ids this shard holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_from: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PoolSpec {
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_connections: i32,
+    #[schemars(range(min = 0, max = 10000))]
+    pub min_connections: i32,
+    #[schemars(regex(pattern = DURATION))]
+    pub max_lifetime: String,
+    #[schemars(regex(pattern = DURATION))]
+    pub idle_timeout: String,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: 100,
+            min_connections: 25,
+            max_lifetime: "10m".into(),
+            idle_timeout: "5m".into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CacheSpec {
+    #[schemars(range(min = 1, max = 10000000))]
+    pub l1_max_entries: i64,
+    #[schemars(regex(pattern = DURATION))]
+    pub l1_ttl: String,
+    /// Redis URL; no L2 cache when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<SecretKeyRef>,
+    #[schemars(regex(pattern = DURATION))]
+    pub l2_ttl: String,
+    #[schemars(regex(pattern = DURATION))]
+    pub l3_ttl: String,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            l1_max_entries: 1000,
+            l1_ttl: "5m".into(),
+            redis: None,
+            l2_ttl: "1h".into(),
+            l3_ttl: "30m".into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServerSpec {
+    #[schemars(regex(pattern = DURATION))]
+    pub read_timeout: String,
+    #[schemars(regex(pattern = DURATION))]
+    pub write_timeout: String,
+    #[schemars(regex(pattern = DURATION))]
+    pub idle_timeout: String,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            read_timeout: "15s".into(),
+            write_timeout: "15s".into(),
+            idle_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CircuitBreakerSpec {
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: i32,
+    #[schemars(regex(pattern = DURATION))]
+    pub recovery_timeout: String,
+    #[schemars(range(min = 1, max = 100))]
+    pub half_open_max_calls: i32,
+}
+
+impl Default for CircuitBreakerSpec {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            recovery_timeout: "30s".into(),
+            half_open_max_calls: 3,
+        }
+    }
+}
+
+/// Becomes the Deployment's probes: liveness on `path`, readiness on `/ready`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HealthCheckSpec {
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9/_.-]*$"))]
+    pub path: String,
+    #[schemars(regex(pattern = DURATION))]
+    pub interval: String,
+    #[schemars(regex(pattern = DURATION))]
+    pub timeout: String,
+    #[schemars(range(min = 1, max = 100))]
+    pub retries: i32,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: "30s".into(),
+            timeout: "5s".into(),
+            retries: 3,
+        }
+    }
+}
+
+/// The plan's KPIs as defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SloSpec {
+    #[schemars(regex(pattern = DURATION))]
+    pub p95_latency: String,
+    /// Percent of requests that may fail.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub error_rate_percent: f64,
+    #[schemars(range(min = 0))]
+    pub throughput_rpm: i64,
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub cache_hit_rate_percent: f64,
+}
+
+impl Default for SloSpec {
+    fn default() -> Self {
+        Self {
+            p95_latency: "500ms".into(),
+            error_rate_percent: 0.1,
+            throughput_rpm: 10_000,
+            cache_hit_rate_percent: 95.0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MigrationsSpec {
+    /// Run `kybctl migrate up` as a Job before each new image rolls out.
+    pub enabled: bool,
+}
+
+impl Default for MigrationsSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// How a new revision replaces the old one. Only the Deployment's rolling update exists today;
+/// blue-green and canary strategies (gated by SLO analysis) will join this enum.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RolloutSpec {
+    pub strategy: RolloutStrategy,
+    /// Extra pods during a rolling update (count or percentage).
+    #[schemars(regex(pattern = r"^([0-9]+|[0-9]{1,3}%)$"))]
+    pub max_surge: String,
+    #[schemars(regex(pattern = r"^([0-9]+|[0-9]{1,3}%)$"))]
+    pub max_unavailable: String,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            strategy: RolloutStrategy::RollingUpdate,
+            max_surge: "25%".into(),
+            max_unavailable: "0".into(),
+        }
+    }
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum RolloutStrategy {
+    #[default]
+    RollingUpdate,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KybPlatformStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Types: Ready, Progressing, Degraded, MigrationsApplied.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `http://NAME.NAMESPACE.svc:PORT` of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// The CustomResourceDefinition as YAML, as `kybctl crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&KybPlatform::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crd_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
+        let on_disk = std::fs::read_to_string(path).expect("crds/kybplatform.yaml");
+        assert!(
+            on_disk == crd_yaml().unwrap(),
+            "crds/kybplatform.yaml is stale: run `cargo run -- crd > crds/kybplatform.yaml`"
+        );
+    }
+
+    #[test]
+    fn minimal_spec_gets_the_plans_defaults() {
+        let spec: KybPlatformSpec =
+            serde_yaml::from_str("image: kybctl:1\ndatabase: {primary: {name: db, key: url}}\n")
+                .unwrap();
+        assert_eq!(spec.autoscaling, Autoscaling::default());
+        assert_eq!(spec.autoscaling.min_replicas, 3);
+        assert_eq!(spec.database.pool.max_connections, 100);
+        assert_eq!(spec.slos.p95_latency, "500ms");
+        assert!(spec.migrations.enabled);
+    }
+}
