@@ -102,7 +102,8 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     pub url_file: Option<PathBuf>,
     pub replica_urls: Vec<Secret>,
-    pub replica_urls_file: Option<PathBuf>,
+    /// One replica DSN per file (mounted Secret keys); when given, they replace `replica_urls`.
+    pub replica_url_files: Vec<PathBuf>,
     /// Reporting queries; defaults to the first replica, else the primary.
     pub analytics_url: Option<Secret>,
     pub analytics_url_file: Option<PathBuf>,
@@ -184,6 +185,8 @@ pub struct ShardConfig {
     pub url_file: Option<PathBuf>,
     #[serde(default)]
     pub replica_urls: Vec<Secret>,
+    #[serde(default)]
+    pub replica_url_files: Vec<PathBuf>,
     /// Range strategy: this shard holds keys `>= from` (lexicographic on the key's text).
     #[serde(default)]
     pub range_from: Option<String>,
@@ -350,6 +353,10 @@ pub struct Overrides {
     pub cache_key_prefix: Option<String>,
 }
 
+fn read_all(paths: &[PathBuf]) -> Result<Vec<Secret>, ConfigError> {
+    paths.iter().map(|p| Secret::from_file(p)).collect()
+}
+
 impl Config {
     /// Builds the effective configuration: defaults < file < environment < flags, then resolves secret files.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -423,15 +430,8 @@ impl Config {
         if let Some(path) = &db.url_file {
             db.url = Some(Secret::from_file(path)?);
         }
-        if let Some(path) = &db.replica_urls_file {
-            let list = Secret::from_file(path)?;
-            db.replica_urls = list
-                .expose()
-                .split([',', '\n'])
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(Secret::new)
-                .collect();
+        if !db.replica_url_files.is_empty() {
+            db.replica_urls = read_all(&db.replica_url_files)?;
         }
         if let Some(path) = &db.analytics_url_file {
             db.analytics_url = Some(Secret::from_file(path)?);
@@ -439,6 +439,9 @@ impl Config {
         for shard in &mut db.sharding.shards {
             if let Some(path) = &shard.url_file {
                 shard.url = Some(Secret::from_file(path)?);
+            }
+            if !shard.replica_url_files.is_empty() {
+                shard.replica_urls = read_all(&shard.replica_url_files)?;
             }
         }
         if let Some(path) = &self.redis.url_file {

@@ -244,6 +244,7 @@ async fn hash_sharding_over_two_databases() {
             url: Some(Secret::new(url)),
             url_file: None,
             replica_urls: vec![],
+            replica_url_files: vec![],
             range_from: None,
             keys: vec![],
         })

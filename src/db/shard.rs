@@ -152,6 +152,7 @@ mod tests {
             url: None,
             url_file: None,
             replica_urls: vec![],
+            replica_url_files: vec![],
             range_from: range_from.map(Into::into),
             keys: keys.iter().map(|k| k.to_string()).collect(),
         }
