@@ -12,6 +12,7 @@ pub mod db;
 pub mod local;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod registry;
 pub mod risk;
 pub mod server;

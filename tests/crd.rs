@@ -144,3 +144,54 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     let (_, listed, _) = run(c.kubectl().args(["get", "-n", &ns, "kyb", "-o", "name"]));
     assert!(listed.trim().is_empty(), "nothing half-applied: {listed}");
 }
+
+/// What the operator would apply for a real KybPlatform is accepted by the apiserver (server-side
+/// dry-run apply of every child, under the operator's field manager).
+#[tokio::test]
+async fn built_children_pass_server_side_validation() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::{Api, Patch, PatchParams};
+    use kybctl::crd::KybPlatform;
+    use kybctl::operator::build::{build, FIELD_MANAGER};
+
+    let c = installed().await;
+    let ns = c.namespace("children").await;
+    check(
+        c.kubectl()
+            .args(["apply", "-n", &ns, "-f", &format!("{SAMPLES}/full.yaml")]),
+    );
+    let client = c.client().await;
+    let kp = Api::<KybPlatform>::namespaced(client.clone(), &ns)
+        .get("kyb-full")
+        .await
+        .unwrap();
+    let children = build(&kp).unwrap();
+    let pp = PatchParams::apply(FIELD_MANAGER).dry_run();
+
+    async fn apply<K>(client: &kube::Client, ns: &str, obj: &K, pp: &PatchParams)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = obj.meta().name.clone().unwrap();
+        Api::<K>::namespaced(client.clone(), ns)
+            .patch(&name, pp, &Patch::Apply(obj))
+            .await
+            .unwrap_or_else(|e| panic!("{} {name} rejected: {e}", K::kind(&Default::default())));
+    }
+    apply::<ServiceAccount>(&client, &ns, &children.service_account, &pp).await;
+    apply::<ConfigMap>(&client, &ns, &children.config_map, &pp).await;
+    apply::<Deployment>(&client, &ns, &children.deployment, &pp).await;
+    apply::<Service>(&client, &ns, &children.service, &pp).await;
+    apply::<HorizontalPodAutoscaler>(&client, &ns, children.hpa.as_ref().unwrap(), &pp).await;
+    apply::<PodDisruptionBudget>(&client, &ns, &children.pdb, &pp).await;
+    apply::<Job>(&client, &ns, children.migration_job.as_ref().unwrap(), &pp).await;
+}

@@ -1,0 +1,6 @@
+//! The KybPlatform operator. `render` and `build` are pure: from a KybPlatform they produce the service's
+//! configuration and every child object, so what the operator will apply is unit-tested without a
+//! cluster.
+
+pub mod build;
+pub mod render;

@@ -1,0 +1,209 @@
+//! The service configuration a KybPlatform asks for, and where its Secrets are mounted.
+//!
+//! Credentials never enter the ConfigMap: each referenced Secret key is mounted as a file and the
+//! configuration names the file (`url_file`), which is how `kybctl serve` reads them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::crd::{KybPlatformSpec, SecretKeyRef};
+
+/// Where the projected Secret volume is mounted in the pod.
+pub const SECRETS_DIR: &str = "/var/run/secrets/kyb";
+/// Where the ConfigMap is mounted; the config file is `CONFIG_DIR/config.yaml`.
+pub const CONFIG_DIR: &str = "/etc/kyb";
+pub const CONFIG_FILE: &str = "config.yaml";
+pub const HTTP_PORT: i32 = 8080;
+
+/// One Secret key mounted at `SECRETS_DIR/path`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretMount {
+    pub secret: String,
+    pub key: String,
+    pub path: String,
+}
+
+pub struct Rendered {
+    /// `config.yaml` for the ConfigMap.
+    pub config_yaml: String,
+    pub mounts: Vec<SecretMount>,
+}
+
+fn mount(mounts: &mut Vec<SecretMount>, r: &SecretKeyRef, path: String) -> String {
+    mounts.push(SecretMount {
+        secret: r.name.clone(),
+        key: r.key.clone(),
+        path: path.clone(),
+    });
+    format!("{SECRETS_DIR}/{path}")
+}
+
+pub fn render(spec: &KybPlatformSpec) -> Rendered {
+    let mut mounts = Vec::new();
+    let db = &spec.database;
+    let mut database = serde_json::Map::new();
+    if let Some(primary) = &db.primary {
+        database.insert(
+            "url_file".into(),
+            json!(mount(&mut mounts, primary, "database/primary-url".into())),
+        );
+    }
+    let replicas: Vec<String> = db
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| mount(&mut mounts, r, format!("database/replica-{i}-url")))
+        .collect();
+    if !replicas.is_empty() {
+        database.insert("replica_url_files".into(), json!(replicas));
+    }
+    if let Some(a) = &db.analytics {
+        database.insert(
+            "analytics_url_file".into(),
+            json!(mount(&mut mounts, a, "database/analytics-url".into())),
+        );
+    }
+    database.insert(
+        "pool".into(),
+        json!({
+            "max_connections": db.pool.max_connections,
+            "min_connections": db.pool.min_connections,
+            "max_lifetime": db.pool.max_lifetime,
+            "idle_timeout": db.pool.idle_timeout,
+        }),
+    );
+    if !db.shards.is_empty() {
+        let shards: Vec<Value> = db
+            .shards
+            .iter()
+            .map(|s| {
+                let url = mount(
+                    &mut mounts,
+                    &s.primary,
+                    format!("shards/{}/primary-url", s.id),
+                );
+                let replicas: Vec<String> = s
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| mount(&mut mounts, r, format!("shards/{}/replica-{i}-url", s.id)))
+                    .collect();
+                let mut shard = json!({"id": s.id, "url_file": url, "replica_url_files": replicas});
+                if let Some(from) = &s.range_from {
+                    shard["range_from"] = json!(from);
+                }
+                shard
+            })
+            .collect();
+        database.insert(
+            "sharding".into(),
+            json!({"strategy": db.sharding_strategy, "shards": shards}),
+        );
+    }
+    let mut redis = serde_json::Map::new();
+    if let Some(r) = &spec.cache.redis {
+        redis.insert(
+            "url_file".into(),
+            json!(mount(&mut mounts, r, "redis/url".into())),
+        );
+    }
+    let config = json!({
+        "listen": format!("0.0.0.0:{HTTP_PORT}"),
+        "database": database,
+        "redis": redis,
+        "cache": {
+            "l1_max_entries": spec.cache.l1_max_entries,
+            "l1_ttl": spec.cache.l1_ttl,
+            "l2_ttl": spec.cache.l2_ttl,
+            "l3_ttl": spec.cache.l3_ttl,
+        },
+        "server": {
+            "read_timeout": spec.server.read_timeout,
+            "write_timeout": spec.server.write_timeout,
+            "idle_timeout": spec.server.idle_timeout,
+        },
+        "registry": {
+            "circuit_breaker": {
+                "failure_threshold": spec.circuit_breaker.failure_threshold,
+                "recovery_timeout": spec.circuit_breaker.recovery_timeout,
+                "half_open_max_calls": spec.circuit_breaker.half_open_max_calls,
+            }
+        },
+    });
+    mounts.sort();
+    Rendered {
+        // A JSON value always renders as YAML.
+        config_yaml: serde_yaml::to_string(&config).unwrap_or_default(),
+        mounts,
+    }
+}
+
+/// The Secrets a spec references, by name (for "is everything there?" checks).
+pub fn referenced_secrets(mounts: &[SecretMount]) -> BTreeMap<&str, Vec<&str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in mounts {
+        out.entry(m.secret.as_str())
+            .or_default()
+            .push(m.key.as_str());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn spec(yaml: &str) -> KybPlatformSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn rendered_config_is_what_the_service_reads() {
+        let sample: crate::crd::KybPlatform =
+            serde_yaml::from_str(include_str!("../../manifests/samples/full.yaml")).unwrap();
+        let s = sample.spec;
+        let r = render(&s);
+        let c = Config::from_yaml(&r.config_yaml)
+            .expect("the service accepts the rendered configuration");
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.database.pool.max_connections, 100);
+        assert_eq!(
+            c.database.url_file.unwrap().to_str().unwrap(),
+            "/var/run/secrets/kyb/database/primary-url"
+        );
+        assert_eq!(c.database.replica_url_files.len(), 2);
+        assert_eq!(
+            c.redis.url_file.unwrap().to_str().unwrap(),
+            "/var/run/secrets/kyb/redis/url"
+        );
+        assert_eq!(c.server.read_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(c.cache.l1_ttl, std::time::Duration::from_secs(300));
+        assert!(
+            !r.config_yaml.contains("kyb-db"),
+            "no Secret names or values in the ConfigMap"
+        );
+        let secrets = referenced_secrets(&r.mounts);
+        assert_eq!(secrets["kyb-db"].len(), 4);
+        assert_eq!(secrets["kyb-redis"], vec!["url"]);
+    }
+
+    #[test]
+    fn shards_render_with_their_own_files() {
+        let s = spec(
+            "image: x\ndatabase:\n  shardingStrategy: range\n  shards:\n  - {id: a, primary: {name: s, key: a}, rangeFrom: ''}\n  - {id: b, primary: {name: s, key: b}, replicas: [{name: s, key: b1}], rangeFrom: '8'}\n",
+        );
+        let r = render(&s);
+        let c = Config::from_yaml(&r.config_yaml).unwrap();
+        let shards = &c.database.sharding.shards;
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[1].replica_url_files.len(), 1);
+        assert_eq!(shards[1].range_from.as_deref(), Some("8"));
+        assert_eq!(
+            c.database.sharding.strategy,
+            crate::db::shard::ShardingStrategy::Range
+        );
+        assert_eq!(r.mounts.len(), 3);
+    }
+}
