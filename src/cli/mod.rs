@@ -2,6 +2,7 @@
 
 mod demo;
 mod migrate;
+mod operator;
 mod serve;
 
 pub use serve::start as start_service;
@@ -51,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print the KybPlatform CustomResourceDefinition (YAML), for `kubectl apply -f -`.
     Crd,
+    /// Reconcile KybPlatform resources into running, autoscaled API services.
+    Operator(operator::OperatorArgs),
 }
 
 /// Parses arguments, runs the command and returns its exit code.
@@ -72,6 +75,7 @@ pub fn main() -> u8 {
             Command::Serve(args) => serve::run(args).await,
             Command::Migrate(cmd) => migrate::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Operator(args) => operator::run(args).await,
             Command::Crd => match crate::crd::crd_yaml() {
                 Ok(yaml) => {
                     print!("{yaml}");

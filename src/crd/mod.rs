@@ -2,6 +2,8 @@
 //! service. Defaults are the plan's values; validation runs in the apiserver itself (OpenAPI constraints
 //! and CEL rules whose messages name the field), so a bad spec is refused at `kubectl apply`.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -368,11 +370,17 @@ impl Default for SloSpec {
 pub struct MigrationsSpec {
     /// Run `kybctl migrate up` as a Job before each new image rolls out.
     pub enabled: bool,
+    /// Annotations for the migration Job's pod (sidecar injection switches and the like).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 impl Default for MigrationsSpec {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            pod_annotations: BTreeMap::new(),
+        }
     }
 }
 

@@ -444,13 +444,18 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         .then(|| -> Result<Job, BuildError> {
             let mut c = container(kp, "migrate", &["migrate", "up", "--config", &config_arg]);
             c.resources = spec.resources.clone();
+            // Named by everything it runs, so any change to the migration (a new image, a fixed pod
+            // annotation) gets a fresh Job instead of finding the failed one; Jobs are immutable anyway.
+            let job_hash = hash(&[&revision, &format!("{:?}", spec.migrations.pod_annotations)]);
             Ok(Job {
-                metadata: meta(kp, format!("{name}-migrate-{revision}"), "migrations")?,
+                metadata: meta(kp, format!("{name}-migrate-{job_hash}"), "migrations")?,
                 spec: Some(JobSpec {
                     backoff_limit: Some(2),
                     template: PodTemplateSpec {
                         metadata: Some(ObjectMeta {
                             labels: Some(labels(kp, "migrations")),
+                            annotations: (!spec.migrations.pod_annotations.is_empty())
+                                .then(|| spec.migrations.pod_annotations.clone()),
                             ..Default::default()
                         }),
                         spec: Some(PodSpec {

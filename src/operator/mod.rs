@@ -3,4 +3,7 @@
 //! cluster.
 
 pub mod build;
+pub mod controller;
+pub mod metrics;
 pub mod render;
+pub mod status;

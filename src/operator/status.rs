@@ -1,0 +1,338 @@
+//! The KybPlatform's status from what the operator observed. Pure: condition types are fixed and a
+//! condition's `lastTransitionTime` moves only when its status flips, so an unchanged world yields an
+//! identical status (and no write).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{KybPlatform, KybPlatformStatus};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const MIGRATIONS_APPLIED: &str = "MigrationsApplied";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Migration {
+    Disabled,
+    /// The Job for the spec's image has not finished.
+    Running {
+        job: String,
+    },
+    Succeeded {
+        job: String,
+    },
+    Failed {
+        job: String,
+        message: String,
+    },
+}
+
+/// A reason the spec cannot be acted on (invalid, or referring to something missing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rollout {
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub updated_replicas: i32,
+    pub desired: i32,
+    /// The image the Deployment runs (the one serving), if it exists.
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub blocker: Option<Blocker>,
+    pub migration: Migration,
+    pub rollout: Rollout,
+    pub revision: Option<String>,
+    pub selector: String,
+    pub endpoint: Option<String>,
+}
+
+fn set(
+    conds: &mut Vec<Condition>,
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    match conds.iter_mut().find(|c| c.type_ == kind) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status;
+            c.reason = reason.to_owned();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conds.push(Condition {
+            type_: kind.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        }),
+    }
+}
+
+pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformStatus {
+    let previous = kp.status.clone().unwrap_or_default();
+    let generation = kp.metadata.generation;
+    let mut conds = previous.conditions.clone();
+    let r = &obs.rollout;
+    let serving_spec_image = r.image.as_deref() == Some(kp.spec.image.as_str());
+    let rolled_out = serving_spec_image
+        && r.updated_replicas >= r.desired
+        && r.ready_replicas >= r.desired
+        && r.desired > 0;
+
+    let (migrated, m_reason, m_message) = match &obs.migration {
+        Migration::Disabled => (true, "Disabled", "migrations are disabled".to_owned()),
+        Migration::Running { job } => (false, "Running", format!("migration Job {job} is running")),
+        Migration::Succeeded { job } => {
+            (true, "Succeeded", format!("migration Job {job} succeeded"))
+        }
+        Migration::Failed { job, message } => (
+            false,
+            "Failed",
+            format!("migration Job {job} failed: {message}"),
+        ),
+    };
+    set(
+        &mut conds,
+        MIGRATIONS_APPLIED,
+        migrated,
+        m_reason,
+        m_message.clone(),
+        generation,
+        now,
+    );
+
+    let degraded = match (&obs.blocker, &obs.migration) {
+        (Some(b), _) => Some((b.reason, b.message.clone())),
+        (None, Migration::Failed { .. }) => Some((
+            "MigrationFailed",
+            match &r.image {
+                Some(img) => format!("{m_message}; still serving {img}"),
+                None => m_message.clone(),
+            },
+        )),
+        _ => None,
+    };
+    match &degraded {
+        Some((reason, message)) => set(
+            &mut conds,
+            DEGRADED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+        None => set(
+            &mut conds,
+            DEGRADED,
+            false,
+            "AsExpected",
+            "no problems".into(),
+            generation,
+            now,
+        ),
+    }
+
+    let progressing = degraded.is_none() && !rolled_out;
+    let p_message = match &obs.migration {
+        Migration::Running { .. } => m_message,
+        _ => format!(
+            "{}/{} pods ready on the spec's image",
+            r.ready_replicas, r.desired
+        ),
+    };
+    set(
+        &mut conds,
+        PROGRESSING,
+        progressing,
+        if progressing { "RollingOut" } else { "Stable" },
+        p_message,
+        generation,
+        now,
+    );
+
+    let ready = r.desired > 0 && r.ready_replicas >= r.desired && degraded.is_none() && rolled_out;
+    set(
+        &mut conds,
+        READY,
+        ready,
+        if ready { "Available" } else { "NotAvailable" },
+        format!("{}/{} pods ready", r.ready_replicas, r.desired),
+        generation,
+        now,
+    );
+
+    let phase = if degraded.is_some() {
+        "Degraded"
+    } else if ready {
+        "Ready"
+    } else {
+        "Progressing"
+    };
+    KybPlatformStatus {
+        observed_generation: generation,
+        conditions: conds,
+        replicas: r.replicas,
+        ready_replicas: r.ready_replicas,
+        selector: Some(obs.selector.clone()),
+        image: r.image.clone(),
+        revision: obs.revision.clone().or(previous.revision),
+        endpoint: obs.endpoint.clone(),
+        phase: Some(phase.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kp() -> KybPlatform {
+        let mut kp: KybPlatform =
+            serde_yaml::from_str(include_str!("../../manifests/samples/minimal.yaml")).unwrap();
+        kp.metadata.generation = Some(2);
+        kp
+    }
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn observed(ready: i32, image: &str, migration: Migration) -> Observed {
+        Observed {
+            blocker: None,
+            migration,
+            rollout: Rollout {
+                replicas: 3,
+                ready_replicas: ready,
+                updated_replicas: 3,
+                desired: 3,
+                image: Some(image.into()),
+            },
+            revision: Some("abc".into()),
+            selector: "a=b".into(),
+            endpoint: None,
+        }
+    }
+
+    fn cond<'a>(s: &'a KybPlatformStatus, kind: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn ready_when_all_pods_run_the_spec_image() {
+        let k = kp();
+        let s = next_status(
+            &k,
+            &observed(3, &k.spec.image, Migration::Succeeded { job: "j".into() }),
+            &t(10),
+        );
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(cond(&s, MIGRATIONS_APPLIED).status, "True");
+        assert_eq!(s.phase.as_deref(), Some("Ready"));
+        assert_eq!(s.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flips() {
+        let mut k = kp();
+        let first = next_status(
+            &k,
+            &observed(1, &k.spec.image.clone(), Migration::Disabled),
+            &t(10),
+        );
+        k.status = Some(first.clone());
+        let same = next_status(
+            &k,
+            &observed(2, &k.spec.image.clone(), Migration::Disabled),
+            &t(20),
+        );
+        assert_eq!(
+            cond(&same, READY).last_transition_time,
+            t(10),
+            "still not ready: no transition"
+        );
+        k.status = Some(same);
+        let ready = next_status(
+            &k,
+            &observed(3, &k.spec.image.clone(), Migration::Disabled),
+            &t(30),
+        );
+        assert_eq!(cond(&ready, READY).last_transition_time, t(30));
+        assert_eq!(cond(&ready, DEGRADED).last_transition_time, t(10));
+        k.status = Some(ready.clone());
+        assert_eq!(
+            next_status(
+                &k,
+                &observed(3, &k.spec.image.clone(), Migration::Disabled),
+                &t(40)
+            ),
+            ready,
+            "steady state is a fixed point"
+        );
+    }
+
+    #[test]
+    fn failed_migration_degrades_and_keeps_the_old_version() {
+        let k = kp();
+        let s = next_status(
+            &k,
+            &observed(
+                3,
+                "registry.example.com/kybctl:0.0.9",
+                Migration::Failed {
+                    job: "kyb-migrate-x".into(),
+                    message: "BackoffLimitExceeded".into(),
+                },
+            ),
+            &t(10),
+        );
+        let d = cond(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "MigrationFailed")
+        );
+        assert!(
+            d.message
+                .contains("still serving registry.example.com/kybctl:0.0.9"),
+            "{}",
+            d.message
+        );
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(
+            s.image.as_deref(),
+            Some("registry.example.com/kybctl:0.0.9")
+        );
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn blockers_name_their_reason() {
+        let k = kp();
+        let mut o = observed(0, &k.spec.image, Migration::Disabled);
+        o.blocker = Some(Blocker {
+            reason: "SecretMissing",
+            message: "Secret kyb-db not found".into(),
+        });
+        let s = next_status(&k, &o, &t(1));
+        assert_eq!(cond(&s, DEGRADED).reason, "SecretMissing");
+    }
+}

@@ -1,0 +1,315 @@
+//! The operator against the real control plane: a KybPlatform becomes a running service, changes roll,
+//! a failed migration keeps the old version serving, a missing Secret is reported, a no-op resync
+//! writes nothing, and deletion garbage-collects everything.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{check, check_with_stdin, cluster, run};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kybctl::crd::KybPlatform;
+use kybctl::operator::controller;
+use kybctl::operator::metrics::OperatorMetrics;
+
+const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
+
+async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(kp: &KybPlatform, kind: &str) -> Option<(String, String)> {
+    kp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+struct Operator {
+    metrics: Arc<OperatorMetrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    async fn start(ns: &str) -> Self {
+        let client = cluster().await.client().await;
+        let metrics = Arc::new(OperatorMetrics::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let m = metrics.clone();
+        let ns = ns.to_owned();
+        let task = tokio::spawn(async move {
+            controller::run(client, Some(ns), m, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self {
+            metrics,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
+    let c = cluster().await;
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kybplatforms.kyb.io",
+    ]));
+    let ns = c.namespace("op").await;
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-db",
+        "-n",
+        &ns,
+        "--from-literal=url=postgres://kyb@db/kyb",
+    ]));
+    let op = Operator::start(&ns).await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
+    );
+    check(c.kubectl().args([
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "kyb/kyb",
+    ]));
+    for kind in [
+        "deployment",
+        "service",
+        "hpa",
+        "pdb",
+        "configmap/kyb-config",
+        "serviceaccount",
+    ] {
+        let target = if kind.contains('/') {
+            kind.to_owned()
+        } else {
+            format!("{kind}/kyb")
+        };
+        check(c.kubectl().args(["get", "-n", &ns, &target]));
+    }
+    let client = c.client().await;
+    let kps = Api::<KybPlatform>::namespaced(client.clone(), &ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let kp = kps.get("kyb").await.unwrap();
+    let status = kp.status.clone().unwrap();
+    assert_eq!(status.ready_replicas, 3);
+    assert_eq!(
+        status.image.as_deref(),
+        Some("registry.example.com/kybctl:1")
+    );
+    assert_eq!(condition(&kp, "MigrationsApplied").unwrap().0, "True");
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some(format!("http://kyb.{ns}.svc:80").as_str())
+    );
+
+    // A resync with nothing new writes nothing: touch a label (a watch event, same generation).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = op.metrics.writes.get();
+    check(
+        c.kubectl()
+            .args(["label", "-n", &ns, "kyb/kyb", "touched=yes"]),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        op.metrics.writes.get(),
+        before,
+        "a no-op reconcile must not write"
+    );
+
+    // A configuration change rolls the pods (new config hash on the template).
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["kyb.io/config-hash"]
+            .clone()
+    };
+    let old_hash = hash(&deployments.get("kyb").await.unwrap());
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cache":{"l1Ttl":"1m"}}}"#,
+    ]));
+    eventually(
+        Duration::from_secs(30),
+        "the config change to reach the Deployment",
+        || async { hash(&deployments.get("kyb").await.unwrap()) != old_hash },
+    )
+    .await;
+
+    // Scaling through the scale subresource reaches the Deployment.
+    check(
+        c.kubectl()
+            .args(["scale", "-n", &ns, "kyb/kyb", "--replicas=5"]),
+    );
+    eventually(Duration::from_secs(30), "5 replicas", || async {
+        deployments.get("kyb").await.unwrap().spec.unwrap().replicas == Some(5)
+    })
+    .await;
+
+    // A new image whose migration fails: Degraded, and the old image keeps serving.
+    check(c.kubectl().args([
+        "patch", "-n", &ns, "kyb/kyb", "--type=merge", "-p",
+        r#"{"spec":{"image":"registry.example.com/kybctl:2","migrations":{"podAnnotations":{"kwok.x-k8s.io/fail":"true"}}}}"#,
+    ]));
+    eventually(
+        Duration::from_secs(90),
+        "Degraded/MigrationFailed",
+        || async {
+            condition(&kps.get("kyb").await.unwrap(), "Degraded")
+                == Some(("True".into(), "MigrationFailed".into()))
+        },
+    )
+    .await;
+    let image = |d: Deployment| {
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        image(deployments.get("kyb").await.unwrap()),
+        "registry.example.com/kybctl:1"
+    );
+    // Fixing the migration rolls the new image out.
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/migrations/podAnnotations"}]"#,
+    ]));
+    eventually(
+        Duration::from_secs(60),
+        "the new image to roll out",
+        || async {
+            image(deployments.get("kyb").await.unwrap()) == "registry.example.com/kybctl:2"
+        },
+    )
+    .await;
+
+    // Deleting the platform garbage-collects every child.
+    check(
+        c.kubectl()
+            .args(["delete", "-n", &ns, "kyb/kyb", "--wait=true"]),
+    );
+    eventually(
+        Duration::from_secs(60),
+        "children to be garbage-collected",
+        || async {
+            let (_, out, _) = run(c.kubectl().args([
+                "get",
+                "-n",
+                &ns,
+                "deployment,service,hpa,pdb,configmap,job",
+                "-l",
+                "app.kubernetes.io/instance=kyb",
+                "-o",
+                "name",
+            ]));
+            out.trim().is_empty()
+        },
+    )
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_is_reported_not_retried_hot() {
+    let c = cluster().await;
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kybplatforms.kyb.io",
+    ]));
+    let ns = c.namespace("op-secret").await;
+    let op = Operator::start(&ns).await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: lonely}\nspec:\n  image: x:1\n  database: {primary: {name: nowhere, key: url}}\n",
+    );
+    let kps = Api::<KybPlatform>::namespaced(c.client().await, &ns);
+    eventually(
+        Duration::from_secs(30),
+        "Degraded/SecretMissing",
+        || async {
+            condition(&kps.get("lonely").await.unwrap(), "Degraded")
+                == Some(("True".into(), "SecretMissing".into()))
+        },
+    )
+    .await;
+    let reconciles = || {
+        op.metrics
+            .reconciles
+            .get_or_create(&kybctl::operator::metrics::Outcome {
+                result: "ok".into(),
+            })
+            .get()
+    };
+    let n = reconciles();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        reconciles() <= n + 1,
+        "hot loop: {} reconciles in 3 s",
+        reconciles() - n
+    );
+    let (_, out, _) = run(c
+        .kubectl()
+        .args(["get", "-n", &ns, "deployment", "-o", "name"]));
+    assert!(
+        out.trim().is_empty(),
+        "nothing rolled out without its Secret"
+    );
+    op.stop().await;
+}
