@@ -2,12 +2,15 @@
 
 mod demo;
 mod migrate;
+mod output;
 mod serve;
 
 pub use serve::start as start_service;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Config, Overrides};
+use crate::db::Database;
 use crate::telemetry::{self, LogFormat};
 
 /// Exit codes, the same for every command.
@@ -24,7 +27,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, migrations, demo",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb"
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -44,7 +47,7 @@ pub struct Cli {
 enum Command {
     /// Run the KYB API service.
     Serve(serve::ServeArgs),
-    /// Apply the embedded schema migrations.
+    /// Apply, revert, inspect and lint the embedded schema migrations.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
@@ -72,6 +75,16 @@ pub fn main() -> u8 {
             Command::Demo(args) => demo::run(args).await,
         }
     })
+}
+
+/// The configured shards' pools (connected lazily), or the exit code after printing why not.
+fn database(overrides: &Overrides) -> Result<Database, u8> {
+    Config::load(overrides)
+        .and_then(|config| Database::connect_lazy(&config))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::USAGE
+        })
 }
 
 /// Resolves on SIGINT or SIGTERM.

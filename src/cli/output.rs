@@ -1,0 +1,44 @@
+//! `-o table|json|yaml` for commands that print records.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// Pretty-printed JSON; field names and order are stable.
+    Json,
+    /// YAML with the same structure as the JSON.
+    Yaml,
+}
+
+/// Renders `value` in `format`; `table` builds the human table from the same data.
+pub fn render<T: Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce() -> comfy_table::Table,
+) -> String {
+    match format {
+        Format::Table => format!("{}\n", table()),
+        // Serialising plain structs of strings and numbers cannot fail.
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(value).expect("serialisable")
+        ),
+        Format::Yaml => serde_yaml::to_string(value).expect("serialisable"),
+    }
+}
+
+/// A table with a header and no styling that depends on the terminal.
+pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_header(header);
+    t
+}
+
+/// Milliseconds for report lines.
+pub fn millis(d: std::time::Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
