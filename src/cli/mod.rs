@@ -1,5 +1,6 @@
 //! The `kybctl` command line: one binary whose subcommands are the service, the migrator and the demo.
 
+mod db;
 mod demo;
 mod migrate;
 mod output;
@@ -26,8 +27,8 @@ pub mod exit {
 #[command(
     name = "kybctl",
     version,
-    about = "Run and operate the KYB platform: API service, migrations, demo",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json"
+    about = "Run and operate the KYB platform: API service, migrations, indexes, demo",
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -50,6 +51,9 @@ enum Command {
     /// Apply, revert, inspect and lint the embedded schema migrations.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
+    /// Database upkeep on live data.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
     Demo(demo::DemoArgs),
 }
@@ -72,6 +76,7 @@ pub fn main() -> u8 {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Migrate(cmd) => migrate::run(cmd).await,
+            Command::Db(cmd) => db::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
         }
     })
