@@ -1,12 +1,13 @@
 //! Migration lint: flags statements that lock or rewrite busy tables, in the spirit of squawk.
 //!
 //! Hand-written (a statement splitter, a tokenizer and token-pattern rules) rather than the
-//! `squawk-linter` crate: squawk's linter is published as an internal part of its CLI with no stable
-//! library API and a large parser behind it, while two of our rules need knowledge squawk has no way to
-//! get: which tables the same file creates (empty, so any lock is harmless) and which columns the
-//! service's own queries still read. The rules only need the leading keywords of each statement and of
-//! each `ALTER TABLE` action, which a tokenizer that understands PostgreSQL's comments, quoting and
-//! dollar quoting gives exactly.
+//! `squawk-linter` crate. That crate (2.68 when this was written, rust-version 1.94) does offer
+//! `Linter::with_rules(..).lint(&parse, text)` over its own rowan syntax tree, but it is versioned
+//! with the squawk CLI (2.71 was already out), documented only through that CLI, and brings a full
+//! PostgreSQL parser; and our `drop-column-still-read` rule needs what squawk cannot know (the columns the service's own
+//! queries read), so we would walk its tree with rules of our own anyway. Every rule here needs only
+//! the leading keywords of a statement or of an `ALTER TABLE` action, which a tokenizer that knows
+//! PostgreSQL's comments, quoting and dollar quoting gives exactly.
 
 use std::collections::HashSet;
 use std::fmt;
