@@ -42,9 +42,8 @@ fn up_versions() -> Vec<i64> {
 
 fn opts(allow_unsafe: bool) -> RunOptions {
     RunOptions {
-        lock_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(60),
         allow_unsafe,
+        ..RunOptions::default()
     }
 }
 

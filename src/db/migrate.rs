@@ -37,11 +37,10 @@ pub async fn applied_version(pool: &PgPool) -> Result<Option<i64>, DbError> {
     )
 }
 
-/// Applies pending migrations (sqlx takes a per-database advisory lock, so concurrent runners apply each
-/// once) and then refreshes the reference tables. For tests and the demo; `kybctl migrate up` uses
-/// [`up_with`].
+/// Applies the pending embedded migrations with the default options (concurrent runners apply each
+/// once) and then refreshes the reference tables: what the demo and the tests need.
 pub async fn up(pool: &PgPool) -> Result<(), MigrateError> {
-    MIGRATOR.run(pool).await?;
+    up_with(pool, &MIGRATOR, &RunOptions::default()).await?;
     super::reference::sync(pool).await?;
     Ok(())
 }
@@ -56,6 +55,17 @@ pub struct RunOptions {
     pub statement_timeout: Duration,
     /// Apply migrations even when lint finds something.
     pub allow_unsafe: bool,
+}
+
+impl Default for RunOptions {
+    /// The `kybctl migrate` flags' defaults.
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+            allow_unsafe: false,
+        }
+    }
 }
 
 /// One migration that was (or in a dry run, would be) applied or reverted.
