@@ -154,6 +154,8 @@ async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool)
                     "shard {id}: applied {} {} ({elapsed})",
                     s.version, s.description
                 );
+                // Only with --allow-unsafe can there be any: say what was let through.
+                print_findings(s, MigrationType::ReversibleUp);
             }
             if let Err(e) = reference::sync(&shard.primary).await {
                 return failed(&shard, "refresh reference data on", &e.into());
