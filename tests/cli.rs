@@ -46,7 +46,9 @@ fn unreachable_database_is_a_clear_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("cannot migrate PostgreSQL at 127.0.0.1:{port}")),
+        err.contains(&format!(
+            "cannot reach PostgreSQL at 127.0.0.1:{port} (shard default)"
+        )),
         "{err}"
     );
     assert!(!err.contains("hunter2"), "credentials leaked: {err}");

@@ -1,9 +1,17 @@
-//! `kybctl migrate`.
+//! `kybctl migrate up|down|status|lint`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationType};
 
 use super::exit;
-use crate::config::{Config, Overrides};
-use crate::db::migrate;
-use crate::db::Database;
+use super::output::{self, Format};
+use crate::config::Overrides;
+use crate::db::lint::{self, QueryCorpus};
+use crate::db::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
+use crate::db::{reference, ShardPools};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MigrateCommand {
@@ -11,41 +19,382 @@ pub enum MigrateCommand {
     Up {
         #[command(flatten)]
         overrides: Overrides,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Apply migrations even when `migrate lint` flags them.
+        #[arg(long)]
+        allow_unsafe: bool,
+        /// Print what would be applied on each shard (with lint findings) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Revert the newest applied migrations on every shard (their .down.sql scripts).
+    Down {
+        #[command(flatten)]
+        overrides: Overrides,
+        #[command(flatten)]
+        run: RunArgs,
+        /// How many migrations to revert.
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        /// Print what would be reverted on each shard and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Applied, pending and failed migrations per shard; exits 1 when one failed or was modified after
+    /// it was applied.
+    Status {
+        #[command(flatten)]
+        overrides: Overrides,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Flag statements that lock or rewrite busy tables (the embedded migrations when no file is
+    /// given); exits 1 on findings.
+    Lint {
+        /// Migration files to lint.
+        files: Vec<PathBuf>,
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// lock_timeout of the migrating session: a migration queued behind a long lock fails instead of
+    /// blocking the traffic queued behind it (0s disables).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lock_timeout: Duration,
+    /// statement_timeout of the migrating session (0s disables).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    statement_timeout: Duration,
+}
+
 pub async fn run(cmd: MigrateCommand) -> u8 {
-    let MigrateCommand::Up { overrides } = cmd;
-    let config = match Config::load(&overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
+    match cmd {
+        MigrateCommand::Up {
+            overrides,
+            run,
+            allow_unsafe,
+            dry_run,
+        } => {
+            let opts = options(&run, allow_unsafe);
+            each_shard(&overrides, |s| up(s, &opts, dry_run)).await
         }
-    };
-    let db = match Database::connect_lazy(&config) {
+        MigrateCommand::Down {
+            overrides,
+            run,
+            steps,
+            dry_run,
+        } => {
+            let opts = options(&run, false);
+            each_shard(&overrides, |s| down(s, &opts, steps, dry_run)).await
+        }
+        MigrateCommand::Status { overrides, output } => status(&overrides, output).await,
+        MigrateCommand::Lint { files } => lint_files(&files),
+    }
+}
+
+fn options(run: &RunArgs, allow_unsafe: bool) -> RunOptions {
+    RunOptions {
+        lock_timeout: run.lock_timeout,
+        statement_timeout: run.statement_timeout,
+        allow_unsafe,
+    }
+}
+
+/// Runs `f` on every shard in order and returns the worst exit code.
+async fn each_shard<F, Fut>(overrides: &Overrides, f: F) -> u8
+where
+    F: Fn(std::sync::Arc<ShardPools>) -> Fut,
+    Fut: std::future::Future<Output = u8>,
+{
+    let db = match super::database(overrides) {
         Ok(db) => db,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let mut code = exit::OK;
     for shard in db.shards() {
-        match migrate::up(&shard.primary).await {
-            Ok(()) => println!(
-                "shard {}: schema at version {}",
-                shard.id,
-                migrate::expected_version()
-            ),
-            Err(e) => {
-                eprintln!(
-                    "error: cannot migrate PostgreSQL at {} (shard {}): {e}",
-                    shard.primary_target, shard.id
-                );
-                code = exit::USAGE;
-            }
-        }
+        code = code.max(f(shard.clone()).await);
     }
     code
+}
+
+async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool) -> u8 {
+    let id = &shard.id;
+    if dry_run {
+        return match migrate::plan_up(&shard.primary, &MIGRATOR).await {
+            Ok(steps) if steps.is_empty() => {
+                println!("shard {id}: nothing to apply");
+                exit::OK
+            }
+            Ok(steps) => {
+                let mut code = exit::OK;
+                for s in &steps {
+                    let refuse = !s.findings.is_empty() && !opts.allow_unsafe;
+                    println!(
+                        "shard {id}: would {} {} {}",
+                        if refuse { "refuse" } else { "apply" },
+                        s.version,
+                        s.description
+                    );
+                    print_findings(s, MigrationType::ReversibleUp);
+                    if refuse {
+                        code = exit::CHECK_FAILED;
+                    }
+                }
+                code
+            }
+            Err(e) => failed(&shard, "read migrations of", &e),
+        };
+    }
+    match migrate::up_with(&shard.primary, &MIGRATOR, opts).await {
+        Ok(steps) => {
+            for s in &steps {
+                let elapsed = s.elapsed.map(output::millis).unwrap_or_default();
+                println!(
+                    "shard {id}: applied {} {} ({elapsed})",
+                    s.version, s.description
+                );
+                // Only with --allow-unsafe can there be any: say what was let through.
+                print_findings(s, MigrationType::ReversibleUp);
+            }
+            if let Err(e) = reference::sync(&shard.primary).await {
+                return failed(&shard, "refresh reference data on", &e.into());
+            }
+            println!(
+                "shard {id}: schema at version {}{}",
+                migrate::expected_version(),
+                if steps.is_empty() {
+                    " (nothing to apply)"
+                } else {
+                    ""
+                }
+            );
+            exit::OK
+        }
+        Err(e) => {
+            if let MigrateError::Unsafe { version, findings } = &e {
+                let file = file_of(*version, MigrationType::ReversibleUp);
+                for f in findings {
+                    eprintln!("  {file}:{}: {}: {}", f.line, f.rule, f.message);
+                }
+            }
+            failed(&shard, "migrate", &e)
+        }
+    }
+}
+
+async fn down(
+    shard: std::sync::Arc<ShardPools>,
+    opts: &RunOptions,
+    steps: usize,
+    dry_run: bool,
+) -> u8 {
+    let id = &shard.id;
+    let result = if dry_run {
+        migrate::plan_down(&shard.primary, &MIGRATOR, steps).await
+    } else {
+        migrate::down(&shard.primary, &MIGRATOR, steps, opts).await
+    };
+    match result {
+        Ok(done) if done.is_empty() => {
+            println!("shard {id}: nothing to revert");
+            exit::OK
+        }
+        Ok(done) => {
+            for s in &done {
+                match s.elapsed {
+                    Some(d) => println!(
+                        "shard {id}: reverted {} {} ({})",
+                        s.version,
+                        s.description,
+                        output::millis(d)
+                    ),
+                    None => println!("shard {id}: would revert {} {}", s.version, s.description),
+                }
+                print_findings(s, MigrationType::ReversibleDown);
+            }
+            exit::OK
+        }
+        Err(e) => failed(&shard, "revert migrations on", &e),
+    }
+}
+
+fn print_findings(s: &Step, kind: MigrationType) {
+    let file = file_of(s.version, kind);
+    for f in &s.findings {
+        println!("  {file}:{}: {}: {}", f.line, f.rule, f.message);
+    }
+}
+
+/// Prints the error naming the target (never the credentials) and returns the exit code: 1 when the
+/// database or a migration failed a check, 2 when it could not be reached or the run failed.
+fn failed(shard: &ShardPools, verb: &str, e: &MigrateError) -> u8 {
+    let (target, id) = (&shard.primary_target, &shard.id);
+    if e.is_unreachable() {
+        eprintln!("error: cannot reach PostgreSQL at {target} (shard {id}): {e}");
+        return exit::USAGE;
+    }
+    eprintln!("error: cannot {verb} PostgreSQL at {target} (shard {id}): {e}");
+    use sqlx::migrate::MigrateError as Sqlx;
+    match e {
+        MigrateError::Unsafe { .. }
+        | MigrateError::Migrate(
+            Sqlx::VersionMismatch(_) | Sqlx::Dirty(_) | Sqlx::VersionMissing(_),
+        ) => exit::CHECK_FAILED,
+        _ => exit::USAGE,
+    }
+}
+
+#[derive(Serialize)]
+struct ShardStatus {
+    shard: String,
+    migrations: Vec<MigrationStatus>,
+}
+
+async fn status(overrides: &Overrides, format: Format) -> u8 {
+    let db = match super::database(overrides) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let mut code = exit::OK;
+    let mut shards = Vec::new();
+    for shard in db.shards() {
+        match migrate::status(&shard.primary, &MIGRATOR).await {
+            Ok(migrations) => {
+                for m in migrations.iter().filter(|m| m.is_problem()) {
+                    eprintln!(
+                        "error: shard {}: migration {} {}",
+                        shard.id,
+                        m.version,
+                        problem(m)
+                    );
+                    code = code.max(exit::CHECK_FAILED);
+                }
+                shards.push(ShardStatus {
+                    shard: shard.id.clone(),
+                    migrations,
+                });
+            }
+            Err(e) => code = code.max(failed(shard, "read migrations of", &e)),
+        }
+    }
+    if shards.is_empty() {
+        return code;
+    }
+    print!(
+        "{}",
+        output::render(format, &shards, || {
+            let mut t = output::table([
+                "SHARD",
+                "VERSION",
+                "DESCRIPTION",
+                "STATE",
+                "CHECKSUM",
+                "NOTE",
+            ]);
+            for s in &shards {
+                for m in &s.migrations {
+                    t.add_row([
+                        s.shard.clone(),
+                        m.version.to_string(),
+                        m.description.clone(),
+                        serde_plain(&m.state),
+                        m.checksum.clone(),
+                        if m.is_problem() {
+                            problem(m)
+                        } else {
+                            String::new()
+                        },
+                    ]);
+                }
+            }
+            t
+        })
+    );
+    code
+}
+
+fn problem(m: &MigrationStatus) -> String {
+    if !m.embedded {
+        "is applied but not in this binary (applied by a newer kybctl?)".into()
+    } else if m.checksum_mismatch {
+        "was modified after it was applied (its checksum differs from the embedded script's)".into()
+    } else {
+        "failed; fix the database and delete its row from _sqlx_migrations".into()
+    }
+}
+
+/// A unit enum's serde name (`applied`), so the table and the JSON say the same word.
+fn serde_plain<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `migrations/<version>_<description>.up.sql`, the file an embedded migration came from.
+fn file_of(version: i64, kind: MigrationType) -> String {
+    MIGRATOR
+        .iter()
+        .find(|m| m.version == version && m.migration_type == kind)
+        .map(file_name)
+        .unwrap_or_else(|| format!("migration {version}"))
+}
+
+fn file_name(m: &Migration) -> String {
+    format!(
+        "migrations/{}_{}{}",
+        m.version,
+        m.description.replace(' ', "_"),
+        m.migration_type.suffix()
+    )
+}
+
+fn lint_files(files: &[PathBuf]) -> u8 {
+    let sources: Vec<(String, String)> = if files.is_empty() {
+        MIGRATOR
+            .iter()
+            .map(|m| (file_name(m), m.sql.as_str().to_owned()))
+            .collect()
+    } else {
+        let mut read = Vec::new();
+        for f in files {
+            match std::fs::read_to_string(f) {
+                Ok(text) => read.push((f.display().to_string(), text)),
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", f.display());
+                    return exit::USAGE;
+                }
+            }
+        }
+        read
+    };
+    let corpus = QueryCorpus::service();
+    let mut findings = 0;
+    for (name, sql) in &sources {
+        for f in lint::lint(sql, &corpus) {
+            println!("{name}:{}: {}: {}", f.line, f.rule, f.message);
+            findings += 1;
+        }
+    }
+    eprintln!("{} file(s) linted, {findings} finding(s)", sources.len());
+    if findings > 0 {
+        exit::CHECK_FAILED
+    } else {
+        exit::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_file_names_match_the_migrations_folder() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        for m in MIGRATOR.iter() {
+            let path = format!("{root}/{}", file_name(m));
+            assert!(std::path::Path::new(&path).exists(), "{path}");
+        }
+    }
 }

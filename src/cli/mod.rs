@@ -1,14 +1,18 @@
 //! The `kybctl` command line: one binary whose subcommands are the service, the migrator and the demo.
 
+mod db;
 mod demo;
 mod migrate;
 mod operator;
+mod output;
 mod serve;
 
 pub use serve::start as start_service;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Config, Overrides};
+use crate::db::Database;
 use crate::telemetry::{self, LogFormat};
 
 /// Exit codes, the same for every command.
@@ -24,8 +28,8 @@ pub mod exit {
 #[command(
     name = "kybctl",
     version,
-    about = "Run and operate the KYB platform: API service, migrations, demo",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb"
+    about = "Run and operate the KYB platform: API service, migrations, indexes, demo",
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -45,9 +49,12 @@ pub struct Cli {
 enum Command {
     /// Run the KYB API service.
     Serve(serve::ServeArgs),
-    /// Apply the embedded schema migrations.
+    /// Apply, revert, inspect and lint the embedded schema migrations.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
+    /// Database upkeep on live data.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
     Demo(demo::DemoArgs),
     /// Print the KybPlatform CustomResourceDefinition (YAML), for `kubectl apply -f -`.
@@ -74,6 +81,7 @@ pub fn main() -> u8 {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Migrate(cmd) => migrate::run(cmd).await,
+            Command::Db(cmd) => db::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Crd => match crate::crd::crd_yaml() {
@@ -88,6 +96,16 @@ pub fn main() -> u8 {
             },
         }
     })
+}
+
+/// The configured shards' pools (connected lazily), or the exit code after printing why not.
+fn database(overrides: &Overrides) -> Result<Database, u8> {
+    Config::load(overrides)
+        .and_then(|config| Database::connect_lazy(&config))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::USAGE
+        })
 }
 
 /// Resolves on SIGINT or SIGTERM.

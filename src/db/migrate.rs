@@ -1,9 +1,19 @@
-//! The embedded schema migrations (sqlx's migrator, so the container image alone can migrate).
+//! The embedded schema migrations (sqlx's migrator, so the container image alone can migrate), and
+//! the `kybctl migrate` operations on top of it: guarded `up`, `down`, `status` and their dry runs.
+//!
+//! sqlx applies and reverts; this module decides what to run (pure functions over the embedded set and
+//! the `_sqlx_migrations` rows), refuses unsafe migrations, and runs sqlx on one dedicated connection
+//! with the run's lock and statement timeouts.
 
-use sqlx::migrate::Migrator;
-use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use super::DbError;
+use rand::Rng;
+use sqlx::migrate::{Migration, Migrator};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::lint::{self, QueryCorpus};
+use super::{is_connection_error, DbError};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -27,12 +37,331 @@ pub async fn applied_version(pool: &PgPool) -> Result<Option<i64>, DbError> {
     )
 }
 
-/// Applies pending migrations (sqlx takes a per-database advisory lock, so concurrent runners apply each
-/// once) and then refreshes the reference tables.
+/// Applies the pending embedded migrations with the default options (concurrent runners apply each
+/// once) and then refreshes the reference tables: what the demo and the tests need.
 pub async fn up(pool: &PgPool) -> Result<(), MigrateError> {
-    MIGRATOR.run(pool).await?;
+    up_with(pool, &MIGRATOR, &RunOptions::default()).await?;
     super::reference::sync(pool).await?;
     Ok(())
+}
+
+/// Per-run settings of `up` and `down`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `lock_timeout` of the migrating session: a migration queued behind a long lock fails fast
+    /// instead of making every later query on that table queue behind it. Zero disables.
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of the migrating session. Zero disables.
+    pub statement_timeout: Duration,
+    /// Apply migrations even when lint finds something.
+    pub allow_unsafe: bool,
+}
+
+impl Default for RunOptions {
+    /// The `kybctl migrate` flags' defaults.
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+            allow_unsafe: false,
+        }
+    }
+}
+
+/// One migration that was (or in a dry run, would be) applied or reverted.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub version: i64,
+    pub description: String,
+    /// Lint findings of the SQL that runs (the up or the down script).
+    pub findings: Vec<lint::Finding>,
+    /// How long it took; `None` in a dry run.
+    pub elapsed: Option<Duration>,
+}
+
+/// A row of `_sqlx_migrations`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppliedRow {
+    pub version: i64,
+    pub description: String,
+    pub success: bool,
+    pub checksum: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Applied,
+    Pending,
+    /// Recorded with `success = false`: sqlx refuses to go on until it is fixed.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub state: State,
+    /// Short hex of the embedded script's SHA-384 (of the applied one when this binary lacks it).
+    pub checksum: String,
+    /// The applied script's checksum differs from the embedded one: it was edited after applying.
+    pub checksum_mismatch: bool,
+    /// False for a migration the database has but this binary does not (a newer binary applied it).
+    pub embedded: bool,
+}
+
+impl MigrationStatus {
+    /// Whether this row fails `migrate status`'s check.
+    pub fn is_problem(&self) -> bool {
+        self.checksum_mismatch || self.state == State::Failed || !self.embedded
+    }
+}
+
+/// Hex of the first 8 bytes: enough to tell scripts apart in a listing.
+pub fn short_hex(checksum: &[u8]) -> String {
+    hex::encode(&checksum[..checksum.len().min(8)])
+}
+
+/// The embedded up migrations not yet recorded, oldest first.
+pub fn pending<'m>(migrator: &'m Migrator, applied: &[AppliedRow]) -> Vec<&'m Migration> {
+    migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .filter(|m| !applied.iter().any(|a| a.version == m.version))
+        .collect()
+}
+
+/// The down scripts of the newest `steps` applied migrations, newest first, each with the version to
+/// undo to (the next older applied one, or 0). Fails when one of them has no down script, rather than
+/// letting sqlx skip it silently.
+pub fn to_revert<'m>(
+    migrator: &'m Migrator,
+    applied: &[AppliedRow],
+    steps: usize,
+) -> Result<Vec<(&'m Migration, i64)>, MigrateError> {
+    let mut versions: Vec<i64> = applied
+        .iter()
+        .filter(|a| a.success)
+        .map(|a| a.version)
+        .collect();
+    versions.sort_unstable_by(|a, b| b.cmp(a));
+    versions
+        .iter()
+        .take(steps)
+        .enumerate()
+        .map(|(k, &v)| {
+            let down = migrator
+                .iter()
+                .find(|m| m.version == v && m.migration_type.is_down_migration())
+                .ok_or(MigrateError::NotReversible(v))?;
+            Ok((down, versions.get(k + 1).copied().unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// Every migration, embedded or recorded, by version.
+pub fn merge_status(migrator: &Migrator, applied: &[AppliedRow]) -> Vec<MigrationStatus> {
+    let recorded: HashMap<i64, &AppliedRow> = applied.iter().map(|a| (a.version, a)).collect();
+    let mut rows: Vec<MigrationStatus> = migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| {
+            let row = recorded.get(&m.version);
+            MigrationStatus {
+                version: m.version,
+                description: m.description.to_string(),
+                state: match row {
+                    None => State::Pending,
+                    Some(a) if a.success => State::Applied,
+                    Some(_) => State::Failed,
+                },
+                checksum: short_hex(&m.checksum),
+                checksum_mismatch: row.is_some_and(|a| a.checksum != *m.checksum),
+                embedded: true,
+            }
+        })
+        .collect();
+    for a in applied {
+        if !rows.iter().any(|r| r.version == a.version) {
+            rows.push(MigrationStatus {
+                version: a.version,
+                description: a.description.clone(),
+                state: if a.success {
+                    State::Applied
+                } else {
+                    State::Failed
+                },
+                checksum: short_hex(&a.checksum),
+                checksum_mismatch: false,
+                embedded: false,
+            });
+        }
+    }
+    rows.sort_by_key(|r| r.version);
+    rows
+}
+
+fn step(m: &Migration, elapsed: Option<Duration>) -> Step {
+    Step {
+        version: m.version,
+        description: m.description.to_string(),
+        findings: lint::lint(m.sql.as_str(), &QueryCorpus::service()),
+        elapsed,
+    }
+}
+
+/// The recorded migrations; empty before the first run.
+pub async fn applied_rows(conn: &mut PgConnection) -> Result<Vec<AppliedRow>, MigrateError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn status(
+    pool: &PgPool,
+    migrator: &Migrator,
+) -> Result<Vec<MigrationStatus>, MigrateError> {
+    let mut conn = pool.acquire().await?;
+    Ok(merge_status(migrator, &applied_rows(&mut conn).await?))
+}
+
+/// What `up` would apply, with lint findings; takes no lock and changes nothing.
+pub async fn plan_up(pool: &PgPool, migrator: &Migrator) -> Result<Vec<Step>, MigrateError> {
+    let mut conn = pool.acquire().await?;
+    let applied = applied_rows(&mut conn).await?;
+    Ok(pending(migrator, &applied)
+        .into_iter()
+        .map(|m| step(m, None))
+        .collect())
+}
+
+/// What `down --steps` would revert, newest first.
+pub async fn plan_down(
+    pool: &PgPool,
+    migrator: &Migrator,
+    steps: usize,
+) -> Result<Vec<Step>, MigrateError> {
+    let mut conn = pool.acquire().await?;
+    let applied = applied_rows(&mut conn).await?;
+    Ok(to_revert(migrator, &applied, steps)?
+        .into_iter()
+        .map(|(m, _)| step(m, None))
+        .collect())
+}
+
+/// Applies the pending migrations one by one under the migration lock, refusing (before applying any)
+/// when one fails lint and `allow_unsafe` is off. Returns what it applied.
+pub async fn up_with(
+    pool: &PgPool,
+    migrator: &Migrator,
+    opts: &RunOptions,
+) -> Result<Vec<Step>, MigrateError> {
+    let mut conn = session(pool, opts).await?;
+    let applied = applied_rows(&mut conn).await?;
+    let pending = pending(migrator, &applied);
+    if !opts.allow_unsafe {
+        for m in &pending {
+            let s = step(m, None);
+            if !s.findings.is_empty() {
+                return Err(MigrateError::Unsafe {
+                    version: s.version,
+                    findings: s.findings,
+                });
+            }
+        }
+    }
+    let mut done = Vec::new();
+    for m in pending {
+        let started = Instant::now();
+        // run_to validates every applied checksum again and applies up to this version; the advisory
+        // lock it takes is ours already (session advisory locks nest).
+        migrator.run_to(m.version, &mut conn).await?;
+        done.push(step(m, Some(started.elapsed())));
+    }
+    // With nothing (more) to apply this only validates: it fails when an applied migration was
+    // modified, missing or left failed, as a plain sqlx run would.
+    migrator.run(&mut conn).await?;
+    conn.close().await.ok();
+    Ok(done)
+}
+
+/// Reverts the newest `steps` applied migrations, newest first, under the migration lock.
+pub async fn down(
+    pool: &PgPool,
+    migrator: &Migrator,
+    steps: usize,
+    opts: &RunOptions,
+) -> Result<Vec<Step>, MigrateError> {
+    let mut conn = session(pool, opts).await?;
+    let applied = applied_rows(&mut conn).await?;
+    let mut done = Vec::new();
+    for (m, target) in to_revert(migrator, &applied, steps)? {
+        let started = Instant::now();
+        migrator.undo(&mut conn, target).await?;
+        done.push(step(m, Some(started.elapsed())));
+    }
+    conn.close().await.ok();
+    Ok(done)
+}
+
+/// A connection of its own (its settings must not leak into the pool) holding sqlx's migration lock,
+/// with the run's timeouts set once the lock is held.
+async fn session(pool: &PgPool, opts: &RunOptions) -> Result<PgConnection, MigrateError> {
+    let mut conn = pool.acquire().await?.detach();
+    lock(&mut conn).await?;
+    for (name, value) in [
+        ("lock_timeout", opts.lock_timeout),
+        ("statement_timeout", opts.statement_timeout),
+    ] {
+        let sql = format!("SET {name} = '{}ms'", value.as_millis());
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(conn)
+}
+
+/// sqlx's advisory lock id for a database (sqlx-postgres `generate_lock_id`, which is private), so our
+/// lock and sqlx's are the same lock.
+fn lock_id(database: &str) -> i64 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC.checksum(database.as_bytes()))
+}
+
+/// Takes the migration lock by polling `pg_try_advisory_lock` instead of blocking in
+/// `pg_advisory_lock` as sqlx does: a session blocked in that call holds a snapshot, a
+/// `CREATE INDEX CONCURRENTLY` in the lock holder's migration waits for every older snapshot, and the
+/// two would deadlock. Waiting here is unbounded (it blocks no traffic) and not subject to the run's
+/// lock_timeout, which is set only once the lock is held.
+async fn lock(conn: &mut PgConnection) -> Result<(), MigrateError> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let id = lock_id(&database);
+    let mut announced = false;
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            return Ok(());
+        }
+        if !announced {
+            tracing::info!(database = %database, "waiting for another migrator to finish");
+            announced = true;
+        }
+        let jitter = rand::rng().random_range(0..100);
+        tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,4 +370,119 @@ pub enum MigrateError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("migration {version} fails lint ({}); rerun with --allow-unsafe to apply it anyway", rule_list(.findings))]
+    Unsafe {
+        version: i64,
+        findings: Vec<lint::Finding>,
+    },
+    #[error("migration {0} has no down script; it cannot be reverted")]
+    NotReversible(i64),
+}
+
+fn rule_list(findings: &[lint::Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| format!("line {}: {}", f.line, f.rule))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl From<sqlx::Error> for MigrateError {
+    fn from(e: sqlx::Error) -> Self {
+        MigrateError::Db(e.into())
+    }
+}
+
+impl MigrateError {
+    /// The database was not reachable (as opposed to a migration or check failing).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            MigrateError::Db(DbError::Unavailable(_)) => true,
+            MigrateError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                is_connection_error(e)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::migrate::MigrationType;
+    use sqlx::SqlSafeStr;
+
+    fn migrator() -> Migrator {
+        let m =
+            |v, t, sql: &'static str| Migration::new(v, "m".into(), t, sql.into_sql_str(), false);
+        Migrator::with_migrations(vec![
+            m(1, MigrationType::ReversibleUp, "CREATE TABLE a (x int)"),
+            m(1, MigrationType::ReversibleDown, "DROP TABLE a"),
+            m(2, MigrationType::ReversibleUp, "CREATE TABLE b (x int)"),
+            m(2, MigrationType::ReversibleDown, "DROP TABLE b"),
+            m(3, MigrationType::Simple, "CREATE TABLE c (x int)"),
+        ])
+    }
+
+    fn row(version: i64, success: bool, checksum: &[u8]) -> AppliedRow {
+        AppliedRow {
+            version,
+            description: "m".into(),
+            success,
+            checksum: checksum.to_vec(),
+        }
+    }
+
+    #[test]
+    fn pending_skips_applied_and_down_scripts() {
+        let m = migrator();
+        let applied = [row(1, true, &m.iter().next().unwrap().checksum)];
+        let p: Vec<i64> = pending(&m, &applied).iter().map(|m| m.version).collect();
+        assert_eq!(p, vec![2, 3]);
+    }
+
+    #[test]
+    fn revert_targets_the_next_older_applied_version() {
+        let m = migrator();
+        let applied = [row(1, true, b""), row(2, true, b"")];
+        let r: Vec<(i64, i64)> = to_revert(&m, &applied, 5)
+            .unwrap()
+            .iter()
+            .map(|(m, t)| (m.version, *t))
+            .collect();
+        assert_eq!(r, vec![(2, 1), (1, 0)]);
+        let applied = [row(1, true, b""), row(3, true, b"")];
+        assert!(matches!(
+            to_revert(&m, &applied, 1),
+            Err(MigrateError::NotReversible(3))
+        ));
+    }
+
+    #[test]
+    fn status_flags_edits_failures_and_unknown_versions() {
+        let m = migrator();
+        let first = m.iter().next().unwrap().checksum.to_vec();
+        let applied = [
+            row(1, true, &first),
+            row(2, false, b"x"),
+            row(9, true, b"y"),
+        ];
+        let s = merge_status(&m, &applied);
+        let summary: Vec<(i64, State, bool, bool)> = s
+            .iter()
+            .map(|r| (r.version, r.state, r.checksum_mismatch, r.embedded))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, State::Applied, false, true),
+                (2, State::Failed, true, true),
+                (3, State::Pending, false, true),
+                (9, State::Applied, false, false),
+            ]
+        );
+        assert_eq!(s[0].checksum, short_hex(&first));
+        assert_eq!(s[0].checksum.len(), 16);
+        assert!(!s[0].is_problem() && s[1].is_problem() && !s[2].is_problem() && s[3].is_problem());
+    }
 }
