@@ -14,4 +14,5 @@ pub mod model;
 pub mod registry;
 pub mod risk;
 pub mod server;
+pub mod slo;
 pub mod telemetry;
