@@ -358,9 +358,12 @@ pub fn parse_file(text: &str) -> Result<Vec<Threshold>, ThresholdError> {
 mod tests {
     use super::*;
 
+    /// Expression, scope, metric, operator, limit in canonical units, unit.
+    type Case = (&'static str, Option<&'static str>, Metric, Op, f64, Unit);
+
     #[test]
     fn good_expressions() {
-        let cases: &[(&str, Option<&str>, Metric, Op, f64, Unit)] = &[
+        let cases: &[Case] = &[
             (
                 "p95<500ms",
                 None,
