@@ -315,6 +315,19 @@ fn usage_errors_exit_2_naming_target_and_cause() {
         stderr(&out)
     );
 
+    let file = dir.path().join("slos.yaml");
+    std::fs::write(&file, "p95: 500ms\n").unwrap();
+    let out = slo_check(&r, &["--thresholds-file", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "invalid thresholds file {}: expected a YAML list",
+            file.display()
+        )),
+        "{err}"
+    );
+
     let out = slo_check(&r, &["--tolerance", "lots"]);
     assert_eq!(code(&out), 2);
     assert!(

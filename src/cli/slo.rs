@@ -90,7 +90,7 @@ enum CheckError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("in thresholds file {path}: {source}")]
+    #[error("invalid thresholds file {path}: {source}")]
     ThresholdsFile {
         path: PathBuf,
         source: ThresholdError,

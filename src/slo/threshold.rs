@@ -18,7 +18,8 @@ pub const DEFAULTS: [&str; 4] = [
 pub enum ThresholdError {
     #[error("invalid threshold `{expr}`: {reason}")]
     Invalid { expr: String, reason: String },
-    #[error("invalid thresholds file: {0}")]
+    /// The file's shape is wrong; the caller names the file.
+    #[error("{0}")]
     File(String),
 }
 
