@@ -3,7 +3,7 @@
 use serde::{Serialize, Serializer};
 
 use super::result::{LoadTestResult, Summary};
-use super::threshold::{format_value, Metric, Percentile, Threshold, Unit};
+use super::threshold::{format_value, Metric, Op, Percentile, Threshold, Unit};
 
 /// A run whose generator reached less than this share of its requested rate measured the generator, not
 /// the service.
@@ -294,11 +294,12 @@ pub fn compare_with_baseline(
         let cur = measure(t.metric, key.0, current, min_samples);
         let base = measure(t.metric, key.0, baseline, min_samples);
         let (op, sign) = if latency {
-            (super::threshold::Op::Le, 1.0)
+            (Op::Le, 1.0)
         } else {
-            (super::threshold::Op::Ge, -1.0)
+            (Op::Ge, -1.0)
         };
-        let limit = base.value().map(|b| b * (1.0 + sign * tolerance));
+        let allowed = |b: f64| b * (1.0 + sign * tolerance);
+        let limit = base.value().map(allowed);
         let (outcome, detail) = match (&cur, &base) {
             (Measurement::Unjudgeable { why, .. }, _) => (Outcome::Inconclusive, why.clone()),
             (_, Measurement::Unjudgeable { why, .. }) => {
@@ -315,7 +316,7 @@ pub fn compare_with_baseline(
                         tolerance * 100.0
                     )
                 };
-                if op.holds(*c, b * (1.0 + sign * tolerance)) {
+                if op.holds(*c, allowed(*b)) {
                     (Outcome::Pass, change)
                 } else {
                     let verb = if latency { "regressed" } else { "dropped" };

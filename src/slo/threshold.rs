@@ -4,8 +4,6 @@
 //! A threshold keeps the unit it was written in so reports show numbers the way the user wrote them;
 //! comparisons use canonical units (microseconds, fractions, requests per second).
 
-use std::fmt;
-
 /// The plan's KPIs, checked when no threshold is given.
 pub const DEFAULTS: [&str; 4] = [
     "p95<500ms",
@@ -185,12 +183,6 @@ impl Threshold {
     /// The limit in the unit it was written in.
     pub fn limit_display(&self) -> String {
         format_value(self.unit.from_canonical(self.limit), self.unit)
-    }
-}
-
-impl fmt::Display for Threshold {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.expr)
     }
 }
 
