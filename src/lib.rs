@@ -16,4 +16,5 @@ pub mod operator;
 pub mod registry;
 pub mod risk;
 pub mod server;
+pub mod slo;
 pub mod telemetry;

@@ -6,6 +6,7 @@ mod migrate;
 mod operator;
 mod output;
 mod serve;
+mod slo;
 
 pub use serve::start as start_service;
 
@@ -22,14 +23,17 @@ pub mod exit {
     pub const CHECK_FAILED: u8 = 1;
     /// Bad usage or environment: a flag, a file, an unreachable dependency.
     pub const USAGE: u8 = 2;
+    /// The check could not decide (too few samples, a missing metric, a limited load generator) and
+    /// nothing failed; CI can tell "not proven" from "broken".
+    pub const INCONCLUSIVE: u8 = 3;
 }
 
 #[derive(Debug, Parser)]
 #[command(
     name = "kybctl",
     version,
-    about = "Run and operate the KYB platform: API service, migrations, indexes, demo",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error.\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb"
+    about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -61,6 +65,9 @@ enum Command {
     Crd,
     /// Reconcile KybPlatform resources into running, autoscaled API services.
     Operator(operator::OperatorArgs),
+    /// Check service level objectives against a load-test result.
+    #[command(subcommand)]
+    Slo(slo::SloCommand),
 }
 
 /// Parses arguments, runs the command and returns its exit code.
@@ -94,6 +101,7 @@ pub fn main() -> u8 {
                     exit::USAGE
                 }
             },
+            Command::Slo(cmd) => slo::run(cmd),
         }
     })
 }
