@@ -49,7 +49,10 @@ struct Operator {
 
 impl Operator {
     async fn start(ns: &str) -> Self {
-        let client = cluster().await.client().await;
+        Self::start_as(ns, cluster().await.client().await).await
+    }
+
+    async fn start_as(ns: &str, client: kube::Client) -> Self {
         let metrics = Arc::new(OperatorMetrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let m = metrics.clone();
@@ -311,5 +314,82 @@ async fn a_missing_secret_is_reported_not_retried_hot() {
         out.trim().is_empty(),
         "nothing rolled out without its Secret"
     );
+    op.stop().await;
+}
+
+/// The operator works under the ServiceAccount and RBAC that `manifests/operator.yaml` ships, and that
+/// RBAC grants no more than it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_rbac_is_sufficient_and_least_privilege() {
+    let c = cluster().await;
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kybplatforms.kyb.io",
+    ]));
+    check(c.kubectl().args([
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
+    ]));
+    let sa = "system:serviceaccount:kyb-system:kybctl-operator";
+    for (verb, resource, subresource, allowed) in [
+        ("patch", "deployments", "", "yes"),
+        ("patch", "kybplatforms.kyb.io", "status", "yes"),
+        ("patch", "kybplatforms.kyb.io", "", "no"),
+        ("get", "secrets", "", "yes"),
+        ("list", "secrets", "", "no"),
+        ("delete", "deployments", "", "no"),
+        ("create", "pods", "", "no"),
+    ] {
+        let sub = format!("--subresource={subresource}");
+        let mut args = vec![
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "--all-namespaces",
+            "--as",
+            sa,
+        ];
+        if !subresource.is_empty() {
+            args.push(&sub);
+        }
+        let (_, out, _) = run(c.kubectl().args(&args));
+        assert_eq!(
+            out.trim(),
+            allowed,
+            "can the operator {verb} {resource} {subresource}?"
+        );
+    }
+    let token = check(
+        c.kubectl()
+            .args(["create", "token", "kybctl-operator", "-n", "kyb-system"]),
+    );
+    let ns = c.namespace("op-rbac").await;
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-db",
+        "-n",
+        &ns,
+        "--from-literal=url=postgres://kyb@db/kyb",
+    ]));
+    let op = Operator::start_as(&ns, c.client_with_token(token.trim()).await).await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
+    );
+    check(c.kubectl().args([
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "kyb/kyb",
+    ]));
     op.stop().await;
 }
