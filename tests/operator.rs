@@ -393,3 +393,109 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
     ]));
     op.stop().await;
 }
+
+/// Two operators with leader election: only the leader writes; when it stops, the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_the_follower_takes_over() {
+    use kybctl::operator::leader::LeaderElector;
+    use tokio_util::sync::CancellationToken;
+
+    let c = cluster().await;
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kybplatforms.kyb.io",
+    ]));
+    let ns = c.namespace("op-ha").await;
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-db",
+        "-n",
+        &ns,
+        "--from-literal=url=postgres://kyb@db/kyb",
+    ]));
+    let start = |identity: &'static str| {
+        let ns = ns.clone();
+        async move {
+            let client = cluster().await.client().await;
+            let metrics = Arc::new(OperatorMetrics::default());
+            let stop = CancellationToken::new();
+            let elector = LeaderElector::new(
+                client.clone(),
+                &ns,
+                "kybctl-operator",
+                identity,
+                Duration::from_secs(3),
+            );
+            let task = tokio::spawn(controller::run_elected(
+                client,
+                Some(ns),
+                metrics.clone(),
+                elector,
+                stop.clone(),
+            ));
+            (metrics, stop, task)
+        }
+    };
+    let (a_metrics, a_stop, a_task) = start("operator-a").await;
+    let lease_holder = || {
+        let (_, out, _) = run(c.kubectl().args([
+            "get",
+            "lease",
+            "kybctl-operator",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]));
+        out.trim().to_owned()
+    };
+    eventually(Duration::from_secs(15), "operator-a to lead", || async {
+        lease_holder() == "operator-a"
+    })
+    .await;
+    let (b_metrics, b_stop, b_task) = start("operator-b").await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
+    );
+    check(c.kubectl().args([
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "kyb/kyb",
+    ]));
+    assert!(a_metrics.writes.get() > 0);
+    assert_eq!(b_metrics.writes.get(), 0, "the follower must not write");
+
+    // The leader stops (releasing the Lease); the follower takes over and reconciles the next change.
+    a_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), a_task)
+        .await
+        .expect("leader stops")
+        .unwrap();
+    eventually(Duration::from_secs(15), "operator-b to lead", || async {
+        lease_holder() == "operator-b"
+    })
+    .await;
+    let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
+    check(
+        c.kubectl()
+            .args(["scale", "-n", &ns, "kyb/kyb", "--replicas=4"]),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the new leader to apply the change",
+        || async { deployments.get("kyb").await.unwrap().spec.unwrap().replicas == Some(4) },
+    )
+    .await;
+    assert!(b_metrics.writes.get() > 0);
+    b_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), b_task).await;
+}

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use super::exit;
 use crate::operator::controller;
+use crate::operator::leader::LeaderElector;
 use crate::operator::metrics::OperatorMetrics;
 
 #[derive(Debug, clap::Args)]
@@ -17,7 +18,19 @@ pub struct OperatorArgs {
     /// Address of the /metrics and /health endpoints.
     #[arg(long, default_value = "0.0.0.0:8081", env = "KYB_OPERATOR_LISTEN")]
     listen: std::net::SocketAddr,
+    /// Reconcile only while holding the Lease, so several replicas can run (`--leader-elect=false` for one).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KYB_OPERATOR_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (the operator's own namespace in a cluster).
+    #[arg(long, default_value = "kyb-system", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: the pod name, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
+
+const LEASE_NAME: &str = "kybctl-operator";
+const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub async fn run(args: OperatorArgs) -> u8 {
     // KUBECONFIG, ~/.kube/config or the in-cluster ServiceAccount, like kubectl.
@@ -42,6 +55,27 @@ pub async fn run(args: OperatorArgs) -> u8 {
         .route("/metrics", get(move || async move { m.encode() }));
     tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(namespace = ?args.namespace, listen = %args.listen, "KybPlatform operator running");
-    controller::run(client, args.namespace, metrics, super::shutdown_signal()).await;
+    if !args.leader_elect {
+        controller::run(client, args.namespace, metrics, super::shutdown_signal()).await;
+        return exit::OK;
+    }
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let elector = LeaderElector::new(
+        client.clone(),
+        &args.lease_namespace,
+        LEASE_NAME,
+        &identity,
+        LEASE_DURATION,
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    controller::run_elected(client, args.namespace, metrics, elector, shutdown).await;
     exit::OK
 }

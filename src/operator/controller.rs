@@ -390,3 +390,40 @@ pub async fn run(
     })
     .await;
 }
+
+/// Runs the controller only while `elector` holds the Lease; stops reconciling the moment leadership is
+/// lost and resumes if it is won back. Returns after `shutdown`, having released the Lease.
+pub async fn run_elected(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<OperatorMetrics>,
+    elector: super::leader::LeaderElector,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let (tx, mut leading) = tokio::sync::watch::channel(false);
+    let stop = shutdown.clone();
+    let election = tokio::spawn(elector.run(tx, async move { stop.cancelled().await }));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            won = leading.wait_for(|l| *l) => if won.is_err() { break },
+        }
+        tracing::info!("leading: reconciling");
+        let mut lost = leading.clone();
+        let stop = shutdown.clone();
+        run(
+            client.clone(),
+            namespace.clone(),
+            metrics.clone(),
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = lost.wait_for(|l| !*l) => {}
+                }
+            },
+        )
+        .await;
+        tracing::info!("not leading: reconciling stopped");
+    }
+    let _ = election.await;
+}

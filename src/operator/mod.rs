@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod status;
