@@ -391,6 +391,19 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
         "--timeout=120s",
         "kyb/kyb",
     ]));
+    // Events are written under the same identity.
+    eventually(Duration::from_secs(10), "a Ready event", || async {
+        let (_, out, _) = run(c.kubectl().args([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ]));
+        out.split_whitespace().any(|r| r == "Ready")
+    })
+    .await;
     op.stop().await;
 }
 
@@ -498,4 +511,60 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     assert!(b_metrics.writes.get() > 0);
     b_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), b_task).await;
+}
+
+/// An operator stopped mid-reconcile (after the migration Job was created, before the rollout) and a new
+/// one started converge on exactly one of everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_reconcile_converges_without_duplicates() {
+    let c = cluster().await;
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kybplatforms.kyb.io",
+    ]));
+    let ns = c.namespace("op-restart").await;
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-db",
+        "-n",
+        &ns,
+        "--from-literal=url=postgres://kyb@db/kyb",
+    ]));
+    let first = Operator::start(&ns).await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
+    );
+    let count = |kind: &'static str| {
+        let ns = ns.clone();
+        move || {
+            let (_, out, _) = run(c.kubectl().args(["get", kind, "-n", &ns, "-o", "name"]));
+            out.lines().filter(|l| !l.trim().is_empty()).count()
+        }
+    };
+    let jobs = count("jobs");
+    eventually(Duration::from_secs(30), "the migration Job", || async {
+        jobs() == 1
+    })
+    .await;
+    first.stop().await;
+    let second = Operator::start(&ns).await;
+    check(c.kubectl().args([
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "kyb/kyb",
+    ]));
+    assert_eq!(jobs(), 1, "one migration Job");
+    assert_eq!(count("deployments")(), 1);
+    assert_eq!(count("replicasets")(), 1, "no spurious rollout");
+    assert_eq!(count("services")(), 1);
+    second.stop().await;
 }

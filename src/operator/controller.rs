@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -56,6 +57,7 @@ impl Error {
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<OperatorMetrics>,
+    pub recorder: Recorder,
 }
 
 fn hash_of<T: Serialize>(obj: &T) -> Result<String, Error> {
@@ -196,15 +198,19 @@ fn rollout(d: Option<&Deployment>, desired: i32) -> Rollout {
 }
 
 async fn write_status(
-    client: &Client,
+    ctx: &Context,
     ns: &str,
     kp: &KybPlatform,
     obs: &Observed,
-    metrics: &OperatorMetrics,
 ) -> Result<(), Error> {
+    let (client, metrics) = (&ctx.client, &ctx.metrics);
     let next = status::next_status(kp, obs, &Time(k8s_openapi::jiff::Timestamp::now()));
     if kp.status.as_ref() == Some(&next) {
         return Ok(());
+    }
+    let previous_phase = kp.status.as_ref().and_then(|s| s.phase.clone());
+    if next.phase != previous_phase {
+        announce(ctx, kp, &next).await;
     }
     metrics.writes.inc();
     let patch = serde_json::json!({
@@ -220,6 +226,35 @@ async fn write_status(
         )
         .await?;
     Ok(())
+}
+
+/// A Kubernetes Event for a phase change, for `kubectl describe` and event-based alerting. Best effort:
+/// a rejected Event never fails the reconcile.
+async fn announce(ctx: &Context, kp: &KybPlatform, next: &crate::crd::KybPlatformStatus) {
+    let phase = next.phase.clone().unwrap_or_default();
+    let degraded = next
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::DEGRADED && c.status == "True");
+    let (type_, reason, note) = match degraded {
+        Some(c) => (EventType::Warning, c.reason.clone(), c.message.clone()),
+        None => (
+            EventType::Normal,
+            phase.clone(),
+            format!("{}/{} pods ready", next.ready_replicas, next.replicas),
+        ),
+    };
+    let event = Event {
+        type_,
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.metrics.writes.inc();
+    if let Err(e) = ctx.recorder.publish(&event, &kp.object_ref(&())).await {
+        tracing::debug!(error = %e, "event not recorded");
+    }
 }
 
 pub async fn reconcile(kp: Arc<KybPlatform>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -257,7 +292,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
                 rollout: rollout(live.as_ref(), 0),
                 ..base
             };
-            write_status(client, &ns, kp, &obs, metrics).await?;
+            write_status(ctx, &ns, kp, &obs).await?;
             // Nothing will change until the spec does.
             return Ok(Action::await_change());
         }
@@ -274,7 +309,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
             rollout: rollout(live.as_ref(), desired_replicas),
             ..base
         };
-        write_status(client, &ns, kp, &obs, metrics).await?;
+        write_status(ctx, &ns, kp, &obs).await?;
         return Ok(Action::requeue(SECRET_RECHECK));
     }
 
@@ -330,7 +365,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         revision: Some(children.revision.clone()),
         ..base
     };
-    write_status(client, &ns, kp, &obs, metrics).await?;
+    write_status(ctx, &ns, kp, &obs).await?;
     Ok(match migration {
         Migration::Running { .. } => Action::requeue(WAIT_FOR_JOB),
         // A failed migration needs a new spec (image or migrations) to move on.
@@ -366,6 +401,13 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
     });
     Controller::new(
         api::<KybPlatform>(&client, &namespace),
