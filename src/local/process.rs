@@ -69,11 +69,26 @@ fn spawner() -> &'static Spawner {
     })
 }
 
+/// Ports for local servers come from here: below the kernel's ephemeral range (32768+ by default), so
+/// no outgoing connection can take one as its source port between our choosing it and the server
+/// binding it (binding port 0 hands out exactly such ports), and below the 20000+ that the test
+/// control plane (`tests/cluster/up`) uses.
+const LOCAL_PORTS: std::ops::Range<u16> = 10_000..20_000;
+
 /// A port free on 127.0.0.1 at the time of asking.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(LOCAL_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port on 127.0.0.1 in {LOCAL_PORTS:?}"),
+    ))
 }
 
 /// Sends `sig` to `child` and waits for it.

@@ -60,6 +60,24 @@ fn start_timeout() -> Duration {
 }
 
 fn start_shared() -> Result<Cluster, String> {
+    // `up` chooses free ports before its components bind them; if another process takes one in
+    // between, that component fails with "address already in use". A new attempt picks new ports.
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match start_once() {
+            Err(e) if attempt < ATTEMPTS && e.contains("address already in use") => {
+                eprintln!(
+                    "control plane: a port was taken during start-up (attempt {attempt}); retrying"
+                );
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn start_once() -> Result<Cluster, String> {
     let dir = tempfile::Builder::new()
         .prefix("kybctl-k8s-")
         .tempdir()
