@@ -34,6 +34,7 @@ const APPLIED_HASH: &str = "kyb.io/applied-hash";
 const RESYNC: Duration = Duration::from_secs(300);
 const WAIT_FOR_JOB: Duration = Duration::from_secs(5);
 const SECRET_RECHECK: Duration = Duration::from_secs(30);
+const RECONCILE_CONCURRENCY: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -413,6 +414,9 @@ pub async fn run(
         api::<KybPlatform>(&client, &namespace),
         watcher::Config::default(),
     )
+    // Bounded: a burst of new KybPlatforms queues instead of opening a thousand reconciles at once,
+    // each holding its requests and responses (memory) and all competing for the apiserver (latency).
+    .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
     .owns(api::<Deployment>(&client, &namespace), owned.clone())
     .owns(api::<Job>(&client, &namespace), owned.clone())
     .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
