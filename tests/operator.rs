@@ -4,9 +4,11 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/operator.rs"]
+mod operator;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster::{check, check_with_stdin, cluster, run};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,69 +16,9 @@ use kube::api::Api;
 use kybctl::crd::KybPlatform;
 use kybctl::operator::controller;
 use kybctl::operator::metrics::OperatorMetrics;
+use operator::{condition, eventually, Operator};
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
-
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn condition(kp: &KybPlatform, kind: &str) -> Option<(String, String)> {
-    kp.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == kind)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-struct Operator {
-    metrics: Arc<OperatorMetrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Operator {
-    async fn start(ns: &str) -> Self {
-        Self::start_as(ns, cluster().await.client().await).await
-    }
-
-    async fn start_as(ns: &str, client: kube::Client) -> Self {
-        let metrics = Arc::new(OperatorMetrics::default());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let m = metrics.clone();
-        let ns = ns.to_owned();
-        let task = tokio::spawn(async move {
-            controller::run(client, Some(ns), m, async move {
-                let _ = rx.await;
-            })
-            .await;
-        });
-        Self {
-            metrics,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {

@@ -417,6 +417,7 @@ pub async fn run(
     // Bounded: a burst of new KybPlatforms queues instead of opening a thousand reconciles at once,
     // each holding its requests and responses (memory) and all competing for the apiserver (latency).
     .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+    .trigger_backoff(super::backoff::WatchBackoff::default())
     .owns(api::<Deployment>(&client, &namespace), owned.clone())
     .owns(api::<Job>(&client, &namespace), owned.clone())
     .owns(api::<ConfigMap>(&client, &namespace), owned.clone())

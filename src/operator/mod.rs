@@ -2,6 +2,7 @@
 //! configuration and every child object, so what the operator will apply is unit-tested without a
 //! cluster.
 
+pub mod backoff;
 pub mod build;
 pub mod controller;
 pub mod leader;

@@ -31,6 +31,8 @@ pub struct Cluster {
     pub server: String,
     /// CA certificate that signed kube-apiserver's serving certificate.
     pub ca_cert: PathBuf,
+    /// Process id of `tests/cluster/up` (SIGUSR1 restarts kube-apiserver).
+    up_pid: u32,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -97,7 +99,8 @@ fn start_once() -> Result<Cluster, String> {
             }
             match UpProcess::spawn(&thread_dir, &args) {
                 Ok(mut up) => {
-                    let ready = up.wait_ready(start_timeout());
+                    let pid = up.child.id();
+                    let ready = up.wait_ready(start_timeout()).map(|kc| (kc, pid));
                     let failed = ready.is_err();
                     let _ = tx.send(ready);
                     if failed {
@@ -118,7 +121,7 @@ fn start_once() -> Result<Cluster, String> {
             }
         })
         .map_err(|e| format!("cannot spawn the control-plane thread: {e}"))?;
-    let kubeconfig = rx
+    let (kubeconfig, up_pid) = rx
         .recv()
         .map_err(|_| "control-plane thread died".to_string())??;
     let (server, ca_cert) = (read_server(&kubeconfig)?, dir.join("pki/ca.crt"));
@@ -127,6 +130,7 @@ fn start_once() -> Result<Cluster, String> {
         kubeconfig,
         server,
         ca_cert,
+        up_pid,
     })
 }
 
@@ -302,6 +306,35 @@ fn read_pairs<T: std::str::FromStr>(path: &Path) -> Vec<(String, T)> {
 static NAMESPACE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Cluster {
+    /// Restarts kube-apiserver (same port, certificates and etcd) and returns once it is ready again.
+    /// Every client of the control plane sees its connections and watches drop. Only for a test binary
+    /// whose tests can all stand that (the control plane is shared by the binary).
+    pub fn restart_apiserver(&self) {
+        let log = self.dir.join("up.log");
+        let restarts = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("kube-apiserver restarted")
+                .count()
+        };
+        let before = restarts();
+        // SAFETY: plain kill(2) to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(self.up_pid as i32, libc::SIGUSR1) },
+            0,
+            "cannot signal tests/cluster/up"
+        );
+        let deadline = Instant::now() + Duration::from_secs(150);
+        while restarts() == before {
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver did not come back within 150 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// A kube client authenticated as the cluster admin.
     pub async fn client(&self) -> kube::Client {
         client_from_kubeconfig(&self.kubeconfig).await
