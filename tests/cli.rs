@@ -138,3 +138,18 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
         serde_json::from_str::<serde_json::Value>(l).expect("JSON log lines");
     }
 }
+
+#[test]
+fn completions_cover_every_subcommand_and_bad_shells_are_usage_errors() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = kybctl().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "completions {shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for sub in ["serve", "migrate", "db", "demo", "operator", "slo"] {
+            assert!(script.contains(sub), "{shell} completions lack `{sub}`");
+        }
+    }
+    let out = kybctl().args(["completions", "cmd.exe"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'cmd.exe'"));
+}

@@ -76,7 +76,13 @@ pub async fn run(cmd: DbCommand) -> u8 {
 }
 
 async fn apply(shard: &Arc<ShardPools>, opts: &ApplyOptions) -> u8 {
-    match indexes::apply(&shard.primary, opts).await {
+    let spinner = super::progress::spinner(format!(
+        "building indexes on shard {} (CREATE INDEX CONCURRENTLY)",
+        shard.id
+    ));
+    let result = indexes::apply(&shard.primary, opts).await;
+    spinner.finish_and_clear();
+    match result {
         Ok(report) => {
             for a in report {
                 let retries = match a.retries {
@@ -187,7 +193,13 @@ async fn verify(overrides: &Overrides, format: Format) -> u8 {
     let mut code = exit::OK;
     let mut shards = Vec::new();
     for shard in db.shards() {
-        match indexes::verify(&shard.primary).await {
+        let spinner = super::progress::spinner(format!(
+            "EXPLAIN ANALYZE of the hot queries on shard {}",
+            shard.id
+        ));
+        let result = indexes::verify(&shard.primary).await;
+        spinner.finish_and_clear();
+        match result {
             Ok(queries) => {
                 for q in queries.iter().filter(|q| !q.uses_index) {
                     eprintln!(

@@ -146,7 +146,10 @@ async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool)
             Err(e) => failed(&shard, "read migrations of", &e),
         };
     }
-    match migrate::up_with(&shard.primary, &MIGRATOR, opts).await {
+    let spinner = super::progress::spinner(format!("migrating shard {id}"));
+    let result = migrate::up_with(&shard.primary, &MIGRATOR, opts).await;
+    spinner.finish_and_clear();
+    match result {
         Ok(steps) => {
             for s in &steps {
                 let elapsed = s.elapsed.map(output::millis).unwrap_or_default();

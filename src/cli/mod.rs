@@ -5,6 +5,7 @@ mod demo;
 mod migrate;
 mod operator;
 mod output;
+mod progress;
 mod serve;
 mod slo;
 
@@ -33,7 +34,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb"
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  source <(kybctl completions bash)"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -45,6 +46,9 @@ pub struct Cli {
         env = "KYB_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// No colours in logs, tables and progress (also when NO_COLOR is set; colours need a terminal anyway).
+    #[arg(long, global = true, env = "NO_COLOR")]
+    no_color: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,12 +72,19 @@ enum Command {
     /// Check service level objectives against a load-test result.
     #[command(subcommand)]
     Slo(slo::SloCommand),
+    /// Print a shell completion script: `source <(kybctl completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Parses arguments, runs the command and returns its exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    output::set_color_allowed(!cli.no_color);
+    let color_logs = !cli.no_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    telemetry::init(cli.log_format, color_logs);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,6 +113,16 @@ pub fn main() -> u8 {
                 }
             },
             Command::Slo(cmd) => slo::run(cmd),
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "kybctl",
+                    &mut std::io::stdout(),
+                );
+                exit::OK
+            }
         }
     })
 }

@@ -1,6 +1,26 @@
 //! `-o table|json|yaml` for commands that print records.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
+
+static COLOR: AtomicBool = AtomicBool::new(true);
+
+/// Records `--no-color` / `NO_COLOR` (https://no-color.org) once at start-up.
+pub fn set_color_allowed(allowed: bool) {
+    COLOR.store(allowed, Ordering::Relaxed);
+}
+
+/// Whether the user allows colours at all (each sink also needs a terminal).
+pub fn color_allowed() -> bool {
+    COLOR.load(Ordering::Relaxed)
+}
+
+/// Colours in what goes to stdout: allowed, and a person is reading it.
+pub fn color_on_stdout() -> bool {
+    color_allowed() && std::io::stdout().is_terminal()
+}
 
 #[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
 pub enum Format {

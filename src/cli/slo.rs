@@ -1,7 +1,6 @@
 //! `kybctl slo check`: the SLO gate CI pipelines run after a load test.
 
-use super::output::Format;
-use std::io::IsTerminal;
+use super::output::{self, Format};
 use std::path::{Path, PathBuf};
 
 use super::exit;
@@ -61,9 +60,6 @@ pub struct CheckArgs {
     /// Report format on stdout.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     output: Format,
-    /// No colors in the table (also when NO_COLOR is set or stdout is not a terminal).
-    #[arg(long)]
-    no_color: bool,
     /// Fewer requests than this (per scope; cache lookups for cache_hit_rate) make a check inconclusive.
     #[arg(long, default_value_t = 100, value_name = "N")]
     min_samples: u64,
@@ -134,7 +130,7 @@ fn check(args: &CheckArgs) -> Result<Outcome, CheckError> {
         write(path, "Markdown", &render::markdown(&report))?;
     }
     let stdout = match args.output {
-        Format::Table => render::table(&report, use_color(args.no_color)),
+        Format::Table => render::table(&report, output::color_on_stdout()),
         Format::Json => render::json(&report)?,
         Format::Yaml => render::yaml(&report)?,
     };
@@ -176,10 +172,4 @@ fn write(path: &Path, what: &'static str, text: &str) -> Result<(), CheckError> 
         path: path.to_owned(),
         source,
     })
-}
-
-/// Colors only for a person at a terminal who has not opted out (https://no-color.org).
-fn use_color(no_color_flag: bool) -> bool {
-    let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    !no_color_flag && !no_color_env && std::io::stdout().is_terminal()
 }
