@@ -2,6 +2,7 @@
 
 mod db;
 mod demo;
+mod loadtest;
 mod migrate;
 mod operator;
 mod output;
@@ -33,7 +34,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb"
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -68,12 +69,15 @@ enum Command {
     /// Check service level objectives against a load-test result.
     #[command(subcommand)]
     Slo(slo::SloCommand),
+    /// Load a KYB service with a realistic traffic mix; write the result `slo check` reads.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// Parses arguments, runs the command and returns its exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    crate::tls::ensure_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,6 +106,7 @@ pub fn main() -> u8 {
                 }
             },
             Command::Slo(cmd) => slo::run(cmd),
+            Command::Loadtest(args) => loadtest::run(args).await,
         }
     })
 }
