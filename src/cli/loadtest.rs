@@ -35,7 +35,12 @@ Examples:
   kybctl loadtest --platform kyb -n prod --duration 5m --out result.json && kybctl slo check --result result.json")]
 pub struct LoadtestArgs {
     /// Base URL of the service, such as http://localhost:8080.
-    #[arg(long, value_name = "URL", required_unless_present = "platform", conflicts_with = "platform")]
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "platform",
+        conflicts_with = "platform"
+    )]
     target: Option<String>,
     /// Load the service of this KybPlatform (its status endpoint), with its SLOs as default thresholds.
     #[arg(long, value_name = "NAME")]
@@ -159,7 +164,10 @@ async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
     }
     match args.output {
         Format::Table => print!("{}", report::table(result)),
-        Format::Json | Format::Yaml => print!("{}", super::output::render(args.output, result, comfy_table::Table::new)),
+        Format::Json | Format::Yaml => print!(
+            "{}",
+            super::output::render(args.output, result, comfy_table::Table::new)
+        ),
     }
     for w in &warnings {
         eprintln!("warning: generator saturated: {w}");

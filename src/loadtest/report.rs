@@ -160,7 +160,11 @@ pub fn html(r: &LoadTestResult, title: &str, warnings: &[String]) -> String {
     }
     out.push_str("</table>\n<h2>Totals</h2>\n<table>\n");
     for (k, v) in totals(r) {
-        out.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>\n", esc(k), esc(&v)));
+        out.push_str(&format!(
+            "<tr><th>{}</th><td>{}</td></tr>\n",
+            esc(k),
+            esc(&v)
+        ));
     }
     out.push_str("</table>\n<p>Latencies are measured by kybctl in microseconds (HDR histograms, 3 significant digits), from sending a request to its last body byte.</p>\n</body></html>\n");
     out

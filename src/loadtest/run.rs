@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::goose::{
-    GooseMethod, GooseRequest, GooseUser, Scenario as GooseScenario, Transaction,
-    TransactionError, TransactionFunction,
+    GooseMethod, GooseRequest, GooseUser, Scenario as GooseScenario, Transaction, TransactionError,
+    TransactionFunction,
 };
 use goose::GooseAttack;
 use rand::rngs::StdRng;
@@ -251,11 +251,7 @@ fn on_stop(shared: Arc<Shared>) -> TransactionFunction {
         let shared = shared.clone();
         Box::pin(async move {
             if let Some(state) = user.get_session_data::<UserState>() {
-                shared
-                    .total
-                    .lock()
-                    .expect("not poisoned")
-                    .merge(&state.rec);
+                shared.total.lock().expect("not poisoned").merge(&state.rec);
             }
             Ok(())
         })

@@ -159,8 +159,8 @@ impl Scenario {
             return Err("no request type has a weight above 0".into());
         }
         let needs_merchant = self.active().any(|(t, _)| t.needs_merchant());
-        let creates = self.seed_merchants_per_user > 0
-            || self.weight(RequestType::MerchantCreate) > 0;
+        let creates =
+            self.seed_merchants_per_user > 0 || self.weight(RequestType::MerchantCreate) > 0;
         if needs_merchant && !creates {
             return Err("merchant_read and risk_assess need merchants: set seed_merchants_per_user or a merchant_create weight".into());
         }
@@ -227,7 +227,10 @@ const DESCRIPTIONS: [(&str, &str); 8] = [
     ("Software consulting and custom web development", "DE"),
     ("Independent coffee shop and bakery", "US"),
     ("Auto repair garage, tyres and brake service", "FR"),
-    ("Dental clinic offering general and cosmetic dentistry", "US"),
+    (
+        "Dental clinic offering general and cosmetic dentistry",
+        "US",
+    ),
     ("Boutique hotel with 40 rooms and a bar", "ES"),
     ("Freight trucking and logistics between warehouses", "NL"),
 ];
@@ -296,9 +299,6 @@ mod tests {
             repeat_share: 1.0,
             hot_businesses: 1,
         };
-        assert_eq!(
-            business(&one, &mut rng, 1),
-            business(&one, &mut rng, 2)
-        );
+        assert_eq!(business(&one, &mut rng, 1), business(&one, &mut rng, 2));
     }
 }

@@ -135,7 +135,10 @@ mod tests {
         assert!(saturation_reasons(&facts(Some(100.0), 95.0, 0.3)).is_empty());
         let r = saturation_reasons(&facts(Some(100.0), 80.0, 0.3));
         assert_eq!(r.len(), 1);
-        assert!(r[0].contains("achieved 80.0 rps of the 100.0 requested"), "{r:?}");
+        assert!(
+            r[0].contains("achieved 80.0 rps of the 100.0 requested"),
+            "{r:?}"
+        );
         let r = saturation_reasons(&facts(None, 5000.0, 0.95));
         assert!(r[0].contains("95% of its CPU"), "{r:?}");
         assert!(saturation_reasons(&facts(None, 5000.0, 0.89)).is_empty());
