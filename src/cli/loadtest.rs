@@ -118,6 +118,7 @@ pub async fn run(args: LoadtestArgs) -> u8 {
 }
 
 async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
+    // Nothing is colored yet; the flag is accepted like on every command that prints results.
     let _ = args.no_color;
     let scenario = Scenario::load(&args.scenario)?;
     let (target, thresholds) = match (&args.target, &args.platform) {
@@ -153,6 +154,12 @@ async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
     let outcome = run::run(cfg).await?;
     let result = &outcome.result;
     let warnings = saturation_reasons(&outcome.facts);
+    let errors: report::TypeErrors = outcome
+        .recorder
+        .by_type
+        .iter()
+        .map(|(t, s)| (t.name().to_owned(), s.errors()))
+        .collect();
 
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(result).expect("the result serialises");
@@ -160,10 +167,14 @@ async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
     }
     if let Some(path) = &args.html {
         let title = format!("kybctl loadtest: {} against {target}", scenario.name);
-        write(path, "HTML", &report::html(result, &title, &warnings))?;
+        write(
+            path,
+            "HTML",
+            &report::html(result, &errors, &title, &warnings),
+        )?;
     }
     match args.output {
-        Format::Table => print!("{}", report::table(result)),
+        Format::Table => print!("{}", report::table(result, &errors)),
         Format::Json | Format::Yaml => print!(
             "{}",
             super::output::render(args.output, result, comfy_table::Table::new)

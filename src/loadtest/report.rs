@@ -3,8 +3,11 @@
 
 use crate::slo::result::{LoadTestResult, Summary};
 
+/// Errors per request type: the result file keeps only the total, the recorder has them per type.
+pub type TypeErrors = std::collections::BTreeMap<String, u64>;
+
 /// One row per request type, then the total.
-pub fn latency_rows(r: &LoadTestResult) -> Vec<[String; 8]> {
+pub fn latency_rows(r: &LoadTestResult, errors: &TypeErrors) -> Vec<[String; 8]> {
     let secs = r.duration_seconds.max(1e-9);
     let row = |name: &str, s: &Summary, errors: Option<u64>| {
         [
@@ -22,7 +25,7 @@ pub fn latency_rows(r: &LoadTestResult) -> Vec<[String; 8]> {
         .latency_us
         .by_type
         .iter()
-        .map(|(name, s)| row(name, s, None))
+        .map(|(name, s)| row(name, s, errors.get(name).copied()))
         .collect();
     rows.push(row("total", &r.latency_us.overall, Some(r.requests.errors)));
     rows
@@ -113,9 +116,9 @@ fn ms(us: f64) -> String {
     format!("{:.2}", us / 1000.0)
 }
 
-pub fn table(r: &LoadTestResult) -> String {
+pub fn table(r: &LoadTestResult, errors: &TypeErrors) -> String {
     let mut t = new_table(LATENCY_HEADER);
-    for row in latency_rows(r) {
+    for row in latency_rows(r, errors) {
         t.add_row(row);
     }
     let mut s = new_table(["total", "value"]);
@@ -126,7 +129,7 @@ pub fn table(r: &LoadTestResult) -> String {
 }
 
 /// A static HTML page with the same tables; `title` names the target and scenario.
-pub fn html(r: &LoadTestResult, title: &str, warnings: &[String]) -> String {
+pub fn html(r: &LoadTestResult, errors: &TypeErrors, title: &str, warnings: &[String]) -> String {
     let mut out = String::new();
     out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
     out.push_str(&format!("<title>{}</title>\n", esc(title)));
@@ -151,7 +154,7 @@ pub fn html(r: &LoadTestResult, title: &str, warnings: &[String]) -> String {
         out.push_str(&format!("<th>{}</th>", esc(h)));
     }
     out.push_str("</tr>\n");
-    for row in latency_rows(r) {
+    for row in latency_rows(r, errors) {
         out.push_str("<tr>");
         for cell in row {
             out.push_str(&format!("<td>{}</td>", esc(&cell)));
@@ -222,10 +225,11 @@ mod tests {
     #[test]
     fn table_and_totals() {
         let r = result();
-        let rows = latency_rows(&r);
+        let rows = latency_rows(&r, &TypeErrors::from([("classify".into(), 3)]));
         assert_eq!(rows[0][0], "classify");
         assert_eq!(rows[0][2], "60.0");
         assert_eq!(rows[1][3], "1.50");
+        assert_eq!(rows[0][7], "3");
         assert_eq!(rows[1][7], "5");
         let t = totals(&r);
         let get = |k: &str| t.iter().find(|(l, _)| *l == k).unwrap().1.clone();
@@ -234,12 +238,17 @@ mod tests {
         assert_eq!(get("cache hit rate"), "90.0% (900 of 1000 lookups)");
         assert!(get("rate").contains("achieved 100.0 rps of 200.0 requested (50%)"));
         assert!(get("generator").starts_with("SATURATED"));
-        assert!(table(&r).contains("p99.9 ms"));
+        assert!(table(&r, &TypeErrors::new()).contains("p99.9 ms"));
     }
 
     #[test]
     fn html_is_self_contained_and_escaped() {
-        let page = html(&result(), "kybctl loadtest <x>", &["slow & sad".into()]);
+        let page = html(
+            &result(),
+            &TypeErrors::new(),
+            "kybctl loadtest <x>",
+            &["slow & sad".into()],
+        );
         assert!(page.contains("<title>kybctl loadtest &lt;x&gt;</title>"));
         assert!(page.contains("slow &amp; sad"));
         assert!(!page.contains("<script"));
