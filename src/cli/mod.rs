@@ -2,6 +2,7 @@
 
 mod db;
 mod demo;
+mod loadtest;
 mod migrate;
 mod operator;
 mod output;
@@ -34,7 +35,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  source <(kybctl completions bash)"
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  source <(kybctl completions bash)"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -72,6 +73,8 @@ enum Command {
     /// Check service level objectives against a load-test result.
     #[command(subcommand)]
     Slo(slo::SloCommand),
+    /// Load a KYB service with a realistic traffic mix; write the result `slo check` reads.
+    Loadtest(loadtest::LoadtestArgs),
     /// Print a shell completion script: `source <(kybctl completions bash)`.
     Completions {
         #[arg(value_enum)]
@@ -85,6 +88,7 @@ pub fn main() -> u8 {
     output::set_color_allowed(!cli.no_color);
     let color_logs = !cli.no_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
     telemetry::init(cli.log_format, color_logs);
+    crate::tls::ensure_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,6 +117,7 @@ pub fn main() -> u8 {
                 }
             },
             Command::Slo(cmd) => slo::run(cmd),
+            Command::Loadtest(args) => loadtest::run(args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

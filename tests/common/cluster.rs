@@ -426,6 +426,8 @@ impl Cluster {
 }
 
 async fn client_from_kubeconfig(path: &Path) -> kube::Client {
+    // Two rustls providers are compiled in (goose brings aws-lc-rs): pick ring, as kybctl's main does.
+    kybctl::tls::ensure_crypto_provider();
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
     let config = kube::Config::from_custom_kubeconfig(

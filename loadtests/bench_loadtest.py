@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Load generator benchmark: `kybctl loadtest` against wrk, in one run, on the same server and routes.
+
+Starts PostgreSQL (primary and replica), Redis and a release `kybctl serve` (as bench_api.py does), then
+alternates, REPS times, on each route with the same connection count:
+
+  wrk -t2 -cC                      GET /health                 and POST /v1/classifications (one business)
+  kybctl loadtest --users C        --scenario trivial          and --scenario classify-cached
+
+and prints medians (min-max) and the issue's targets: kybctl drives >= 0.5 x wrk's requests per second,
+and its p50 / p99 agree with wrk's within 20 %.
+
+Usage: python3 loadtests/bench_loadtest.py [--reps 2] [--duration 10] [--conns 64] [--json out.json]
+Needs: wrk, PostgreSQL, redis-server (Debian: wrk postgresql redis-server).
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_api import (ROOT, WRK_LUA, Procs, cpu_model, free_port, pg_bin, psql,  # noqa: E402
+                       start_postgres, summary, wait_for, wrk)
+
+
+def loadtest(kybctl, base, scenario, conns, duration):
+    out = subprocess.run([kybctl, "loadtest", "--target", base, "--scenario", scenario, "--users", str(conns),
+                          "--duration", f"{duration}s", "-o", "json", "--no-progress"],
+                         check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout)
+    o = r["latency_us"]["overall"]
+    return {"rps": r["generator"]["achieved_rps"], "p50_ms": o["p50"] / 1000, "p99_ms": o["p99"] / 1000,
+            "errors": r["requests"]["errors"], "saturated": r["generator"]["saturated"],
+            "warnings": out.stderr.strip()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--json", help="write all raw figures here")
+    a = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found (Debian: apt-get install wrk)")
+
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    kybctl = os.path.join(target, "release", "kybctl")
+
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="kyb-bench-lt-")
+    os.chmod(tmp, 0o777)
+    try:
+        port, rport = start_postgres(procs, tmp, pg_bin())
+        psql(port, "CREATE DATABASE kyb")
+        redis_port = free_port()
+        procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        wait_for(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1), "redis")
+        db = f"postgres://postgres@127.0.0.1:{port}/kyb"
+        subprocess.run([kybctl, "migrate", "up", "--database-url", db], check=True, capture_output=True)
+        api_port = free_port()
+        env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_DATABASE_URL=db,
+                   KYB_REPLICA_URLS=f"postgres://postgres@127.0.0.1:{rport}/kyb",
+                   KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn")
+        procs.start([kybctl, "serve"], env=env)
+        base = f"http://127.0.0.1:{api_port}"
+        wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
+        classify_lua = os.path.join(tmp, "classify.lua")
+        with open(classify_lua, "w") as f:
+            f.write(WRK_LUA["classify"])
+
+        routes = {
+            "trivial (GET /health)": ((f"{base}/health", None), "trivial"),
+            "cached classification": ((f"{base}/v1/classifications", classify_lua), "classify-cached"),
+        }
+        c, d = a.conns, a.duration
+        results = {f"{route} / {gen}": [] for route in routes for gen in ("wrk", "kybctl")}
+        for rep in range(a.reps):
+            for route, ((url, script), scenario) in routes.items():
+                wrk(url, c, a.warmup, script)
+                r = wrk(url, c, d, script)
+                results[f"{route} / wrk"].append(r)
+                k = loadtest(kybctl, base, scenario, c, d)
+                results[f"{route} / kybctl"].append(k)
+                print(f"rep {rep + 1} {route}: wrk {r['rps']:.0f} rps p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} | "
+                      f"kybctl {k['rps']:.0f} rps p50 {k['p50_ms']:.2f} p99 {k['p99_ms']:.2f}"
+                      f"{' SATURATED' if k['saturated'] else ''}", file=sys.stderr)
+
+        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; server and generator share the cores (unpinned)")
+        print(f"{a.reps} reps x {d}s, {c} connections (wrk -t2 -c{c}; kybctl loadtest --users {c}), medians (min-max)\n")
+        print(f"{'measurement':40} {'rps':>20} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        for name, runs in results.items():
+            m, lo, hi = summary(runs, "rps")
+            errs = sum(r.get("errors", 0) + r.get("non2xx", 0) + r.get("socket_errors", 0) for r in runs)
+            print(f"{name:40} {m:9.0f} ({lo:.0f}-{hi:.0f}) {summary(runs, 'p50_ms')[0]:8.2f} "
+                  f"{summary(runs, 'p99_ms')[0]:8.2f} {errs:7d}")
+
+        med = lambda k, f="rps": summary(results[k], f)[0]
+        checks = []
+        for route in routes:
+            w, k = f"{route} / wrk", f"{route} / kybctl"
+            ratio = med(k) / med(w)
+            checks.append((f"{route}: kybctl rps / wrk rps", ratio, ">= 0.5", ratio >= 0.5))
+            for p in ("p50_ms", "p99_ms"):
+                dev = med(k, p) / med(w, p) - 1
+                checks.append((f"{route}: kybctl {p[:3]} vs wrk", dev * 100, "|x| <= 20%", abs(dev) <= 0.2))
+        print(f"\n{'target':48} {'measured':>9} {'wanted':>11}  result")
+        for name, v, want, ok in checks:
+            unit = "%" if "%" in want else ""
+            print(f"{name:48} {v:8.2f}{unit:1} {want:>11}  {'met' if ok else 'MISSED'}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"results": results,
+                           "checks": [{"name": n, "value": v, "wanted": w, "met": ok} for n, v, w, ok in checks]},
+                          f, indent=2)
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

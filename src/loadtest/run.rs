@@ -1,0 +1,428 @@
+//! The load test itself: goose schedules the virtual users (count, ramp-up, run time, transaction
+//! weights); our transactions send the requests through goose's per-user client and record them in
+//! our own histograms.
+//!
+//! goose is configured only through `GooseAttack::initialize_with_config(GooseConfiguration::default())`
+//! and `set_default`, never `initialize()`, which would parse kybctl's own argv as goose flags. Its
+//! metrics are switched off (`NoMetrics`): we measure every request ourselves, and its per-request
+//! metric messages would cost generator CPU. Its request throttle is not used either: it waits inside
+//! `GooseUser::request`, after our clock would have started, so our own [`Pacer`] holds the rate.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
+use goose::goose::{
+    GooseMethod, GooseRequest, GooseUser, Scenario as GooseScenario, Transaction, TransactionError,
+    TransactionFunction,
+};
+use goose::GooseAttack;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::recorder::{CacheHit, Outcome, Pacer, Recorder};
+use super::scenario::{business, RequestType, Scenario};
+use super::summary::{build_result, cpu_share, process_cpu_time, GeneratorFacts};
+use crate::slo::result::LoadTestResult;
+
+/// Merchant ids one user keeps for reads and risk assessments; new merchants replace old ones.
+const MAX_MERCHANTS_PER_USER: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// `http://host:port`, without a trailing slash.
+    pub target: String,
+    pub users: usize,
+    /// How long every user runs once all have started.
+    pub duration: Duration,
+    /// Time over which the users start; zero starts them all at once.
+    pub ramp_up: Duration,
+    /// Requests per second for all users together; `None` runs closed-loop, as fast as the users go.
+    pub rate: Option<f64>,
+    pub scenario: Scenario,
+    pub request_timeout: Duration,
+    /// Seeds each user's random choices, so two runs send the same traffic.
+    pub seed: u64,
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach {target}: {cause}")]
+    Unreachable { target: String, cause: String },
+    #[error("the load generator failed: {0}")]
+    Goose(String),
+}
+
+/// What the run measured, and the result file made from it.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub result: LoadTestResult,
+    pub recorder: Recorder,
+    pub facts: GeneratorFacts,
+}
+
+/// State every user shares: configuration, the pacer, the run's totals.
+struct Shared {
+    scenario: Scenario,
+    pacer: Option<Pacer>,
+    steady_from: Instant,
+    steady_until: Instant,
+    seed: u64,
+    /// Requests finished so far, for the progress bar.
+    sent: AtomicU64,
+    /// Distinguishes new businesses across users.
+    unique: AtomicU64,
+    total: Mutex<Recorder>,
+}
+
+/// One virtual user's own state (goose session data): no locks on the request path. (goose requires
+/// Clone; it is never cloned during a run.)
+#[derive(Clone)]
+struct UserState {
+    rec: Recorder,
+    merchants: Vec<String>,
+    rng: StdRng,
+}
+
+/// `GET /health` once, so an unreachable target is a clear error before any load (exit 2), not a run
+/// full of transport errors. This request is not part of the result.
+pub async fn precheck(target: &str) -> Result<(), RunError> {
+    let unreachable = |cause: String| RunError::Unreachable {
+        target: target.to_owned(),
+        cause,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| unreachable(root_cause(&e)))?;
+    client
+        .get(format!("{target}/health"))
+        .send()
+        .await
+        .map_err(|e| unreachable(root_cause(&e)))?;
+    Ok(())
+}
+
+/// The innermost cause (`connection refused`), not reqwest's wrapper ("error sending request for ...").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let text = cur.to_string();
+    // io errors read "Connection refused (os error 111)"; the os error number helps nobody.
+    let text = match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().collect::<String>() + chars.as_str(),
+        None => text,
+    }
+}
+
+pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
+    precheck(&cfg.target).await?;
+
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let start = Instant::now();
+    let steady_from = start + cfg.ramp_up;
+    let shared = Arc::new(Shared {
+        scenario: cfg.scenario.clone(),
+        pacer: cfg.rate.map(|r| Pacer::new(r, start)),
+        steady_from,
+        steady_until: steady_from + cfg.duration,
+        seed: cfg.seed,
+        sent: AtomicU64::new(0),
+        unique: AtomicU64::new(0),
+        total: Mutex::new(Recorder::default()),
+    });
+
+    let attack = attack(&cfg, &shared).map_err(|e| RunError::Goose(e.to_string()))?;
+    let progress = progress_bar(&cfg, &shared, start);
+    let cpu_before = process_cpu_time();
+    let outcome = (*attack).execute().await;
+    let elapsed = start.elapsed();
+    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    outcome.map_err(|e| RunError::Goose(e.to_string()))?;
+
+    let recorder = std::mem::take(&mut *shared.total.lock().expect("not poisoned"));
+    // The steady window may have been cut short (Ctrl-C).
+    let steady_secs = elapsed
+        .saturating_sub(cfg.ramp_up)
+        .min(cfg.duration)
+        .as_secs_f64()
+        .max(1e-9);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let facts = GeneratorFacts {
+        requested_rps: cfg.rate,
+        achieved_rps: recorder.steady_requests as f64 / steady_secs,
+        cpu_share: cpu_share(cpu, elapsed, cores),
+    };
+    let result = build_result(&recorder, started_at, elapsed, &facts);
+    Ok(RunOutcome {
+        result,
+        recorder,
+        facts,
+    })
+}
+
+fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goose::GooseError> {
+    let mut scenario = GooseScenario::new(&cfg.scenario.name);
+    if let Some([min, max]) = cfg.scenario.think_time_ms {
+        scenario =
+            scenario.set_wait_time(Duration::from_millis(min), Duration::from_millis(max))?;
+    }
+    scenario = scenario
+        .register_transaction(Transaction::new(on_start(shared.clone())).set_on_start())
+        .register_transaction(Transaction::new(on_stop(shared.clone())).set_on_stop());
+    for (t, weight) in cfg.scenario.active() {
+        scenario = scenario.register_transaction(
+            Transaction::new(request_type(shared.clone(), t))
+                .set_name(t.name())
+                .set_weight(weight)?,
+        );
+    }
+    // Users per second: a zero ramp-up starts them all within a millisecond.
+    let ramp_secs = cfg.ramp_up.as_secs_f64();
+    let increase_rate = if ramp_secs > 0.0 {
+        cfg.users as f64 / ramp_secs
+    } else {
+        cfg.users as f64 * 1000.0
+    };
+    GooseAttack::initialize_with_config(GooseConfiguration::default())?
+        .register_scenario(scenario)
+        .set_default(GooseDefault::Host, cfg.target.as_str())?
+        .set_default(GooseDefault::Users, cfg.users)?
+        .set_default(
+            GooseDefault::IncreaseRate,
+            format!("{increase_rate}").as_str(),
+        )?
+        .set_default(
+            GooseDefault::RunTime,
+            cfg.duration.as_secs().max(1) as usize,
+        )?
+        .set_default(
+            GooseDefault::Timeout,
+            format!("{}", cfg.request_timeout.as_secs_f64()).as_str(),
+        )?
+        .set_default(GooseDefault::NoMetrics, true)?
+        .set_default(GooseDefault::NoPrintMetrics, true)?
+        .set_default(GooseDefault::Quiet, 1)?
+        // No controllers: they would listen on fixed ports, and two runs at once would collide.
+        .set_default(GooseDefault::NoTelnet, true)?
+        .set_default(GooseDefault::NoWebSocket, true)?
+        // No Accept-Encoding, as wrk sends none: otherwise compression would dominate the small bodies.
+        .set_default(GooseDefault::NoGzip, true)
+}
+
+/// Each user's first transaction: its own state, then the merchants its reads will use.
+fn on_start(shared: Arc<Shared>) -> TransactionFunction {
+    Arc::new(move |user| {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let seed = shared.seed ^ (user.weighted_users_index as u64).wrapping_mul(0x9E37_79B9);
+            user.set_session_data(UserState {
+                rec: Recorder::default(),
+                merchants: Vec::new(),
+                rng: StdRng::seed_from_u64(seed),
+            });
+            for _ in 0..shared.scenario.seed_merchants_per_user {
+                send(user, &shared, RequestType::MerchantCreate).await?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Each user's last transaction: its measurements join the run's.
+fn on_stop(shared: Arc<Shared>) -> TransactionFunction {
+    Arc::new(move |user| {
+        let shared = shared.clone();
+        Box::pin(async move {
+            if let Some(state) = user.get_session_data::<UserState>() {
+                shared.total.lock().expect("not poisoned").merge(&state.rec);
+            }
+            Ok(())
+        })
+    })
+}
+
+fn request_type(shared: Arc<Shared>, t: RequestType) -> TransactionFunction {
+    Arc::new(move |user| {
+        let shared = shared.clone();
+        Box::pin(async move { send(user, &shared, t).await })
+    })
+}
+
+/// Sends one request of type `t` (a merchant creation instead when a read has no merchant yet), times
+/// it from send to the last body byte, and records it.
+async fn send(
+    user: &mut GooseUser,
+    shared: &Shared,
+    t: RequestType,
+) -> Result<(), Box<TransactionError>> {
+    let (t, path, body) = {
+        let state = user
+            .get_session_data_mut::<UserState>()
+            .expect("on_start sets the user's state");
+        let t = if t.needs_merchant() && state.merchants.is_empty() {
+            RequestType::MerchantCreate
+        } else {
+            t
+        };
+        let pick = |s: &mut UserState| {
+            let i = s.rng.random_range(0..s.merchants.len());
+            s.merchants[i].clone()
+        };
+        match t {
+            RequestType::Classify | RequestType::MerchantCreate => {
+                let unique = shared.unique.fetch_add(1, Ordering::Relaxed);
+                let mix = if t == RequestType::Classify {
+                    shared.scenario.classify.clone()
+                } else {
+                    // Every creation is a new merchant.
+                    super::scenario::ClassifyMix {
+                        repeat_share: 0.0,
+                        hot_businesses: 0,
+                    }
+                };
+                let body = business(&mix, &mut state.rng, unique);
+                let path = if t == RequestType::Classify {
+                    "/v1/classifications"
+                } else {
+                    "/v1/merchants"
+                };
+                (t, path.to_owned(), Some(body))
+            }
+            RequestType::MerchantRead => (t, format!("/v1/merchants/{}", pick(state)), None),
+            RequestType::RiskAssess => (
+                t,
+                format!("/v1/merchants/{}/risk-assessments", pick(state)),
+                Some(serde_json::json!({})),
+            ),
+            RequestType::Health => (t, "/health".to_owned(), None),
+        }
+    };
+
+    if let Some(pacer) = &shared.pacer {
+        tokio::time::sleep_until(pacer.next_slot().into()).await;
+    }
+    let started = Instant::now();
+    let method = if body.is_some() {
+        GooseMethod::Post
+    } else {
+        GooseMethod::Get
+    };
+    let mut builder = user.get_request_builder(&method, &path)?;
+    if t == RequestType::RiskAssess {
+        // The route takes no body.
+    } else if let Some(b) = &body {
+        builder = builder.json(b);
+    }
+    let request = GooseRequest::builder()
+        .set_request_builder(builder)
+        .name(t.name())
+        .build();
+    let response = user.request(request).await?;
+    let (outcome, bytes) = match response.response {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            let cache = r
+                .headers()
+                .get("x-cache-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(CacheHit::from_header);
+            match r.bytes().await {
+                Ok(b) => (Outcome::Status { code, cache }, Some(b)),
+                Err(_) => (Outcome::Transport, None),
+            }
+        }
+        Err(_) => (Outcome::Transport, None),
+    };
+    let latency = started.elapsed();
+    let steady = started >= shared.steady_from && started < shared.steady_until;
+
+    let state = user
+        .get_session_data_mut::<UserState>()
+        .expect("on_start sets the user's state");
+    state.rec.record(t, latency, outcome, steady);
+    if t == RequestType::MerchantCreate {
+        if let (Outcome::Status { code: 201, .. }, Some(b)) = (outcome, &bytes) {
+            #[derive(serde::Deserialize)]
+            struct Created {
+                id: String,
+            }
+            if let Ok(c) = serde_json::from_slice::<Created>(b) {
+                if state.merchants.len() >= MAX_MERCHANTS_PER_USER {
+                    let i = state.rng.random_range(0..state.merchants.len());
+                    state.merchants[i] = c.id;
+                } else {
+                    state.merchants.push(c.id);
+                }
+            }
+        }
+    }
+    shared.sent.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Elapsed of the planned time and requests so far, on stderr; none when stderr is not a terminal.
+fn progress_bar(
+    cfg: &RunConfig,
+    shared: &Arc<Shared>,
+    start: Instant,
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    if !cfg.progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let planned = (cfg.ramp_up + cfg.duration).as_secs().max(1);
+    let bar = indicatif::ProgressBar::new(planned);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix} [{bar:30}] {pos}/{len} s  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("loadtest {}", cfg.target));
+    let (b, s) = (bar.clone(), shared.clone());
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let secs = start.elapsed().as_secs_f64();
+            let sent = s.sent.load(Ordering::Relaxed);
+            b.set_position((secs as u64).min(planned));
+            b.set_message(format!(
+                "{sent} requests, {:.0} rps",
+                sent as f64 / secs.max(1e-3)
+            ));
+        }
+    });
+    Some((bar, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_short() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        assert_eq!(root_cause(&io), "connection refused");
+    }
+}

@@ -1,0 +1,23 @@
+//! One rustls crypto provider for the whole process.
+//!
+//! goose (for `kybctl loadtest`) brings reqwest 0.13, which compiles rustls with aws-lc-rs, while kube and
+//! our reqwest 0.12 use ring. With both compiled in, rustls cannot choose a provider by itself and a
+//! `ClientConfig::builder()` without one panics; kube's client is built that way. Installing ring, the
+//! provider the rest of the crate was built for, before any TLS client fixes that.
+
+/// Installs ring as the process default, unless a default is already installed.
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a default exists either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_provider_is_installed() {
+        super::ensure_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+}
