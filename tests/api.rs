@@ -219,7 +219,8 @@ async fn bad_input_gets_problem_details() {
 
 #[tokio::test]
 async fn merchant_lifecycle() {
-    let s = service().await;
+    let cfg = config(&migrated_db().await, Some(&redis().url()));
+    let s = Service::start(cfg.clone()).await;
     let r = s
         .post_json(
             "/v1/merchants",
@@ -243,12 +244,25 @@ async fn merchant_lifecycle() {
     );
     assert_eq!(m["classification"]["mcc"], "5812");
 
+    // Written through on creation: the first read is already a hit, and the same document.
     let r = s.get(&location).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "x-cache-status"), "MISS");
+    assert_eq!(header(&r, "x-cache-status"), "HIT-L1");
     let got: Value = r.json().await.unwrap();
     assert_eq!(got, m);
-    assert_eq!(header(&s.get(&location).await, "x-cache-status"), "HIT-L1");
+    // ... in Redis too, for the other instances.
+    let other = Service::start(cfg).await;
+    assert_eq!(header(&other.get(&location).await, "x-cache-status"), "HIT-L2");
+    // Reading through to the database gives the same document.
+    let fresh = s
+        .http
+        .get(s.url(&location))
+        .header("cache-control", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&fresh, "x-cache-status"), "MISS");
+    assert_eq!(fresh.json::<Value>().await.unwrap(), m);
 
     // Stale If-Match is refused; the right one applies and re-classifies.
     let patch = json!({"name": "Joe's Dental", "description": "family dentist office", "declared_mcc": null});

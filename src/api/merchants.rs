@@ -88,6 +88,13 @@ pub async fn create(
         tracing::warn!(error = %e, "could not announce the new merchant to other instances");
     }
     shard.note_write(&keys::merchant(id)).await;
+    // Write-through: a merchant is usually read right after it is created (onboarding shows it, a
+    // risk assessment follows), and the new row is exactly what a read would load.
+    let key = keys::merchant(id);
+    state
+        .cache
+        .put(&key, Levels::L1L2, json_bytes(&merchant)?)
+        .await;
     let mut resp = (StatusCode::CREATED, axum::Json(&merchant)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/merchants/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);

@@ -176,6 +176,22 @@ impl MultiLevelCache {
         }))
     }
 
+    /// Stores `body` under `key` in L1 and the shared levels of `levels`: write-through for an object
+    /// just created, whose first read would otherwise miss every level.
+    pub async fn put(&self, key: &str, levels: Levels, body: Bytes) {
+        if let Some(l2) = self.l2.as_ref().filter(|_| levels != Levels::L1) {
+            l2.set(key, &body).await;
+        }
+        if let Some(l3) = self.l3.as_ref().filter(|_| levels == Levels::All) {
+            l3.set(key, &body).await;
+        }
+        let entry = Entry {
+            body,
+            origin: CacheStatus::HitL1,
+        };
+        self.l1.insert(key.to_owned(), Arc::new(entry)).await;
+    }
+
     /// Drops what `inv` names from this process's L1.
     pub async fn invalidate_local(&self, inv: &Invalidation) {
         for key in &inv.keys {
