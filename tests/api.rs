@@ -252,7 +252,10 @@ async fn merchant_lifecycle() {
     assert_eq!(got, m);
     // ... in Redis too, for the other instances.
     let other = Service::start(cfg).await;
-    assert_eq!(header(&other.get(&location).await, "x-cache-status"), "HIT-L2");
+    assert_eq!(
+        header(&other.get(&location).await, "x-cache-status"),
+        "HIT-L2"
+    );
     // Reading through to the database gives the same document.
     let fresh = s
         .http

@@ -22,3 +22,15 @@ pub fn spinner(msg: impl Into<Cow<'static, str>>) -> ProgressBar {
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
 }
+
+/// A bar of `len` steps counting `what` (e.g. "requests").
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let template = if color() {
+        format!("{{bar:30.cyan/blue}} {{pos}}/{{len}} {what} ({{elapsed}}, {{eta}} left) {{msg}}")
+    } else {
+        format!("{{bar:30}} {{pos}}/{{len}} {what} ({{elapsed}}, {{eta}} left) {{msg}}")
+    };
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+    pb
+}

@@ -9,7 +9,7 @@ mod process;
 mod redis;
 
 pub use postgres::TempPostgres;
-pub use process::free_port;
+pub use process::{free_port, owned_temp_dir, spawn_tied, stop, tail};
 pub use redis::TempRedis;
 
 #[derive(Debug, thiserror::Error)]
