@@ -128,6 +128,7 @@ def main():
         after = urllib.request.urlopen(metrics_url).read().decode()
         recon = (metric(after, "kyb_operator_reconciles_total") - metric(before, "kyb_operator_reconciles_total"))
         writes = metric(after, "kyb_operator_writes_total") - metric(before, "kyb_operator_writes_total")
+        reads = metric(after, "kyb_operator_reads_total") - metric(before, "kyb_operator_reads_total")
         with open(f"/proc/{operator.pid}/status") as f:
             hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
         q = lambda p: histogram_quantile(after, "kyb_operator_reconcile_duration_seconds", p) * 1000
@@ -138,6 +139,7 @@ def main():
         print(f"all Ready after            {all_ready:8.1f} s   (target <= 60 s)")
         print(f"operator peak RSS          {hwm / 1024:8.1f} MiB (target <= 100 MiB)")
         print(f"no-op resync: {recon:.0f} reconciles, {writes:.0f} writes -> {writes / max(recon, 1):.3f} writes per reconcile (target 0)")
+        print(f"no-op resync: {reads:.0f} reads (GETs) -> {reads / max(recon, 1):.3f} per reconcile (only the Secret check)")
         print(f"reconcile latency (bucket upper bounds): p50 <= {q(0.5):.0f} ms, p95 <= {q(0.95):.0f} ms, p99 <= {q(0.99):.0f} ms")
     finally:
         if operator:

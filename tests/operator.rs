@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kybctl::crd::KybPlatform;
 use kybctl::operator::controller;
-use kybctl::operator::metrics::OperatorMetrics;
+use kybctl::operator::metrics::{OperatorMetrics, Outcome};
 use operator::{condition, eventually, Operator};
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
@@ -84,9 +84,22 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
         Some(format!("http://kyb.{ns}.svc:80").as_str())
     );
 
-    // A resync with nothing new writes nothing: touch a label (a watch event, same generation).
+    // A resync with nothing new writes nothing, and reads no child (they come from the watch caches):
+    // touch a label (a watch event, same generation).
+    let reconciled = || {
+        op.metrics
+            .reconciles
+            .get_or_create(&Outcome {
+                result: "ok".into(),
+            })
+            .get()
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = op.metrics.writes.get();
+    let (writes, reads, reconciles) = (
+        op.metrics.writes.get(),
+        op.metrics.reads.get(),
+        reconciled(),
+    );
     check(
         c.kubectl()
             .args(["label", "-n", &ns, "kyb/kyb", "touched=yes"]),
@@ -94,8 +107,16 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         op.metrics.writes.get(),
-        before,
+        writes,
         "a no-op reconcile must not write"
+    );
+    let noop_reconciles = reconciled() - reconciles;
+    assert!(noop_reconciles >= 1, "the label change must be reconciled");
+    // The only reads left are of the one referenced Secret (kyb-db): RBAC allows no watch of Secrets.
+    assert_eq!(
+        op.metrics.reads.get() - reads,
+        noop_reconciles,
+        "a no-op reconcile reads only its Secret"
     );
 
     // A configuration change rolls the pods (new config hash on the template).

@@ -2,22 +2,29 @@
 //!
 //! Every write is a server-side apply under one field manager. Each child carries the hash of what was
 //! last applied, so a resync that finds nothing new performs no write at all.
+//!
+//! Children are read from the controller's own watch caches (one watch per kind, which also triggers
+//! reconciles), never fetched: a reconcile that finds nothing new sends no request for them, and one
+//! that does sends only its writes. Secrets are the exception: RBAC grants only `get` on them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,6 +42,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 const WAIT_FOR_JOB: Duration = Duration::from_secs(5);
 const SECRET_RECHECK: Duration = Duration::from_secs(30);
 const RECONCILE_CONCURRENCY: u16 = 16;
+/// How long a reconcile waits for the watch caches' first listing before giving up (and retrying later).
+const CACHE_SYNC: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,6 +51,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("cannot serialise {0}: {1}")]
     Serialise(&'static str, serde_json::Error),
+    #[error("the watch caches have not listed the children yet")]
+    CacheNotSynced,
 }
 
 impl Error {
@@ -51,6 +62,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api_error",
             Error::Kube(_) => "transport",
             Error::Serialise(..) => "serialise",
+            Error::CacheNotSynced => "cache_not_synced",
         }
     }
 }
@@ -59,6 +71,75 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<OperatorMetrics>,
     pub recorder: Recorder,
+    pub caches: Caches,
+}
+
+/// The children as last seen by the controller's watches. The Deployment and the Job are kept whole
+/// (their status is read); of the others only metadata (the applied hash, existence) is. managedFields
+/// are dropped from all: nothing reads them and they are often the larger part of an object.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub jobs: Store<Job>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    pub hpas: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
+}
+
+impl Caches {
+    /// Until every watch has listed once, an empty cache would read as "child missing" and cause needless
+    /// applies. Cheap once ready: readiness is never lost (a re-list after a watch error replaces the
+    /// contents atomically when it completes).
+    async fn wait_until_ready(&self) -> Result<(), Error> {
+        let all = async {
+            futures::try_join!(
+                self.deployments.wait_until_ready(),
+                self.jobs.wait_until_ready(),
+                self.config_maps.wait_until_ready(),
+                self.services.wait_until_ready(),
+                self.service_accounts.wait_until_ready(),
+                self.pdbs.wait_until_ready(),
+                self.hpas.wait_until_ready(),
+            )
+        };
+        match tokio::time::timeout(CACHE_SYNC, all).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::CacheNotSynced),
+        }
+    }
+}
+
+/// The cached object `ns/name`, if the watch has seen it.
+fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    store.get(&ObjectRef::new(name).within(ns))
+}
+
+fn meta<K: Resource>(cached: &Option<Arc<K>>) -> Option<&ObjectMeta> {
+    cached.as_deref().map(Resource::meta)
+}
+
+/// A store fed by `events`, and the stream of changed objects that drives it (and triggers reconciles).
+fn cache<K>(
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+) -> (
+    Store<K>,
+    impl Stream<Item = watcher::Result<K>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = events
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
 }
 
 fn hash_of<T: Serialize>(obj: &T) -> Result<String, Error> {
@@ -66,13 +147,24 @@ fn hash_of<T: Serialize>(obj: &T) -> Result<String, Error> {
     Ok(hex::encode(&Sha256::digest(&bytes)[..8]))
 }
 
-/// Applies `desired` unless the live object already carries its hash. Returns the live object.
+/// Whether a child must be applied: it is missing, or was last applied from another desired state.
+/// `live` comes from a cache that may lag; at worst that causes an idempotent re-apply.
+fn needs_apply(live: Option<&ObjectMeta>, hash: &str) -> bool {
+    let applied = live
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(APPLIED_HASH));
+    applied.map(String::as_str) != Some(hash)
+}
+
+/// Applies `desired` unless `live` (its cached metadata) already carries its hash. Returns the object
+/// the apiserver answered with, or `None` when nothing was sent.
 async fn apply<K>(
     client: &Client,
     ns: &str,
     mut desired: K,
+    live: Option<&ObjectMeta>,
     metrics: &OperatorMetrics,
-) -> Result<K, Error>
+) -> Result<Option<K>, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -81,13 +173,11 @@ where
         + std::fmt::Debug,
 {
     let hash = hash_of(&desired)?;
+    if !needs_apply(live, &hash) {
+        return Ok(None);
+    }
     let name = desired.name_any();
     let api = Api::<K>::namespaced(client.clone(), ns);
-    if let Some(live) = api.get_opt(&name).await? {
-        if live.annotations().get(APPLIED_HASH) == Some(&hash) {
-            return Ok(live);
-        }
-    }
     desired.annotations_mut().insert(APPLIED_HASH.into(), hash);
     metrics.writes.inc();
     // Force: this operator owns these fields; a human edit of them is drift to undo.
@@ -98,10 +188,11 @@ where
             &Patch::Apply(&desired),
         )
         .await?;
-    Ok(applied)
+    Ok(Some(applied))
 }
 
-async fn delete_if_present<K>(
+/// Deletes a child the cache says is present. Already gone (the cache lagged) is success.
+async fn delete<K>(
     client: &Client,
     ns: &str,
     name: &str,
@@ -113,23 +204,41 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api = Api::<K>::namespaced(client.clone(), ns);
-    if api.get_opt(name).await?.is_some() {
-        metrics.writes.inc();
-        api.delete(name, &DeleteParams::background()).await?;
+    metrics.writes.inc();
+    match Api::<K>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
+}
+
+/// Whether `job` is a migration Job of the platform `instance` in `ns`.
+fn is_migration_job_of(job: &ObjectMeta, ns: &str, instance: &str) -> bool {
+    let empty = BTreeMap::new();
+    let labels = job.labels.as_ref().unwrap_or(&empty);
+    job.namespace.as_deref() == Some(ns)
+        && labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(instance)
+        && labels
+            .get("app.kubernetes.io/component")
+            .map(String::as_str)
+            == Some("migrations")
 }
 
 /// Referenced Secret keys that do not exist, as a blocker.
+/// Fetched, not cached: RBAC grants only `get` on Secrets (no list/watch), on purpose.
 async fn missing_secrets(
     client: &Client,
     ns: &str,
     kp: &KybPlatform,
+    metrics: &OperatorMetrics,
 ) -> Result<Option<Blocker>, Error> {
     let rendered = render::render(&kp.spec);
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     for (name, keys) in render::referenced_secrets(&rendered.mounts) {
+        metrics.reads.inc();
         let Some(secret) = api.get_opt(name).await? else {
             return Ok(Some(Blocker {
                 reason: "SecretMissing",
@@ -269,6 +378,8 @@ pub async fn reconcile(kp: Arc<KybPlatform>, ctx: Arc<Context>) -> Result<Action
 async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let metrics = &ctx.metrics;
+    let caches = &ctx.caches;
+    caches.wait_until_ready().await?;
     let ns = kp.namespace().unwrap_or_default();
     let name = kp.name_any();
     let base = Observed {
@@ -279,8 +390,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         selector: build::selector_string(kp),
         endpoint: Some(format!("http://{name}.{ns}.svc:80")),
     };
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    let live = deployments.get_opt(&name).await?;
+    let live = cached(&caches.deployments, &ns, &name);
 
     let children: Children = match build::build(kp) {
         Ok(c) => c,
@@ -290,7 +400,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
                     reason: "InvalidSpec",
                     message: e.to_string(),
                 }),
-                rollout: rollout(live.as_ref(), 0),
+                rollout: rollout(live.as_deref(), 0),
                 ..base
             };
             write_status(ctx, &ns, kp, &obs).await?;
@@ -304,65 +414,94 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         .as_ref()
         .and_then(|s| s.replicas)
         .unwrap_or(0);
-    if let Some(blocker) = missing_secrets(client, &ns, kp).await? {
+    if let Some(blocker) = missing_secrets(client, &ns, kp, metrics).await? {
         let obs = Observed {
             blocker: Some(blocker),
-            rollout: rollout(live.as_ref(), desired_replicas),
+            rollout: rollout(live.as_deref(), desired_replicas),
             ..base
         };
         write_status(ctx, &ns, kp, &obs).await?;
         return Ok(Action::requeue(SECRET_RECHECK));
     }
 
-    apply(client, &ns, children.service_account.clone(), metrics).await?;
-    apply(client, &ns, children.config_map.clone(), metrics).await?;
-    apply(client, &ns, children.service.clone(), metrics).await?;
-    apply(client, &ns, children.pdb.clone(), metrics).await?;
+    let sa = cached(
+        &caches.service_accounts,
+        &ns,
+        &children.service_account.name_any(),
+    );
+    apply(
+        client,
+        &ns,
+        children.service_account.clone(),
+        meta(&sa),
+        metrics,
+    )
+    .await?;
+    let cm = cached(&caches.config_maps, &ns, &children.config_map.name_any());
+    apply(client, &ns, children.config_map.clone(), meta(&cm), metrics).await?;
+    let svc = cached(&caches.services, &ns, &children.service.name_any());
+    apply(client, &ns, children.service.clone(), meta(&svc), metrics).await?;
+    let pdb = cached(&caches.pdbs, &ns, &children.pdb.name_any());
+    apply(client, &ns, children.pdb.clone(), meta(&pdb), metrics).await?;
+    let live_hpa = cached(&caches.hpas, &ns, &name);
     match &children.hpa {
         Some(hpa) => {
-            apply(client, &ns, hpa.clone(), metrics).await?;
+            apply(client, &ns, hpa.clone(), meta(&live_hpa), metrics).await?;
         }
-        None => delete_if_present::<HorizontalPodAutoscaler>(client, &ns, &name, metrics).await?,
+        None if live_hpa.is_some() => {
+            delete::<HorizontalPodAutoscaler>(client, &ns, &name, metrics).await?
+        }
+        None => {}
     }
 
-    let serving = rollout(live.as_ref(), desired_replicas).image;
+    let serving = rollout(live.as_deref(), desired_replicas).image;
     let migration = match &children.migration_job {
         None => {
-            let jobs = Api::<Job>::namespaced(client.clone(), &ns);
-            let selector =
-                format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=migrations");
-            for job in jobs.list(&ListParams::default().labels(&selector)).await? {
-                delete_if_present::<Job>(client, &ns, &job.name_any(), metrics).await?;
+            let stale = caches
+                .jobs
+                .state_filter(|j| is_migration_job_of(&j.metadata, &ns, &name));
+            for job in stale {
+                delete::<Job>(client, &ns, &job.name_any(), metrics).await?;
             }
             Migration::Disabled
         }
-        Some(job) => {
-            let live_job = Api::<Job>::namespaced(client.clone(), &ns)
-                .get_opt(&job.name_any())
-                .await?;
-            match live_job {
-                Some(j) => job_state(&j),
-                // The Job for this revision was never created: run it, unless this image already serves
-                // (then it migrated before, and its Job has been cleaned up).
-                None if serving.as_deref() == Some(kp.spec.image.as_str()) => {
-                    Migration::Succeeded {
-                        job: job.name_any(),
-                    }
-                }
-                None => job_state(&apply(client, &ns, job.clone(), metrics).await?),
-            }
-        }
+        Some(job) => match cached(&caches.jobs, &ns, &job.name_any()) {
+            Some(j) => job_state(&j),
+            // The Job for this revision was never created: run it, unless this image already serves
+            // (then it migrated before, and its Job has been cleaned up).
+            None if serving.as_deref() == Some(kp.spec.image.as_str()) => Migration::Succeeded {
+                job: job.name_any(),
+            },
+            // Not cached: create it. (If the cache merely lags, this re-apply changes nothing.)
+            None => match apply(client, &ns, job.clone(), None, metrics).await? {
+                Some(created) => job_state(&created),
+                None => Migration::Running {
+                    job: job.name_any(),
+                },
+            },
+        },
     };
 
     let may_roll_out = matches!(migration, Migration::Disabled | Migration::Succeeded { .. });
     let deployment = if may_roll_out {
-        Some(apply(client, &ns, children.deployment.clone(), metrics).await?)
+        match apply(
+            client,
+            &ns,
+            children.deployment.clone(),
+            meta(&live),
+            metrics,
+        )
+        .await?
+        {
+            Some(applied) => Some(Arc::new(applied)),
+            None => live,
+        }
     } else {
         live
     };
     let obs = Observed {
         migration: migration.clone(),
-        rollout: rollout(deployment.as_ref(), desired_replicas),
+        rollout: rollout(deployment.as_deref(), desired_replicas),
         revision: Some(children.revision.clone()),
         ..base
     };
@@ -399,6 +538,33 @@ pub async fn run(
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    // One watch per kind feeds both a cache and the controller's triggers. Their errors reach the
+    // controller, which retries them behind its shared trigger backoff (see backoff.rs).
+    let (deployments, deployment_events) = cache(watcher(
+        api::<Deployment>(&client, &namespace),
+        owned.clone(),
+    ));
+    let (jobs, job_events) = cache(watcher(api::<Job>(&client, &namespace), owned.clone()));
+    let (config_maps, config_map_events) = cache(watcher(
+        api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
+        owned.clone(),
+    ));
+    let (services, service_events) = cache(watcher(
+        api::<PartialObjectMeta<Service>>(&client, &namespace),
+        owned.clone(),
+    ));
+    let (service_accounts, service_account_events) = cache(watcher(
+        api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace),
+        owned.clone(),
+    ));
+    let (pdbs, pdb_events) = cache(watcher(
+        api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &namespace),
+        owned.clone(),
+    ));
+    let (hpas, hpa_events) = cache(watcher(
+        api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &namespace),
+        owned,
+    ));
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -409,6 +575,15 @@ pub async fn run(
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
+        caches: Caches {
+            deployments,
+            jobs,
+            config_maps,
+            services,
+            service_accounts,
+            pdbs,
+            hpas,
+        },
     });
     Controller::new(
         api::<KybPlatform>(&client, &namespace),
@@ -418,16 +593,13 @@ pub async fn run(
     // each holding its requests and responses (memory) and all competing for the apiserver (latency).
     .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
     .trigger_backoff(super::backoff::WatchBackoff::default())
-    .owns(api::<Deployment>(&client, &namespace), owned.clone())
-    .owns(api::<Job>(&client, &namespace), owned.clone())
-    .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
-    .owns(api::<Service>(&client, &namespace), owned.clone())
-    .owns(api::<ServiceAccount>(&client, &namespace), owned.clone())
-    .owns(
-        api::<PodDisruptionBudget>(&client, &namespace),
-        owned.clone(),
-    )
-    .owns(api::<HorizontalPodAutoscaler>(&client, &namespace), owned)
+    .owns_stream(deployment_events)
+    .owns_stream(job_events)
+    .owns_stream(config_map_events)
+    .owns_stream(service_events)
+    .owns_stream(service_account_events)
+    .owns_stream(pdb_events)
+    .owns_stream(hpa_events)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|res| async move {
@@ -473,4 +645,66 @@ pub async fn run_elected(
         tracing::info!("not leading: reconciling stopped");
     }
     let _ = election.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ns: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        ObjectMeta {
+            namespace: Some(ns.into()),
+            labels: map(labels),
+            annotations: map(annotations),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn applies_only_what_is_missing_or_carries_another_hash() {
+        assert!(needs_apply(None, "abc"), "missing from the cache");
+        assert!(needs_apply(Some(&ObjectMeta::default()), "abc"), "no hash");
+        let old = meta("ns", &[], &[(APPLIED_HASH, "old")]);
+        assert!(needs_apply(Some(&old), "abc"), "another desired state");
+        let current = meta("ns", &[], &[(APPLIED_HASH, "abc")]);
+        assert!(!needs_apply(Some(&current), "abc"), "already applied");
+    }
+
+    #[test]
+    fn migration_jobs_are_matched_by_namespace_instance_and_component() {
+        let job = |ns, instance, component| {
+            meta(
+                ns,
+                &[
+                    ("app.kubernetes.io/instance", instance),
+                    ("app.kubernetes.io/component", component),
+                ],
+                &[],
+            )
+        };
+        assert!(is_migration_job_of(
+            &job("a", "kyb", "migrations"),
+            "a",
+            "kyb"
+        ));
+        assert!(!is_migration_job_of(
+            &job("b", "kyb", "migrations"),
+            "a",
+            "kyb"
+        ));
+        assert!(!is_migration_job_of(
+            &job("a", "other", "migrations"),
+            "a",
+            "kyb"
+        ));
+        assert!(!is_migration_job_of(&job("a", "kyb", "api"), "a", "kyb"));
+        assert!(!is_migration_job_of(&ObjectMeta::default(), "a", "kyb"));
+    }
 }

@@ -1,4 +1,5 @@
-//! The operator's Prometheus metrics: reconciles by outcome, their duration, and writes issued.
+//! The operator's Prometheus metrics: reconciles by outcome, their duration, and the reads and
+//! writes they send to the apiserver.
 
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ pub struct OperatorMetrics {
     pub duration: Histogram,
     /// Create, apply, delete and status requests sent to the apiserver.
     pub writes: Counter,
+    /// GET requests sent by reconciles. Children come from the watch caches, so these are only the
+    /// Secret checks (RBAC allows no list/watch of Secrets).
+    pub reads: Counter,
 }
 
 impl Default for OperatorMetrics {
@@ -30,6 +34,7 @@ impl Default for OperatorMetrics {
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         let writes = Counter::default();
+        let reads = Counter::default();
         registry.register(
             "reconciles",
             "Reconciliations by result",
@@ -45,11 +50,17 @@ impl Default for OperatorMetrics {
             "Write requests sent to the apiserver",
             writes.clone(),
         );
+        registry.register(
+            "reads",
+            "Read requests sent to the apiserver by reconciles",
+            reads.clone(),
+        );
         Self {
             registry,
             reconciles,
             duration,
             writes,
+            reads,
         }
     }
 }
