@@ -303,6 +303,8 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
         ("patch", "kybplatforms.kyb.io", "status", "yes"),
         ("patch", "kybplatforms.kyb.io", "", "no"),
         ("get", "secrets", "", "yes"),
+        ("get", "deployments", "", "no"), // children are read from the watch caches
+        ("watch", "deployments", "", "yes"),
         ("list", "secrets", "", "no"),
         ("delete", "deployments", "", "no"),
         ("create", "pods", "", "no"),
