@@ -15,7 +15,7 @@ use crate::loadtest::summary::saturation_reasons;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Scenarios (--scenario): a built-in name or a YAML file like those in loadtests/:
-  kyb-mix          classification (90% repeated businesses), merchant reads and creation, risk assessments
+  kyb-mix          classification (97% repeated businesses), merchant reads and creation, risk assessments
   trivial          GET /health only (the generator's own ceiling)
   classify-cached  one business classified again and again (cache hits)
 

@@ -248,7 +248,7 @@ mod tests {
         }
         let mix = Scenario::load("kyb-mix").unwrap();
         assert_eq!(mix.weight(RequestType::Classify), 60);
-        assert_eq!(mix.classify.repeat_share, 0.9);
+        assert_eq!(mix.classify.repeat_share, 0.97);
         assert!(mix.seed_merchants_per_user > 0);
     }
 
