@@ -17,7 +17,7 @@ use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::goose::{
     GooseUser, Scenario as GooseScenario, Transaction, TransactionError, TransactionFunction,
 };
-use goose::GooseAttack;
+use goose::{GooseAttack, GooseScheduler};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -201,6 +201,11 @@ fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goo
     };
     GooseAttack::initialize_with_config(GooseConfiguration::default())?
         .register_scenario(scenario)
+        // Each user runs the weighted list of transactions in a loop. goose's default round-robin
+        // order interleaves one of each type first, so a user that makes fewer requests than one full
+        // list (30 at 1 request/s over 30 s, against a list of 100) would send the types in equal
+        // shares; a shuffled list keeps the weights in any stretch of it.
+        .set_scheduler(GooseScheduler::Random)
         .set_default(GooseDefault::Host, cfg.target.as_str())?
         .set_default(GooseDefault::Users, cfg.users)?
         .set_default(
