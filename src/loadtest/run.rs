@@ -1,6 +1,6 @@
-//! The load test itself: goose schedules the virtual users (count, ramp-up, run time, transaction
-//! weights) and builds each user's HTTP client; our transactions send the requests with that client and
-//! record them in our own histograms.
+//! The load test itself: goose schedules the virtual users (count, ramp-up, run time) and builds each
+//! user's HTTP client; our one transaction draws each request's type by the scenario's weights, sends
+//! it with that client and records it in our own histograms.
 //!
 //! goose is configured only through `GooseAttack::initialize_with_config(GooseConfiguration::default())`
 //! and `set_default`, never `initialize()`, which would parse kybctl's own argv as goose flags. Its
@@ -17,7 +17,7 @@ use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::goose::{
     GooseUser, Scenario as GooseScenario, Transaction, TransactionError, TransactionFunction,
 };
-use goose::{GooseAttack, GooseScheduler};
+use goose::GooseAttack;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -185,13 +185,11 @@ fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goo
     scenario = scenario
         .register_transaction(Transaction::new(on_start(shared.clone())).set_on_start())
         .register_transaction(Transaction::new(on_stop(shared.clone())).set_on_stop());
-    for (t, weight) in cfg.scenario.active() {
-        scenario = scenario.register_transaction(
-            Transaction::new(request_type(shared.clone(), t))
-                .set_name(t.name())
-                .set_weight(weight)?,
-        );
-    }
+    // One transaction that draws the request type by weight each time (see Scenario::pick); goose's
+    // own weighting repeats one fixed list, the same for every user.
+    scenario = scenario.register_transaction(
+        Transaction::new(mixed_request(shared.clone())).set_name(&cfg.scenario.name),
+    );
     // Users per second: a zero ramp-up starts them all within a millisecond.
     let ramp_secs = cfg.ramp_up.as_secs_f64();
     let increase_rate = if ramp_secs > 0.0 {
@@ -201,11 +199,6 @@ fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goo
     };
     GooseAttack::initialize_with_config(GooseConfiguration::default())?
         .register_scenario(scenario)
-        // Each user runs the weighted list of transactions in a loop. goose's default round-robin
-        // order interleaves one of each type first, so a user that makes fewer requests than one full
-        // list (30 at 1 request/s over 30 s, against a list of 100) would send the types in equal
-        // shares; a shuffled list keeps the weights in any stretch of it.
-        .set_scheduler(GooseScheduler::Random)
         .set_default(GooseDefault::Host, cfg.target.as_str())?
         .set_default(GooseDefault::Users, cfg.users)?
         .set_default(
@@ -262,10 +255,18 @@ fn on_stop(shared: Arc<Shared>) -> TransactionFunction {
     })
 }
 
-fn request_type(shared: Arc<Shared>, t: RequestType) -> TransactionFunction {
+fn mixed_request(shared: Arc<Shared>) -> TransactionFunction {
     Arc::new(move |user| {
         let shared = shared.clone();
-        Box::pin(async move { send(user, &shared, t).await })
+        Box::pin(async move {
+            let t = {
+                let state = user
+                    .get_session_data_mut::<UserState>()
+                    .expect("on_start sets the user's state");
+                shared.scenario.pick(&mut state.rng)
+            };
+            send(user, &shared, t).await
+        })
     })
 }
 

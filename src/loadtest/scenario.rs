@@ -186,6 +186,21 @@ impl Scenario {
         self.weights.get(&t).copied().unwrap_or(0)
     }
 
+    /// A request type drawn with probability proportional to its weight. Drawn per request rather than
+    /// walking a fixed weighted list, so every stretch of a user's requests, however short, keeps the
+    /// weights in expectation, and users do not move in lockstep.
+    pub fn pick(&self, rng: &mut impl Rng) -> RequestType {
+        let total: usize = self.active().map(|(_, w)| w).sum();
+        let mut ticket = rng.random_range(0..total.max(1));
+        for (t, w) in self.active() {
+            if ticket < w {
+                return t;
+            }
+            ticket -= w;
+        }
+        RequestType::Health // unreachable for a validated scenario (some weight is above 0)
+    }
+
     /// The request types with a weight above 0, in a stable order.
     pub fn active(&self) -> impl Iterator<Item = (RequestType, usize)> + '_ {
         self.weights
@@ -250,6 +265,25 @@ mod tests {
         assert_eq!(mix.weight(RequestType::Classify), 60);
         assert_eq!(mix.classify.repeat_share, 0.97);
         assert!(mix.seed_merchants_per_user > 0);
+    }
+
+    #[test]
+    fn picks_follow_the_weights() {
+        let mix = Scenario::load("kyb-mix").unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut counts = BTreeMap::new();
+        for _ in 0..100_000 {
+            *counts.entry(mix.pick(&mut rng)).or_insert(0usize) += 1;
+        }
+        for (t, w) in mix.active() {
+            let share = counts[&t] as f64 / 100_000.0;
+            let expected = w as f64 / 100.0;
+            assert!(
+                (share - expected).abs() < 0.01,
+                "{t:?}: {share} vs {expected}"
+            );
+        }
+        assert!(!counts.contains_key(&RequestType::Health));
     }
 
     #[test]
