@@ -18,28 +18,10 @@ use kybctl::operator::controller;
 use kybctl::operator::metrics::{OperatorMetrics, Outcome};
 use operator::{condition, eventually, Operator};
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
-    let ns = c.namespace("op").await;
-    check(c.kubectl().args([
-        "create",
-        "secret",
-        "generic",
-        "kyb-db",
-        "-n",
-        &ns,
-        "--from-literal=url=postgres://kyb@db/kyb",
-    ]));
+    let ns = operator::platform_namespace("op").await;
     let op = Operator::start(&ns).await;
     check_with_stdin(
         c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
@@ -232,13 +214,7 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_is_reported_not_retried_hot() {
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
+    operator::install_crd().await;
     let ns = c.namespace("op-secret").await;
     let op = Operator::start(&ns).await;
     check_with_stdin(
@@ -285,13 +261,7 @@ async fn a_missing_secret_is_reported_not_retried_hot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_rbac_is_sufficient_and_least_privilege() {
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
+    operator::install_crd().await;
     check(c.kubectl().args([
         "apply",
         "-f",
@@ -379,23 +349,7 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     use tokio_util::sync::CancellationToken;
 
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
-    let ns = c.namespace("op-ha").await;
-    check(c.kubectl().args([
-        "create",
-        "secret",
-        "generic",
-        "kyb-db",
-        "-n",
-        &ns,
-        "--from-literal=url=postgres://kyb@db/kyb",
-    ]));
+    let ns = operator::platform_namespace("op-ha").await;
     let start = |identity: &'static str| {
         let ns = ns.clone();
         async move {
@@ -483,23 +437,7 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_reconcile_converges_without_duplicates() {
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
-    let ns = c.namespace("op-restart").await;
-    check(c.kubectl().args([
-        "create",
-        "secret",
-        "generic",
-        "kyb-db",
-        "-n",
-        &ns,
-        "--from-literal=url=postgres://kyb@db/kyb",
-    ]));
+    let ns = operator::platform_namespace("op-restart").await;
     let first = Operator::start(&ns).await;
     check_with_stdin(
         c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),

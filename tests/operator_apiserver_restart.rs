@@ -13,7 +13,6 @@ use std::time::Duration;
 use cluster::{check, check_with_stdin, cluster, run};
 use operator::Operator;
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
 const OPERATOR_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml");
 
 fn platform(name: &str) -> String {
@@ -33,24 +32,8 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
         .with_test_writer()
         .try_init();
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
     check(c.kubectl().args(["apply", "-f", OPERATOR_MANIFEST]));
-    let ns = c.namespace("op-apiserver").await;
-    check(c.kubectl().args([
-        "create",
-        "secret",
-        "generic",
-        "kyb-db",
-        "-n",
-        &ns,
-        "--from-literal=url=postgres://kyb@db/kyb",
-    ]));
+    let ns = operator::platform_namespace("op-apiserver").await;
     // Under the shipped ServiceAccount, as in production. The token is signed by the control plane's
     // key, so it stays valid across the restart.
     let token = check(

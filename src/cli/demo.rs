@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use super::{exit, output, progress};
 use crate::db::{indexes, migrate};
-use crate::loadtest::report::{self as load_report, TypeErrors};
+use crate::loadtest::report as load_report;
 use crate::loadtest::run::{self as load_run, RunConfig};
 use crate::loadtest::scenario::Scenario;
 use crate::loadtest::summary::saturation_reasons;
@@ -153,12 +153,7 @@ async fn demo(args: DemoArgs) -> Result<u8, DemoError> {
     })
     .await?;
     let result = &outcome.result;
-    let errors: TypeErrors = outcome
-        .recorder
-        .by_type
-        .iter()
-        .map(|(t, s)| (t.name().to_owned(), s.errors()))
-        .collect();
+    let errors = outcome.errors_by_type();
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(result).expect("the result serialises");
         std::fs::write(path, format!("{json}\n")).map_err(|source| DemoError::Write {

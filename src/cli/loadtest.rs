@@ -149,12 +149,7 @@ async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
     let outcome = run::run(cfg).await?;
     let result = &outcome.result;
     let warnings = saturation_reasons(&outcome.facts);
-    let errors: report::TypeErrors = outcome
-        .recorder
-        .by_type
-        .iter()
-        .map(|(t, s)| (t.name().to_owned(), s.errors()))
-        .collect();
+    let errors = outcome.errors_by_type();
 
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(result).expect("the result serialises");

@@ -63,6 +63,17 @@ pub struct RunOutcome {
     pub facts: GeneratorFacts,
 }
 
+impl RunOutcome {
+    /// Failed requests per request type, for the tables (the result file has only the total).
+    pub fn errors_by_type(&self) -> super::report::TypeErrors {
+        self.recorder
+            .by_type
+            .iter()
+            .map(|(t, s)| (t.name().to_owned(), s.errors()))
+            .collect()
+    }
+}
+
 /// State every user shares: configuration, the pacer, the run's totals.
 struct Shared {
     scenario: Scenario,

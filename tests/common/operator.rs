@@ -8,7 +8,38 @@ use kybctl::crd::KybPlatform;
 use kybctl::operator::controller;
 use kybctl::operator::metrics::OperatorMetrics;
 
-use crate::cluster::cluster;
+use crate::cluster::{check, cluster};
+
+const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
+
+/// Installs the KybPlatform CRD (idempotent) and waits until it is served.
+pub async fn install_crd() {
+    let c = cluster().await;
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kybplatforms.kyb.io",
+    ]));
+}
+
+/// The CRD, and a new namespace holding the Secret `kyb-db` (key `url`) that test platforms reference.
+pub async fn platform_namespace(prefix: &str) -> String {
+    let c = cluster().await;
+    install_crd().await;
+    let ns = c.namespace(prefix).await;
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-db",
+        "-n",
+        &ns,
+        "--from-literal=url=postgres://kyb@db/kyb",
+    ]));
+    ns
+}
 
 /// Polls `f` every 250 ms until it is true; panics naming `what` after `timeout`.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
