@@ -7,27 +7,11 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{check, check_with_stdin, cluster, run, run_with_stdin, UpProcess};
+use cluster::{check, check_with_stdin, cluster, eventually, run, run_with_stdin, UpProcess};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-
-/// Polls `f` every 200 ms until it returns true; panics with `what` after `timeout`.
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test]
 async fn deployment_becomes_available_and_is_garbage_collected() {

@@ -3,22 +3,16 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/operator.rs"]
+mod operator;
 
 use cluster::{check, cluster, run, run_with_stdin};
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/samples");
 
 async fn installed() -> &'static cluster::Cluster {
-    let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-    ]));
-    c
+    operator::install_crd().await;
+    cluster().await
 }
 
 #[tokio::test]

@@ -10,31 +10,21 @@ mod operator;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{check, check_with_stdin, cluster, run};
+use cluster::{check, check_with_stdin, cluster, eventually, run};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kybctl::crd::KybPlatform;
 use kybctl::operator::controller;
 use kybctl::operator::metrics::{OperatorMetrics, Outcome};
-use operator::{condition, eventually, Operator};
+use operator::{condition, Operator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
     let c = cluster().await;
     let ns = operator::platform_namespace("op").await;
     let op = Operator::start(&ns).await;
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
-    );
-    check(c.kubectl().args([
-        "wait",
-        "-n",
-        &ns,
-        "--for=condition=Ready",
-        "--timeout=120s",
-        "kyb/kyb",
-    ]));
+    operator::apply_platform(&ns, "kyb").await;
+    operator::wait_ready(&ns, "kyb", "120s").await;
     for kind in [
         "deployment",
         "service",
@@ -303,29 +293,10 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
         c.kubectl()
             .args(["create", "token", "kybctl-operator", "-n", "kyb-system"]),
     );
-    let ns = c.namespace("op-rbac").await;
-    check(c.kubectl().args([
-        "create",
-        "secret",
-        "generic",
-        "kyb-db",
-        "-n",
-        &ns,
-        "--from-literal=url=postgres://kyb@db/kyb",
-    ]));
+    let ns = operator::platform_namespace("op-rbac").await;
     let op = Operator::start_as(&ns, c.client_with_token(token.trim()).await).await;
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
-    );
-    check(c.kubectl().args([
-        "wait",
-        "-n",
-        &ns,
-        "--for=condition=Ready",
-        "--timeout=120s",
-        "kyb/kyb",
-    ]));
+    operator::apply_platform(&ns, "kyb").await;
+    operator::wait_ready(&ns, "kyb", "120s").await;
     // Events are written under the same identity.
     eventually(Duration::from_secs(10), "a Ready event", || async {
         let (_, out, _) = run(c.kubectl().args([
@@ -391,18 +362,8 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     })
     .await;
     let (b_metrics, b_stop, b_task) = start("operator-b").await;
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
-    );
-    check(c.kubectl().args([
-        "wait",
-        "-n",
-        &ns,
-        "--for=condition=Ready",
-        "--timeout=120s",
-        "kyb/kyb",
-    ]));
+    operator::apply_platform(&ns, "kyb").await;
+    operator::wait_ready(&ns, "kyb", "120s").await;
     assert!(a_metrics.writes.get() > 0);
     assert_eq!(b_metrics.writes.get(), 0, "the follower must not write");
 
@@ -439,10 +400,7 @@ async fn a_restart_mid_reconcile_converges_without_duplicates() {
     let c = cluster().await;
     let ns = operator::platform_namespace("op-restart").await;
     let first = Operator::start(&ns).await;
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {name: kyb}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {primary: {name: kyb-db, key: url}}\n",
-    );
+    operator::apply_platform(&ns, "kyb").await;
     let count = |kind: &'static str| {
         let ns = ns.clone();
         move || {
@@ -457,14 +415,7 @@ async fn a_restart_mid_reconcile_converges_without_duplicates() {
     .await;
     first.stop().await;
     let second = Operator::start(&ns).await;
-    check(c.kubectl().args([
-        "wait",
-        "-n",
-        &ns,
-        "--for=condition=Ready",
-        "--timeout=120s",
-        "kyb/kyb",
-    ]));
+    operator::wait_ready(&ns, "kyb", "120s").await;
     assert_eq!(jobs(), 1, "one migration Job");
     assert_eq!(count("deployments")(), 1);
     assert_eq!(count("replicasets")(), 1, "no spurious rollout");

@@ -10,16 +10,10 @@ mod operator;
 
 use std::time::Duration;
 
-use cluster::{check, check_with_stdin, cluster, run};
+use cluster::{check, cluster, run};
 use operator::Operator;
 
 const OPERATOR_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml");
-
-fn platform(name: &str) -> String {
-    format!(
-        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {{name: {name}}}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {{primary: {{name: kyb-db, key: url}}}}\n"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
@@ -46,12 +40,9 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
         let (_, out, _) = run(c.kubectl().args(["get", kind, "-n", &ns, "-o", "name"]));
         out.lines().filter(|l| !l.trim().is_empty()).count()
     };
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        &platform("before"),
-    );
+    operator::apply_platform(&ns, "before").await;
     // Mid-reconcile: the first children exist, the migration Job has not completed yet.
-    operator::eventually(Duration::from_secs(30), "the first children", || async {
+    cluster::eventually(Duration::from_secs(30), "the first children", || async {
         count("configmaps") >= 2 // kube-root-ca.crt and the platform's own
     })
     .await;
@@ -70,10 +61,7 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
         .expect("restart task");
 
     // The operator's watches must have resumed: a platform created after the restart is reconciled.
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        &platform("after"),
-    );
+    operator::apply_platform(&ns, "after").await;
     for name in ["before", "after"] {
         let (ok, _, err) = run(c.kubectl().args([
             "wait",

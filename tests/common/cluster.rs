@@ -303,6 +303,22 @@ fn read_pairs<T: std::str::FromStr>(path: &Path) -> Vec<(String, T)> {
         .collect()
 }
 
+/// Polls `f` every 250 ms until it is true; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 static NAMESPACE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Cluster {

@@ -2,13 +2,13 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kybctl::crd::KybPlatform;
 use kybctl::operator::controller;
 use kybctl::operator::metrics::OperatorMetrics;
 
-use crate::cluster::{check, cluster};
+use crate::cluster::{check, check_with_stdin, cluster};
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
 
@@ -21,6 +21,35 @@ pub async fn install_crd() {
         "--for=condition=Established",
         "--timeout=60s",
         "crd/kybplatforms.kyb.io",
+    ]));
+}
+
+/// A minimal KybPlatform `name` referencing the Secret that [`platform_namespace`] creates.
+pub fn platform_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {{name: {name}}}\nspec:\n  image: registry.example.com/kybctl:1\n  database: {{primary: {{name: kyb-db, key: url}}}}\n"
+    )
+}
+
+/// `kubectl apply` of [`platform_yaml`] in `ns`.
+pub async fn apply_platform(ns: &str, name: &str) {
+    let c = cluster().await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", ns, "-f", "-"]),
+        &platform_yaml(name),
+    );
+}
+
+/// `kubectl wait --for=condition=Ready kyb/NAME`, as a user would.
+pub async fn wait_ready(ns: &str, name: &str, timeout: &str) {
+    let c = cluster().await;
+    check(c.kubectl().args([
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        &format!("--timeout={timeout}"),
+        &format!("kyb/{name}"),
     ]));
 }
 
@@ -39,22 +68,6 @@ pub async fn platform_namespace(prefix: &str) -> String {
         "--from-literal=url=postgres://kyb@db/kyb",
     ]));
     ns
-}
-
-/// Polls `f` every 250 ms until it is true; panics naming `what` after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 pub fn condition(kp: &KybPlatform, kind: &str) -> Option<(String, String)> {
