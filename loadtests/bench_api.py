@@ -195,6 +195,13 @@ def summary(runs, key):
     return statistics.median(vals), min(vals), max(vals)
 
 
+
+def release_binary():
+    """Builds kybctl in release mode (incrementally) and returns the binary's path."""
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    return os.path.join(target, "release", "kybctl")
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
@@ -211,9 +218,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    kybctl = os.path.join(target, "release", "kybctl")
+    kybctl = release_binary()
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="kyb-bench-")

@@ -24,7 +24,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_api import (ROOT, WRK_LUA, Procs, cpu_model, free_port, pg_bin, psql,  # noqa: E402
+from bench_api import (WRK_LUA, Procs, cpu_model, free_port, pg_bin, psql, release_binary,  # noqa: E402
                        start_postgres, summary, wait_for, wrk)
 
 
@@ -50,9 +50,7 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk not found (Debian: apt-get install wrk)")
 
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    kybctl = os.path.join(target, "release", "kybctl")
+    kybctl = release_binary()
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="kyb-bench-lt-")

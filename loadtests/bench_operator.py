@@ -26,7 +26,8 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_api import ROOT, release_binary  # noqa: E402
 
 
 def kubectl(kubeconfig, *args, stdin=None, check=True):
@@ -59,9 +60,7 @@ def main():
     ap.add_argument("--timeout", type=int, default=600)
     a = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    kybctl = os.path.join(target, "release", "kybctl")
+    kybctl = release_binary()
 
     tmp = tempfile.mkdtemp(prefix="kyb-opbench-")
     # A /16 service range: the test default (/24) holds only ~250 Services.

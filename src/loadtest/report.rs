@@ -1,6 +1,7 @@
 //! The result for people: a comfy-table on stdout and a self-contained HTML page (no scripts, no
 //! external assets, so it can be archived as a CI artifact and opened anywhere).
 
+use crate::slo::render::xml_escape;
 use crate::slo::result::{LoadTestResult, Summary};
 
 /// Errors per request type: the result file keeps only the total, the recorder has them per type.
@@ -132,32 +133,35 @@ pub fn table(r: &LoadTestResult, errors: &TypeErrors) -> String {
 pub fn html(r: &LoadTestResult, errors: &TypeErrors, title: &str, warnings: &[String]) -> String {
     let mut out = String::new();
     out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
-    out.push_str(&format!("<title>{}</title>\n", esc(title)));
+    out.push_str(&format!("<title>{}</title>\n", xml_escape(title)));
     out.push_str(
         "<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
          table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}\
          th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}\
          .warn{background:#fff3cd;border:1px solid #e0c36a;padding:.6em 1em}</style>\n</head><body>\n",
     );
-    out.push_str(&format!("<h1>{}</h1>\n", esc(title)));
+    out.push_str(&format!("<h1>{}</h1>\n", xml_escape(title)));
     out.push_str(&format!(
         "<p>Started {} &middot; {:.1} s &middot; kybctl loadtest result schema v{}</p>\n",
-        esc(&r.started_at),
+        xml_escape(&r.started_at),
         r.duration_seconds,
         r.version
     ));
     for w in warnings {
-        out.push_str(&format!("<p class=\"warn\">Warning: {}</p>\n", esc(w)));
+        out.push_str(&format!(
+            "<p class=\"warn\">Warning: {}</p>\n",
+            xml_escape(w)
+        ));
     }
     out.push_str("<h2>Latency by request type</h2>\n<table><tr>");
     for h in LATENCY_HEADER {
-        out.push_str(&format!("<th>{}</th>", esc(h)));
+        out.push_str(&format!("<th>{}</th>", xml_escape(h)));
     }
     out.push_str("</tr>\n");
     for row in latency_rows(r, errors) {
         out.push_str("<tr>");
         for cell in row {
-            out.push_str(&format!("<td>{}</td>", esc(&cell)));
+            out.push_str(&format!("<td>{}</td>", xml_escape(&cell)));
         }
         out.push_str("</tr>\n");
     }
@@ -165,19 +169,12 @@ pub fn html(r: &LoadTestResult, errors: &TypeErrors, title: &str, warnings: &[St
     for (k, v) in totals(r) {
         out.push_str(&format!(
             "<tr><th>{}</th><td>{}</td></tr>\n",
-            esc(k),
-            esc(&v)
+            xml_escape(k),
+            xml_escape(&v)
         ));
     }
     out.push_str("</table>\n<p>Latencies are measured by kybctl in microseconds (HDR histograms, 3 significant digits), from sending a request to its last body byte.</p>\n</body></html>\n");
     out
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -164,9 +164,9 @@ fn junit_message(c: &Check) -> String {
     )
 }
 
-/// Escapes text for an XML attribute or element. Characters XML 1.0 cannot carry at all (most C0
+/// Escapes text for an XML attribute or element (and so for HTML too). Characters XML 1.0 cannot carry at all (most C0
 /// controls) become U+FFFD, so a stray byte in a request type cannot make the whole report unreadable.
-fn xml_escape(s: &str) -> String {
+pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {
