@@ -16,6 +16,7 @@ pub mod model;
 pub mod operator;
 pub mod registry;
 pub mod risk;
+pub mod schema;
 pub mod server;
 pub mod slo;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kybctl::db::indexes::{self, ApplyOptions, Outcome, HOT_QUERIES, INDEXES};
+use kybctl::schema::indexes::{self, ApplyOptions, Outcome, HOT_QUERIES, INDEXES};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 

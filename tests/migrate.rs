@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kybctl::db::lint::Rule;
-use kybctl::db::migrate::{self, MigrateError, RunOptions, MIGRATOR};
+use kybctl::schema::lint::Rule;
+use kybctl::schema::migrate::{self, MigrateError, RunOptions, MIGRATOR};
 use sqlx::migrate::Migrator;
 
 fn kybctl(args: &[&str]) -> Output {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::State;
-use crate::db::migrate;
+use crate::schema::migrate;
 use crate::metrics::PoolLabels;
 
 /// Liveness: the process serves.

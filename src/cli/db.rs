@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::exit;
 use super::output::{self, Format};
 use crate::config::Overrides;
-use crate::db::indexes::{self, ApplyOptions, IndexError, IndexState, IndexStatus, Verified};
+use crate::schema::indexes::{self, ApplyOptions, IndexError, IndexState, IndexStatus, Verified};
 use crate::db::ShardPools;
 
 #[derive(Debug, clap::Subcommand)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::{exit, output, progress};
-use crate::db::{indexes, migrate};
+use crate::schema::{indexes, migrate};
 use crate::loadtest::report as load_report;
 use crate::loadtest::run::{self as load_run, RunConfig};
 use crate::loadtest::scenario::Scenario;

@@ -9,9 +9,10 @@ use sqlx::migrate::{Migration, MigrationType};
 use super::exit;
 use super::output::{self, Format};
 use crate::config::Overrides;
-use crate::db::lint::{self, QueryCorpus};
-use crate::db::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
-use crate::db::{reference, ShardPools};
+use crate::schema::lint::{self, QueryCorpus};
+use crate::schema::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
+use crate::db::ShardPools;
+use crate::schema::reference;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MigrateCommand {

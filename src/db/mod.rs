@@ -1,12 +1,8 @@
-//! PostgreSQL access: pools by role, the shard router, migrations and the service's queries.
+//! PostgreSQL access: pools by role, the shard router and the service's queries.
 
 pub mod freshness;
-pub mod indexes;
-pub mod lint;
 pub mod merchants;
-pub mod migrate;
 pub mod pools;
-pub mod reference;
 pub mod risk;
 pub mod shard;
 

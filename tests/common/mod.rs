@@ -35,7 +35,7 @@ pub async fn migrated_db_on(server: &TempPostgres) -> String {
     let pool = sqlx::PgPool::connect(&url)
         .await
         .expect("connect to the test database");
-    kybctl::db::migrate::up(&pool).await.expect("migrate");
+    kybctl::schema::migrate::up(&pool).await.expect("migrate");
     pool.close().await;
     url
 }

@@ -13,7 +13,7 @@ use sqlx::migrate::{Migration, Migrator};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::lint::{self, QueryCorpus};
-use super::{is_connection_error, DbError};
+use crate::db::{is_connection_error, DbError};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
