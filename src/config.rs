@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::db::shard::ShardingStrategy;
+use crate::service::db::shard::ShardingStrategy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -476,7 +476,7 @@ impl Config {
                 )));
             }
         }
-        crate::db::shard::ShardRouter::from_config(&self.database.sharding)
+        crate::service::db::shard::ShardRouter::from_config(&self.database.sharding)
             .map_err(|e| ConfigError::Invalid(format!("database.sharding: {e}")))?;
         Ok(())
     }

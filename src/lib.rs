@@ -1,23 +1,20 @@
 //! kybctl: the KYB platform's API service, operator and command line, in one crate.
+//!
+//! The three programs: [`service`] (the KYB API), [`operator`] (the `KybPlatform` controller) and
+//! [`cli`] (`kybctl`, which also starts the other two). The gates the CLI runs: [`loadtest`] and
+//! [`slo`]. What they share: [`schema`] (migrations, lint, index builds), [`classify`] (the pure
+//! classifier and its reference data), [`config`], [`telemetry`] and [`tls`]; [`local`] starts
+//! throwaway PostgreSQL and Redis servers for the demo and the tests.
 
-pub mod api;
-pub mod app;
-pub mod cache;
-pub mod classification;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod crd;
-pub mod db;
 pub mod loadtest;
 pub mod local;
-pub mod metrics;
-pub mod model;
 pub mod operator;
-pub mod registry;
-pub mod risk;
 pub mod schema;
-pub mod server;
+pub mod service;
 pub mod slo;
 pub mod telemetry;
 pub mod tls;

@@ -9,7 +9,7 @@ use super::exit;
 use super::output::{self, Format};
 use crate::config::Overrides;
 use crate::schema::indexes::{self, ApplyOptions, IndexError, IndexState, IndexStatus, Verified};
-use crate::db::ShardPools;
+use crate::service::db::ShardPools;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DbCommand {

@@ -11,7 +11,7 @@ use super::output::{self, Format};
 use crate::config::Overrides;
 use crate::schema::lint::{self, QueryCorpus};
 use crate::schema::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
-use crate::db::ShardPools;
+use crate::service::db::ShardPools;
 use crate::schema::reference;
 
 #[derive(Debug, clap::Subcommand)]

@@ -15,7 +15,7 @@ pub use serve::start as start_service;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
-use crate::db::Database;
+use crate::service::db::Database;
 use crate::telemetry::{self, LogFormat};
 
 /// Exit codes, the same for every command.

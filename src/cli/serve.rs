@@ -4,7 +4,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use crate::app::AppState;
+use crate::service::app::AppState;
 use crate::config::{Config, Overrides};
 
 #[derive(Debug, clap::Args)]
@@ -61,9 +61,9 @@ pub fn start(
         registry = state.registry.is_some(),
         "KYB API service listening"
     );
-    let app = crate::api::router(state.clone());
+    let app = crate::service::api::router(state.clone());
     let server_cfg = state.config.server.clone();
     Ok(tokio::spawn(async move {
-        crate::server::serve(listener, app, &server_cfg, shutdown).await;
+        crate::service::server::serve(listener, app, &server_cfg, shutdown).await;
     }))
 }

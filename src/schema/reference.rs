@@ -2,7 +2,7 @@
 
 use sqlx::PgPool;
 
-use crate::db::DbError;
+use crate::service::db::DbError;
 use crate::classify;
 
 /// Upserts every NAICS 2022 and MCC entry; rows already equal are left untouched (no dead tuples).

@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::DbError;
-use crate::model::{RiskAssessment, RiskFactor, RiskLevel};
+use crate::service::model::{RiskAssessment, RiskFactor, RiskLevel};
 
 pub async fn insert(tx: &mut PgConnection, a: &RiskAssessment) -> Result<(), DbError> {
     sqlx::query(

@@ -1,7 +1,7 @@
 //! Risk scoring: a pure function of the merchant and its classification, so every level can be explained
 //! by the factors that produced it.
 
-use crate::model::{Merchant, MerchantStatus, RiskFactor, RiskLevel};
+use crate::service::model::{Merchant, MerchantStatus, RiskFactor, RiskLevel};
 
 /// Card-network high-risk categories (money transfer, quasi-cash and crypto, gambling, adult and
 /// telemarketing, dating, securities).

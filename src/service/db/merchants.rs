@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
-use crate::model::{Merchant, MerchantStatus};
+use crate::service::model::{Merchant, MerchantStatus};
 
 const SELECT: &str =
     "SELECT m.id, m.name, m.description, m.website, m.country, m.declared_mcc, m.status,

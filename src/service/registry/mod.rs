@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::classify::BusinessInput;
 use crate::config::{ConfigError, RegistryConfig};
-use crate::metrics::{BreakerLabels, Metrics, OutcomeLabels};
+use crate::service::metrics::{BreakerLabels, Metrics, OutcomeLabels};
 use breaker::CircuitBreaker;
 
 /// What the registry knows about a business.

@@ -9,12 +9,12 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
-use crate::app::AppState;
-use crate::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
-use crate::classification::classify_cached;
+use crate::service::app::AppState;
+use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
+use crate::service::classification::classify_cached;
 use crate::classify::{self, BusinessInput, Classification};
-use crate::db::merchants::{self as q, ListFilter};
-use crate::model::{Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant};
+use crate::service::db::merchants::{self as q, ListFilter};
+use crate::service::model::{Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;

@@ -4,7 +4,7 @@ use utoipa::OpenApi;
 
 use super::{classifications, error, health, merchants, reports, risk};
 use crate::classify;
-use crate::model;
+use crate::service::model;
 
 #[derive(OpenApi)]
 #[openapi(

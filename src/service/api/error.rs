@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::DbError;
+use crate::service::db::DbError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {

@@ -3,11 +3,11 @@
 
 use bytes::Bytes;
 
-use crate::api::error::ApiError;
-use crate::app::AppState;
-use crate::cache::{CacheStatus, Levels};
+use crate::service::api::error::ApiError;
+use crate::service::app::AppState;
+use crate::service::cache::{CacheStatus, Levels};
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
-use crate::registry::{RegistryClient, RegistryRecord};
+use crate::service::registry::{RegistryClient, RegistryRecord};
 
 /// The classification of `input` (already validated) as the JSON body served, and where it came from.
 pub async fn classify_cached(

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
+use crate::service::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
 use crate::config::{Config, ConfigError};
-use crate::db::Database;
-use crate::metrics::Metrics;
-use crate::registry::RegistryClient;
+use crate::service::db::Database;
+use crate::service::metrics::Metrics;
+use crate::service::registry::RegistryClient;
 
 pub struct AppState {
     pub config: Config,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::State;
 use crate::schema::migrate;
-use crate::metrics::PoolLabels;
+use crate::service::metrics::PoolLabels;
 
 /// Liveness: the process serves.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")), tag = "operations")]

@@ -13,7 +13,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 use crate::config::{ConfigError, RedisConfig};
-use crate::metrics::Metrics;
+use crate::service::metrics::Metrics;
 
 enum Backend {
     Single(ConnectionManager),
@@ -144,7 +144,7 @@ impl RedisCache {
                 }
                 self.metrics
                     .cache_errors
-                    .get_or_create(&crate::metrics::LevelLabel::l2())
+                    .get_or_create(&crate::service::metrics::LevelLabel::l2())
                     .inc();
                 None
             }

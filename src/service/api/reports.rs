@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::State;
-use crate::db::merchants::industry_report;
+use crate::service::db::merchants::industry_report;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IndustryCount {

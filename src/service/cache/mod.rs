@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CacheConfig;
-use crate::metrics::{LevelLabel, Metrics};
+use crate::service::metrics::{LevelLabel, Metrics};
 pub use keys::{Event, Invalidation};
 use l2::RedisCache;
 use l3::DbCache;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sqlx::PgPool;
 
-use crate::metrics::{LevelLabel, Metrics};
+use crate::service::metrics::{LevelLabel, Metrics};
 
 pub struct DbCache {
     pool: PgPool,
