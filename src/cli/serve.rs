@@ -4,7 +4,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use crate::service::app::AppState;
+use crate::service::state::AppState;
 use crate::config::{Config, Overrides};
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +64,6 @@ pub fn start(
     let app = crate::service::api::router(state.clone());
     let server_cfg = state.config.server.clone();
     Ok(tokio::spawn(async move {
-        crate::service::server::serve(listener, app, &server_cfg, shutdown).await;
+        crate::service::http_server::serve(listener, app, &server_cfg, shutdown).await;
     }))
 }

@@ -111,7 +111,7 @@ pub struct HotQuery {
     pub index: &'static str,
 }
 
-/// The shapes of `merchants::get`, `merchants::list` with an industry filter, `risk::list`, and the
+/// The shapes of `merchants::get`, `merchants::list` with an industry filter, `risk_assessments::list`, and the
 /// plan's "Optimized classification query" verbatim.
 pub const HOT_QUERIES: &[HotQuery] = &[
     HotQuery {

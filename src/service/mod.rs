@@ -3,12 +3,12 @@
 //! read-your-writes) and the service's metrics.
 
 pub mod api;
-pub mod app;
 pub mod cache;
-pub mod classification;
+pub mod classify_cached;
 pub mod db;
+pub mod http_server;
 pub mod metrics;
 pub mod model;
 pub mod registry;
-pub mod risk;
-pub mod server;
+pub mod risk_scoring;
+pub mod state;

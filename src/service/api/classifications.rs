@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiJson, Problem};
 use super::{CachedJson, State};
-use crate::service::classification::classify_cached;
+use crate::service::classify_cached::classify_cached;
 use crate::classify::{self, BusinessInput, Classification};
 
 /// Classify a business into NAICS 2022 and MCC.

@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
-use crate::service::app::AppState;
+use crate::service::state::AppState;
 use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
-use crate::service::classification::classify_cached;
+use crate::service::classify_cached::classify_cached;
 use crate::classify::{self, BusinessInput, Classification};
 use crate::service::db::merchants::{self as q, ListFilter};
 use crate::service::model::{Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant};

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::X_REQUEST_ID;
-use crate::service::app::AppState;
+use crate::service::state::AppState;
 use crate::service::metrics::RequestLabels;
 
 /// Wraps every request in a span carrying its request id (so every log line of the request has it),

@@ -7,7 +7,7 @@ pub mod merchants;
 pub mod middleware;
 pub mod openapi;
 pub mod reports;
-pub mod risk;
+pub mod risk_assessments;
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use crate::service::app::AppState;
+use crate::service::state::AppState;
 use crate::service::cache::CacheStatus;
 use error::ApiError;
 
@@ -42,7 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/merchants/{id}/risk-assessments",
-            post(risk::create).get(risk::list),
+            post(risk_assessments::create).get(risk_assessments::list),
         )
         .route("/reports/industries", get(reports::industries));
     Router::new()

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{classifications, error, health, merchants, reports, risk};
+use super::{classifications, error, health, merchants, reports, risk_assessments};
 use crate::classify;
 use crate::service::model;
 
@@ -18,8 +18,8 @@ use crate::service::model;
         merchants::get,
         merchants::update,
         merchants::list,
-        risk::create,
-        risk::list,
+        risk_assessments::create,
+        risk_assessments::list,
         reports::industries,
         health::health,
         health::ready,

@@ -3,7 +3,7 @@
 pub mod freshness;
 pub mod merchants;
 pub mod pools;
-pub mod risk;
+pub mod risk_assessments;
 pub mod shard;
 
 use std::sync::Arc;

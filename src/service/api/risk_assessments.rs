@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
 use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
-use crate::service::db::{merchants, risk as q};
+use crate::service::db::{merchants, risk_assessments as q};
 use crate::service::model::{RiskAssessment, RiskAssessmentList};
 
 const DEFAULT_LIMIT: i64 = 20;
@@ -34,7 +34,7 @@ pub async fn create(
     let merchant = merchants::get(primary.clone(), id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
-    let a = crate::service::risk::assess(&merchant);
+    let a = crate::service::risk_scoring::assess(&merchant);
     let assessment = RiskAssessment {
         id: Uuid::now_v7(),
         business_id: id,

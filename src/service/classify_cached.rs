@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::service::api::error::ApiError;
-use crate::service::app::AppState;
+use crate::service::state::AppState;
 use crate::service::cache::{CacheStatus, Levels};
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
 use crate::service::registry::{RegistryClient, RegistryRecord};
