@@ -9,7 +9,6 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
-pub mod crd;
 pub mod loadtest;
 pub mod local;
 pub mod operator;

@@ -106,7 +106,7 @@ pub fn main() -> u8 {
             Command::Db(cmd) => db::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Operator(args) => operator::run(args).await,
-            Command::Crd => match crate::crd::crd_yaml() {
+            Command::Crd => match crate::operator::crd::crd_yaml() {
                 Ok(yaml) => {
                     print!("{yaml}");
                     exit::OK

@@ -1,7 +1,7 @@
 //! `--platform NAME -n NS`: the target and default thresholds from a KybPlatform, for CI jobs that run
 //! inside the cluster. The mapping is pure; only [`fetch`] talks to the apiserver.
 
-use crate::crd::{KybPlatform, SloSpec};
+use crate::operator::crd::{KybPlatform, SloSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -88,7 +88,7 @@ fn trim(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{KybPlatformSpec, KybPlatformStatus};
+    use crate::operator::crd::{KybPlatformSpec, KybPlatformStatus};
 
     fn platform(endpoint: Option<&str>, p95: &str) -> KybPlatform {
         let mut spec: KybPlatformSpec =

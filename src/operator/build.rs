@@ -26,7 +26,7 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use super::render::{self, Rendered, CONFIG_DIR, CONFIG_FILE, HTTP_PORT, SECRETS_DIR};
-use crate::crd::{KybPlatform, PullPolicy};
+use crate::operator::crd::{KybPlatform, PullPolicy};
 
 pub const FIELD_MANAGER: &str = "kybctl-operator";
 pub const CONFIG_HASH_ANNOTATION: &str = "kyb.io/config-hash";
@@ -380,7 +380,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     let hpa = a
         .enabled
         .then(|| -> Result<HorizontalPodAutoscaler, BuildError> {
-            let rules = |p: &crate::crd::ScalingPolicy| HPAScalingRules {
+            let rules = |p: &crate::operator::crd::ScalingPolicy| HPAScalingRules {
                 policies: Some(vec![HPAScalingPolicy {
                     type_: "Percent".into(),
                     value: p.percent,

@@ -34,7 +34,7 @@ use super::build::{self, Children, FIELD_MANAGER};
 use super::metrics::OperatorMetrics;
 use super::render;
 use super::status::{self, Blocker, Migration, Observed, Rollout};
-use crate::crd::KybPlatform;
+use crate::operator::crd::KybPlatform;
 
 const APPLIED_HASH: &str = "kyb.io/applied-hash";
 /// Periodic resync: catches drift the watches cannot see (a Secret created later, for example).
@@ -340,7 +340,7 @@ async fn write_status(
 
 /// A Kubernetes Event for a phase change, for `kubectl describe` and event-based alerting. Best effort:
 /// a rejected Event never fails the reconcile.
-async fn announce(ctx: &Context, kp: &KybPlatform, next: &crate::crd::KybPlatformStatus) {
+async fn announce(ctx: &Context, kp: &KybPlatform, next: &crate::operator::crd::KybPlatformStatus) {
     let phase = next.phase.clone().unwrap_or_default();
     let degraded = next
         .conditions

@@ -1,10 +1,12 @@
-//! The KybPlatform operator. `render` and `build` are pure: from a KybPlatform they produce the service's
+//! The KybPlatform operator: the custom resource's types (`crd`), the controller, leader election and
+//! the operator's metrics. `render` and `build` are pure: from a KybPlatform they produce the service's
 //! configuration and every child object, so what the operator will apply is unit-tested without a
 //! cluster.
 
 pub mod backoff;
 pub mod build;
 pub mod controller;
+pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod render;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::crd::{KybPlatformSpec, SecretKeyRef};
+use crate::operator::crd::{KybPlatformSpec, SecretKeyRef};
 
 /// Where the projected Secret volume is mounted in the pod.
 pub const SECRETS_DIR: &str = "/var/run/secrets/kyb";
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn rendered_config_is_what_the_service_reads() {
-        let sample: crate::crd::KybPlatform =
+        let sample: crate::operator::crd::KybPlatform =
             serde_yaml::from_str(include_str!("../../manifests/samples/full.yaml")).unwrap();
         let s = sample.spec;
         let r = render(&s);

@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{KybPlatform, KybPlatformStatus};
+use crate::operator::crd::{KybPlatform, KybPlatformStatus};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kybctl::crd::KybPlatform;
+use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::controller;
 use kybctl::operator::metrics::OperatorMetrics;
 
