@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::service::db::shard::ShardingStrategy;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -167,6 +165,18 @@ impl Default for ReadYourWrites {
             remember_for: default_ryw_window(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardingStrategy {
+    /// FNV-1a (32-bit) of the key modulo the shard count, as in the plan.
+    #[default]
+    Hash,
+    /// Each shard holds keys from its `range_from` (inclusive) up to the next shard's.
+    Range,
+    /// Keys listed under a shard live there; unlisted keys fall back to hashing.
+    Directory,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -476,8 +486,6 @@ impl Config {
                 )));
             }
         }
-        crate::service::db::shard::ShardRouter::from_config(&self.database.sharding)
-            .map_err(|e| ConfigError::Invalid(format!("database.sharding: {e}")))?;
         Ok(())
     }
 

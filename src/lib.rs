@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod db_error;
 pub mod loadtest;
 pub mod local;
 pub mod operator;

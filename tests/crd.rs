@@ -149,8 +149,8 @@ async fn built_children_pass_server_side_validation() {
     use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use kube::api::{Api, Patch, PatchParams};
-    use kybctl::operator::crd::KybPlatform;
     use kybctl::operator::build::{build, FIELD_MANAGER};
+    use kybctl::operator::crd::KybPlatform;
 
     let c = installed().await;
     let ns = c.namespace("children").await;

@@ -5,10 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::{business, config, eventually, migrated_db_on, Service};
+use kybctl::config::ShardingStrategy;
 use kybctl::config::{ReadYourWrites, Secret, ShardConfig};
-use kybctl::service::db::shard::ShardingStrategy;
-use kybctl::service::db::{Role, ShardPools};
 use kybctl::local::TempPostgres;
+use kybctl::service::db::{Role, ShardPools};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -249,7 +249,8 @@ async fn hash_sharding_over_two_databases() {
             keys: vec![],
         })
         .collect();
-    let router = kybctl::service::db::shard::ShardRouter::from_config(&cfg.database.sharding).unwrap();
+    let router =
+        kybctl::service::db::shard::ShardRouter::from_config(&cfg.database.sharding).unwrap();
     let s = Service::start(cfg).await;
     let mut ids = Vec::new();
     for i in 0..16 {

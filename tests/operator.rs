@@ -13,8 +13,8 @@ use std::time::Duration;
 use cluster::{check, check_with_stdin, cluster, eventually, run};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::controller;
+use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::metrics::{OperatorMetrics, Outcome};
 use operator::{condition, Operator};
 

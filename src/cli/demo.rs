@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::{exit, output, progress};
-use crate::schema::{indexes, migrate};
 use crate::loadtest::report as load_report;
 use crate::loadtest::run::{self as load_run, RunConfig};
 use crate::loadtest::scenario::Scenario;
 use crate::loadtest::summary::saturation_reasons;
 use crate::local::{self as process, TempPostgres, TempRedis};
+use crate::schema::{indexes, migrate};
 use crate::slo::threshold::{self, DEFAULTS};
 use crate::slo::{evaluate_all, render, Outcome, Report};
 

@@ -11,8 +11,8 @@ use super::output::{self, Format};
 use crate::config::Overrides;
 use crate::schema::lint::{self, QueryCorpus};
 use crate::schema::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
-use crate::service::db::ShardPools;
 use crate::schema::reference;
+use crate::service::db::ShardPools;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MigrateCommand {

@@ -4,8 +4,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use crate::service::state::AppState;
 use crate::config::{Config, Overrides};
+use crate::service::state::AppState;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {

@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(shards[1].range_from.as_deref(), Some("8"));
         assert_eq!(
             c.database.sharding.strategy,
-            crate::service::db::shard::ShardingStrategy::Range
+            crate::config::ShardingStrategy::Range
         );
         assert_eq!(r.mounts.len(), 3);
     }

@@ -12,7 +12,7 @@ use rand::Rng;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::service::db::{is_connection_error, DbError};
+use crate::db_error::{is_connection_error, DbError};
 
 /// An index the service relies on.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@ use sqlx::migrate::{Migration, Migrator};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::lint::{self, QueryCorpus};
-use crate::service::db::{is_connection_error, DbError};
+use crate::db_error::{is_connection_error, DbError};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

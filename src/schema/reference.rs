@@ -2,8 +2,8 @@
 
 use sqlx::PgPool;
 
-use crate::service::db::DbError;
 use crate::classify;
+use crate::db_error::DbError;
 
 /// Upserts every NAICS 2022 and MCC entry; rows already equal are left untouched (no dead tuples).
 pub async fn sync(pool: &PgPool) -> Result<(), DbError> {

@@ -1,19 +1,25 @@
 //! Classifying a business: local reference data, optionally confirmed by the external registry, cached
 //! in every level under a key derived from the normalised input.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-use crate::service::api::error::ApiError;
-use crate::service::state::AppState;
-use crate::service::cache::{CacheStatus, Levels};
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
+use crate::service::cache::{CacheStatus, Levels};
 use crate::service::registry::{RegistryClient, RegistryRecord};
+use crate::service::state::AppState;
+
+/// A classification could not be serialised: a bug, never the caller's input.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialise the classification: {0}")]
+pub struct ClassifyError(#[from] Arc<serde_json::Error>);
 
 /// The classification of `input` (already validated) as the JSON body served, and where it came from.
 pub async fn classify_cached(
     state: &AppState,
     input: &BusinessInput,
-) -> Result<(Bytes, CacheStatus), ApiError> {
+) -> Result<(Bytes, CacheStatus), ClassifyError> {
     let normalised = classify::normalise(input);
     let key = classify::cache_key(&normalised);
     let registry = state.registry.as_ref();
@@ -21,9 +27,7 @@ pub async fn classify_cached(
         .cache
         .get_or_load(&key, Levels::All, || async move {
             let c = classify_business(registry, &normalised).await;
-            serde_json::to_vec(&c)
-                .map(Bytes::from)
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            serde_json::to_vec(&c).map(Bytes::from)
         })
         .await?;
     Ok((body, status))

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::service::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
 use crate::config::{Config, ConfigError};
+use crate::service::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
 use crate::service::db::Database;
 use crate::service::metrics::Metrics;
 use crate::service::registry::RegistryClient;

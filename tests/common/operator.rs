@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::controller;
+use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::metrics::OperatorMetrics;
 
 use crate::cluster::{check, check_with_stdin, cluster};

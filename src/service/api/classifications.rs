@@ -4,8 +4,8 @@ use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiJson, Problem};
 use super::{CachedJson, State};
-use crate::service::classify_cached::classify_cached;
 use crate::classify::{self, BusinessInput, Classification};
+use crate::service::classify_cached::classify_cached;
 
 /// Classify a business into NAICS 2022 and MCC.
 #[utoipa::path(

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::service::db::DbError;
+use crate::db_error::DbError;
+use crate::service::classify_cached::ClassifyError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -149,6 +150,12 @@ impl From<DbError> for ApiError {
             DbError::Conflict(d) => ApiError::Conflict(d),
             DbError::Query(e) => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+impl From<ClassifyError> for ApiError {
+    fn from(e: ClassifyError) -> Self {
+        ApiError::Internal(e.to_string())
     }
 }
 

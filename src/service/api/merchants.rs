@@ -9,12 +9,12 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
-use crate::service::state::AppState;
+use crate::classify::{self, BusinessInput, Classification};
 use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
 use crate::service::classify_cached::classify_cached;
-use crate::classify::{self, BusinessInput, Classification};
 use crate::service::db::merchants::{self as q, ListFilter};
 use crate::service::model::{Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant};
+use crate::service::state::AppState;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;

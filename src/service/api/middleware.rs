@@ -12,8 +12,8 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::X_REQUEST_ID;
-use crate::service::state::AppState;
 use crate::service::metrics::RequestLabels;
+use crate::service::state::AppState;
 
 /// Wraps every request in a span carrying its request id (so every log line of the request has it),
 /// sets `X-Response-Time`, and records count and latency by route template and status.

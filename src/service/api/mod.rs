@@ -22,8 +22,8 @@ use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use crate::service::state::AppState;
 use crate::service::cache::CacheStatus;
+use crate::service::state::AppState;
 use error::ApiError;
 
 pub type State = axum::extract::State<Arc<AppState>>;

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::DbError;
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
+use crate::db_error::DbError;
 use crate::service::model::{Merchant, MerchantStatus};
 
 const SELECT: &str =

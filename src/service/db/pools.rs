@@ -9,8 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::freshness::{Freshness, WriteMark};
-use super::{is_connection_error, DbError};
 use crate::config::{ConfigError, DatabaseConfig, Secret};
+use crate::db_error::{is_connection_error, DbError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {

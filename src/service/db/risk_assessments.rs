@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::DbError;
+use crate::db_error::DbError;
 use crate::service::model::{RiskAssessment, RiskFactor, RiskLevel};
 
 pub async fn insert(tx: &mut PgConnection, a: &RiskAssessment) -> Result<(), DbError> {

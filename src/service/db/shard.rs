@@ -4,21 +4,7 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
-
-use crate::config::ShardingConfig;
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ShardingStrategy {
-    /// FNV-1a (32-bit) of the key modulo the shard count, as in the plan.
-    #[default]
-    Hash,
-    /// Each shard holds keys from its `range_from` (inclusive) up to the next shard's.
-    Range,
-    /// Keys listed under a shard live there; unlisted keys fall back to hashing.
-    Directory,
-}
+use crate::config::{ShardingConfig, ShardingStrategy};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShardError {
