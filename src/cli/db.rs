@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::exit;
 use super::output::{self, Format};
+use super::shard_report::{self, ShardReport};
 use crate::config::Overrides;
 use crate::schema::indexes::{self, ApplyOptions, IndexError, IndexState, IndexStatus, Verified};
 use crate::service::db::ShardPools;
@@ -70,7 +69,9 @@ pub async fn run(cmd: DbCommand) -> u8 {
             }
             code
         }
-        IndexesCommand::Status { overrides, output } => status(&overrides, output).await,
+        IndexesCommand::Status { overrides, output } => {
+            shard_report::run(&Status, &overrides, output).await
+        }
         IndexesCommand::Verify { overrides, output } => verify(&overrides, output).await,
     }
 }
@@ -113,62 +114,39 @@ fn failed(shard: &ShardPools, e: &IndexError) -> u8 {
     exit::USAGE
 }
 
-#[derive(Serialize)]
-struct ShardIndexes {
-    shard: String,
-    indexes: Vec<IndexStatus>,
-}
+/// `db indexes status`: exits 1 when an index is missing or INVALID.
+struct Status;
 
-async fn status(overrides: &Overrides, format: Format) -> u8 {
-    let db = match super::database(overrides) {
-        Ok(db) => db,
-        Err(code) => return code,
-    };
-    let mut code = exit::OK;
-    let mut shards = Vec::new();
-    for shard in db.shards() {
-        match indexes::status(&shard.primary).await {
-            Ok(list) => {
-                for i in list.iter().filter(|i| i.state != IndexState::Valid) {
-                    eprintln!(
-                        "error: shard {}: {} is {}; run `kybctl db indexes apply`",
-                        shard.id,
-                        i.name,
-                        state_word(i.state)
-                    );
-                    code = code.max(exit::CHECK_FAILED);
-                }
-                shards.push(ShardIndexes {
-                    shard: shard.id.clone(),
-                    indexes: list,
-                });
-            }
-            Err(e) => code = code.max(failed(shard, &e)),
-        }
+impl ShardReport for Status {
+    type Row = IndexStatus;
+    type Error = IndexError;
+    const FIELD: &'static str = "indexes";
+    const COLUMNS: &'static [&'static str] = &["INDEX", "TABLE", "STATE", "SIZE", "SCANS"];
+
+    async fn read(&self, shard: &ShardPools) -> Result<Vec<IndexStatus>, IndexError> {
+        indexes::status(&shard.primary).await
     }
-    if shards.is_empty() {
-        return code;
-    }
-    print!(
-        "{}",
-        output::render(format, &shards, || {
-            let mut t = output::table(["SHARD", "INDEX", "TABLE", "STATE", "SIZE", "SCANS"]);
-            for s in &shards {
-                for i in &s.indexes {
-                    t.add_row([
-                        s.shard.clone(),
-                        i.name.to_owned(),
-                        i.table.to_owned(),
-                        state_word(i.state).to_owned(),
-                        output::human_bytes(i.size_bytes),
-                        i.scans.to_string(),
-                    ]);
-                }
-            }
-            t
+    fn problem(&self, i: &IndexStatus) -> Option<String> {
+        (i.state != IndexState::Valid).then(|| {
+            format!(
+                "{} is {}; run `kybctl db indexes apply`",
+                i.name,
+                state_word(i.state)
+            )
         })
-    );
-    code
+    }
+    fn failed(&self, shard: &ShardPools, e: &IndexError) -> u8 {
+        failed(shard, e)
+    }
+    fn cells(&self, i: &IndexStatus) -> Vec<String> {
+        vec![
+            i.name.to_owned(),
+            i.table.to_owned(),
+            state_word(i.state).to_owned(),
+            output::human_bytes(i.size_bytes),
+            i.scans.to_string(),
+        ]
+    }
 }
 
 fn state_word(s: IndexState) -> &'static str {
@@ -179,72 +157,54 @@ fn state_word(s: IndexState) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-struct ShardVerified {
-    shard: String,
-    queries: Vec<Verified>,
-}
+/// `db indexes verify`: exits 1 when a hot query does not use its index.
+struct Verify;
 
-async fn verify(overrides: &Overrides, format: Format) -> u8 {
-    let db = match super::database(overrides) {
-        Ok(db) => db,
-        Err(code) => return code,
-    };
-    let mut code = exit::OK;
-    let mut shards = Vec::new();
-    for shard in db.shards() {
+impl ShardReport for Verify {
+    type Row = Verified;
+    type Error = IndexError;
+    const FIELD: &'static str = "queries";
+    const COLUMNS: &'static [&'static str] = &[
+        "QUERY", "INDEX", "USES IT", "PLAN", "ROWS", "TIME", "BUFFERS",
+    ];
+
+    async fn read(&self, shard: &ShardPools) -> Result<Vec<Verified>, IndexError> {
         let spinner = super::progress::spinner(format!(
             "EXPLAIN ANALYZE of the hot queries on shard {}",
             shard.id
         ));
         let result = indexes::verify(&shard.primary).await;
         spinner.finish_and_clear();
-        match result {
-            Ok(queries) => {
-                for q in queries.iter().filter(|q| !q.uses_index) {
-                    eprintln!(
-                        "error: shard {}: {} does not use {} (plan: {})",
-                        shard.id,
-                        q.query,
-                        q.index,
-                        q.plan.nodes.join(" > ")
-                    );
-                    code = code.max(exit::CHECK_FAILED);
-                }
-                shards.push(ShardVerified {
-                    shard: shard.id.clone(),
-                    queries,
-                });
-            }
-            Err(e) => code = code.max(failed(shard, &e)),
-        }
+        result
     }
-    if shards.is_empty() {
-        return code;
-    }
-    print!(
-        "{}",
-        output::render(format, &shards, || {
-            let mut t = output::table([
-                "SHARD", "QUERY", "INDEX", "USES IT", "PLAN", "ROWS", "TIME", "BUFFERS",
-            ]);
-            for s in &shards {
-                for q in &s.queries {
-                    t.add_row([
-                        s.shard.clone(),
-                        q.query.to_owned(),
-                        q.index.to_owned(),
-                        if q.uses_index { "yes" } else { "NO" }.to_owned(),
-                        q.plan.nodes.join(" > "),
-                        q.plan.rows.to_string(),
-                        format!("{:.2} ms", q.plan.execution_ms),
-                        format!("hit {} read {}", q.plan.shared_hit, q.plan.shared_read),
-                    ]);
-                }
-            }
-            t
+    fn problem(&self, q: &Verified) -> Option<String> {
+        (!q.uses_index).then(|| {
+            format!(
+                "{} does not use {} (plan: {})",
+                q.query,
+                q.index,
+                q.plan.nodes.join(" > ")
+            )
         })
-    );
+    }
+    fn failed(&self, shard: &ShardPools, e: &IndexError) -> u8 {
+        failed(shard, e)
+    }
+    fn cells(&self, q: &Verified) -> Vec<String> {
+        vec![
+            q.query.to_owned(),
+            q.index.to_owned(),
+            if q.uses_index { "yes" } else { "NO" }.to_owned(),
+            q.plan.nodes.join(" > "),
+            q.plan.rows.to_string(),
+            format!("{:.2} ms", q.plan.execution_ms),
+            format!("hit {} read {}", q.plan.shared_hit, q.plan.shared_read),
+        ]
+    }
+}
+
+async fn verify(overrides: &Overrides, format: Format) -> u8 {
+    let code = shard_report::run(&Verify, overrides, format).await;
     if matches!(format, Format::Table) {
         // Why a seq-scan-free plan: see `indexes::verify`.
         eprintln!("plans taken with enable_seqscan=off: they show each index is usable by its query, whatever the table size");

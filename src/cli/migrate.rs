@@ -8,6 +8,7 @@ use sqlx::migrate::{Migration, MigrationType};
 
 use super::exit;
 use super::output::{self, Format};
+use super::shard_report::{self, ShardReport};
 use crate::config::Overrides;
 use crate::schema::lint::{self, QueryCorpus};
 use crate::schema::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
@@ -89,7 +90,9 @@ pub async fn run(cmd: MigrateCommand) -> u8 {
             let opts = options(&run, false);
             each_shard(&overrides, |s| down(s, &opts, steps, dry_run)).await
         }
-        MigrateCommand::Status { overrides, output } => status(&overrides, output).await,
+        MigrateCommand::Status { overrides, output } => {
+            shard_report::run(&Status, &overrides, output).await
+        }
         MigrateCommand::Lint { files } => lint_files(&files),
     }
 }
@@ -249,73 +252,39 @@ fn failed(shard: &ShardPools, verb: &str, e: &MigrateError) -> u8 {
     }
 }
 
-#[derive(Serialize)]
-struct ShardStatus {
-    shard: String,
-    migrations: Vec<MigrationStatus>,
-}
+/// `migrate status`: exits 1 when a migration failed or was modified after it was applied.
+struct Status;
 
-async fn status(overrides: &Overrides, format: Format) -> u8 {
-    let db = match super::database(overrides) {
-        Ok(db) => db,
-        Err(code) => return code,
-    };
-    let mut code = exit::OK;
-    let mut shards = Vec::new();
-    for shard in db.shards() {
-        match migrate::status(&shard.primary, &MIGRATOR).await {
-            Ok(migrations) => {
-                for m in migrations.iter().filter(|m| m.is_problem()) {
-                    eprintln!(
-                        "error: shard {}: migration {} {}",
-                        shard.id,
-                        m.version,
-                        problem(m)
-                    );
-                    code = code.max(exit::CHECK_FAILED);
-                }
-                shards.push(ShardStatus {
-                    shard: shard.id.clone(),
-                    migrations,
-                });
-            }
-            Err(e) => code = code.max(failed(shard, "read migrations of", &e)),
-        }
+impl ShardReport for Status {
+    type Row = MigrationStatus;
+    type Error = MigrateError;
+    const FIELD: &'static str = "migrations";
+    const COLUMNS: &'static [&'static str] =
+        &["VERSION", "DESCRIPTION", "STATE", "CHECKSUM", "NOTE"];
+
+    async fn read(&self, shard: &ShardPools) -> Result<Vec<MigrationStatus>, MigrateError> {
+        migrate::status(&shard.primary, &MIGRATOR).await
     }
-    if shards.is_empty() {
-        return code;
+    fn problem(&self, m: &MigrationStatus) -> Option<String> {
+        m.is_problem()
+            .then(|| format!("migration {} {}", m.version, problem(m)))
     }
-    print!(
-        "{}",
-        output::render(format, &shards, || {
-            let mut t = output::table([
-                "SHARD",
-                "VERSION",
-                "DESCRIPTION",
-                "STATE",
-                "CHECKSUM",
-                "NOTE",
-            ]);
-            for s in &shards {
-                for m in &s.migrations {
-                    t.add_row([
-                        s.shard.clone(),
-                        m.version.to_string(),
-                        m.description.clone(),
-                        serde_plain(&m.state),
-                        m.checksum.clone(),
-                        if m.is_problem() {
-                            problem(m)
-                        } else {
-                            String::new()
-                        },
-                    ]);
-                }
-            }
-            t
-        })
-    );
-    code
+    fn failed(&self, shard: &ShardPools, e: &MigrateError) -> u8 {
+        failed(shard, "read migrations of", e)
+    }
+    fn cells(&self, m: &MigrationStatus) -> Vec<String> {
+        vec![
+            m.version.to_string(),
+            m.description.clone(),
+            serde_plain(&m.state),
+            m.checksum.clone(),
+            if m.is_problem() {
+                problem(m)
+            } else {
+                String::new()
+            },
+        ]
+    }
 }
 
 fn problem(m: &MigrationStatus) -> String {

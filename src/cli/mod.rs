@@ -8,6 +8,7 @@ mod operator;
 mod output;
 mod progress;
 mod serve;
+mod shard_report;
 mod slo;
 
 pub use serve::start as start_service;

@@ -51,7 +51,7 @@ pub fn render<T: Serialize>(
 }
 
 /// A table with a header and no styling that depends on the terminal.
-pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+pub fn table(header: impl Into<comfy_table::Row>) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_header(header);
