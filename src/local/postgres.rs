@@ -1,18 +1,19 @@
 //! A throwaway PostgreSQL cluster (and streaming replicas of it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use super::process::{self, spawn_tied, stop, tail, unprivileged};
+use super::process::{self, unprivileged, Readiness, ServerProcess};
 use super::LocalError;
 
 pub struct TempPostgres {
+    // Before `dir`: the server stops before its data directory is removed.
+    process: ServerProcess,
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
     run_as: Option<(u32, u32)>,
-    child: Option<Child>,
     extra: Vec<String>,
 }
 
@@ -112,11 +113,11 @@ impl TempPostgres {
             "initdb",
         )?;
         let mut pg = Self {
+            process: ServerProcess::new(libc::SIGINT),
             dir,
             bin,
             port: process::free_port()?,
             run_as,
-            child: None,
             extra: settings.iter().map(|s| s.to_string()).collect(),
         };
         pg.launch()?;
@@ -165,42 +166,24 @@ impl TempPostgres {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.child = Some(spawn_tied(cmd, self.run_as, libc::SIGQUIT)?);
-        self.wait_ready()
-    }
-
-    fn wait_ready(&mut self) -> Result<(), LocalError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let ok = Command::new(self.bin.join("pg_isready"))
-                .args([
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                return Ok(());
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                return Err(LocalError::NotReady {
-                    what: format!("PostgreSQL on port {}", self.port),
-                    secs: READY_TIMEOUT.as_secs(),
-                    log: tail(&self.log_path(), 20),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (bin, port) = (self.bin.join("pg_isready"), self.port.to_string());
+        let log = self.log_path();
+        self.process.launch(
+            cmd,
+            self.run_as,
+            libc::SIGQUIT,
+            Readiness {
+                what: format!("PostgreSQL on port {port}"),
+                log: &log,
+                timeout: READY_TIMEOUT,
+                probe: &mut || {
+                    Command::new(&bin)
+                        .args(["-q", "-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                        .status()
+                        .is_ok_and(|s| s.success())
+                },
+            },
+        )
     }
 
     /// A streaming replica of this server (`pg_basebackup -R`), started on its own port.
@@ -230,11 +213,11 @@ impl TempPostgres {
             "pg_basebackup",
         )?;
         let mut replica = Self {
+            process: ServerProcess::new(libc::SIGINT),
             dir,
             bin: self.bin.clone(),
             port: process::free_port()?,
             run_as: self.run_as,
-            child: None,
             extra: self.extra.clone(),
         };
         replica.launch()?;
@@ -278,26 +261,15 @@ impl TempPostgres {
 
     /// Stops the server (fast shutdown), keeping its data for [`restart`](Self::restart).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop(&mut c, libc::SIGINT);
-        }
+        self.process.stop();
     }
 
     /// Kills the server without a clean shutdown.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop(&mut c, libc::SIGKILL);
-        }
+        self.process.signal(libc::SIGKILL);
     }
 
     pub fn restart(&mut self) -> Result<(), LocalError> {
-        self.stop();
         self.launch()
-    }
-}
-
-impl Drop for TempPostgres {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

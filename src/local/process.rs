@@ -1,9 +1,88 @@
-//! Spawning helper processes that die with this one.
+//! Spawning helper processes that die with this one, and the life cycle the local servers share.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::LocalError;
+
+/// One local server's process: launched, polled until it answers, stopped with the server's own
+/// signal, and stopped on drop. Declare it before the server's temporary directory, so the process
+/// is gone before its directory is removed.
+pub struct ServerProcess {
+    child: Option<Child>,
+    /// What `stop` sends: SIGINT is PostgreSQL's fast shutdown; Redis never saves, so SIGKILL.
+    stop_signal: i32,
+}
+
+const READY_POLL: Duration = Duration::from_millis(50);
+
+impl ServerProcess {
+    pub fn new(stop_signal: i32) -> Self {
+        Self {
+            child: None,
+            stop_signal,
+        }
+    }
+
+    /// Spawns `cmd` (see [`spawn_tied`]) and waits until `ready` says yes; when the process exits
+    /// first or `timeout` passes, fails naming `what` with the last lines of `log`.
+    pub fn launch(
+        &mut self,
+        cmd: Command,
+        run_as: Option<(u32, u32)>,
+        death_signal: i32,
+        ready: Readiness<'_>,
+    ) -> Result<(), LocalError> {
+        self.stop();
+        let mut child = spawn_tied(cmd, run_as, death_signal)?;
+        let deadline = Instant::now() + ready.timeout;
+        loop {
+            if (ready.probe)() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                stop(&mut child, libc::SIGKILL);
+                return Err(LocalError::NotReady {
+                    what: ready.what,
+                    secs: ready.timeout.as_secs(),
+                    log: tail(ready.log, 20),
+                });
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+
+    /// Stops the server with its stop signal and waits for it; a no-op when it is not running.
+    pub fn stop(&mut self) {
+        self.signal(self.stop_signal);
+    }
+
+    /// Sends `sig` (SIGKILL: no clean shutdown) and waits for the process.
+    pub fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c, sig);
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How [`ServerProcess::launch`] knows the server is up, and what to say when it is not.
+pub struct Readiness<'a> {
+    pub what: String,
+    pub log: &'a Path,
+    pub timeout: Duration,
+    pub probe: &'a mut dyn FnMut() -> bool,
+}
 
 /// Runs as `uid:gid` (when given) and receives `death_signal` when the spawning thread exits.
 ///

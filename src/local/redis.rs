@@ -1,17 +1,18 @@
 //! A throwaway Redis server.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{free_port, spawn_tied, stop, tail};
+use super::process::{free_port, Readiness, ServerProcess};
 use super::LocalError;
 
 pub struct TempRedis {
+    // Before `dir`: the server stops before its directory is removed.
+    process: ServerProcess,
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
-    child: Option<Child>,
     cluster: bool,
 }
 
@@ -77,10 +78,10 @@ impl TempRedis {
                 .into(),
         })?;
         let mut r = Self {
+            process: ServerProcess::new(libc::SIGKILL),
             dir: super::process::owned_temp_dir("kyb-redis-")?,
             bin,
             port: free_port()?,
-            child: None,
             cluster,
         };
         r.launch()?;
@@ -118,23 +119,18 @@ impl TempRedis {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.child = Some(spawn_tied(cmd, None, libc::SIGTERM)?);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                return Err(LocalError::NotReady {
-                    what: format!("redis-server on port {}", self.port),
-                    secs: READY_TIMEOUT.as_secs(),
-                    log: tail(&self.log_path(), 20),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let (port, log) = (self.port, self.log_path());
+        self.process.launch(
+            cmd,
+            None,
+            libc::SIGTERM,
+            Readiness {
+                what: format!("redis-server on port {port}"),
+                log: &log,
+                timeout: READY_TIMEOUT,
+                probe: &mut || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            },
+        )
     }
 
     pub fn port(&self) -> u16 {
@@ -146,20 +142,11 @@ impl TempRedis {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop(&mut c, libc::SIGKILL);
-        }
+        self.process.stop();
     }
 
     /// Starts again on the same port (empty: it never saves).
     pub fn restart(&mut self) -> Result<(), LocalError> {
-        self.stop();
         self.launch()
-    }
-}
-
-impl Drop for TempRedis {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
