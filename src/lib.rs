@@ -12,6 +12,7 @@ pub mod config;
 pub mod db_error;
 pub mod loadtest;
 pub mod local;
+pub mod markup;
 pub mod operator;
 pub mod schema;
 pub mod service;

@@ -1,7 +1,7 @@
 //! The result for people: a comfy-table on stdout and a self-contained HTML page (no scripts, no
 //! external assets, so it can be archived as a CI artifact and opened anywhere).
 
-use crate::slo::render::xml_escape;
+use crate::markup::xml_escape;
 use crate::slo::result::{LoadTestResult, Summary};
 
 /// Errors per request type: the result file keeps only the total, the recorder has them per type.
