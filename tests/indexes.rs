@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,20 +10,6 @@ use std::time::{Duration, Instant};
 use kybctl::schema::indexes::{self, ApplyOptions, Outcome, HOT_QUERIES, INDEXES};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-
-fn kybctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kybctl"))
-        .args(args)
-        .output()
-        .expect("run kybctl")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn valid(pool: &PgPool, index: &str) -> Option<bool> {
     sqlx::query_scalar(
@@ -65,13 +50,13 @@ async fn verify_passes_on_seeded_data_and_apply_finds_everything_valid() {
     let pool = PgPool::connect(&url).await.unwrap();
     seed(&pool).await;
 
-    let out = kybctl(&["db", "indexes", "verify", "--database-url", &url]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["db", "indexes", "verify", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     for q in HOT_QUERIES {
         assert!(stdout.contains(q.name), "{} missing from\n{stdout}", q.name);
     }
-    let out = kybctl(&[
+    let out = common::kybctl(&[
         "db",
         "indexes",
         "verify",
@@ -91,8 +76,8 @@ async fn verify_passes_on_seeded_data_and_apply_finds_everything_valid() {
             .contains(&q["index"].clone()));
     }
 
-    let out = kybctl(&["db", "indexes", "apply", "--database-url", &url]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["db", "indexes", "apply", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     for d in INDEXES {
         assert!(
@@ -100,7 +85,7 @@ async fn verify_passes_on_seeded_data_and_apply_finds_everything_valid() {
             "{stdout}"
         );
     }
-    let out = kybctl(&[
+    let out = common::kybctl(&[
         "db",
         "indexes",
         "status",
@@ -109,7 +94,7 @@ async fn verify_passes_on_seeded_data_and_apply_finds_everything_valid() {
         "-o",
         "json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for i in json[0]["indexes"].as_array().unwrap() {
         assert_eq!(i["state"], "valid", "{i}");
@@ -146,14 +131,14 @@ async fn an_interrupted_concurrent_build_is_detected_and_rebuilt() {
     );
     assert_eq!(valid(&pool, index).await, Some(false));
 
-    let out = kybctl(&["db", "indexes", "status", "--database-url", &url]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["db", "indexes", "status", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains(&format!("{index} is INVALID")), "{stderr}");
 
     // While the duplicates remain, apply fails naming the index (and the index stays unusable).
-    let out = kybctl(&["db", "indexes", "apply", "--database-url", &url]);
-    let (_, stderr) = text(&out);
+    let out = common::kybctl(&["db", "indexes", "apply", "--database-url", &url]);
+    let (_, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains(index), "{stderr}");
 
@@ -161,16 +146,16 @@ async fn an_interrupted_concurrent_build_is_detected_and_rebuilt() {
         .execute(&pool)
         .await
         .unwrap();
-    let out = kybctl(&["db", "indexes", "apply", "--database-url", &url]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["db", "indexes", "apply", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
         stdout.contains(&format!("shard default: {index} rebuilt")),
         "{stdout}"
     );
     assert_eq!(valid(&pool, index).await, Some(true));
-    let out = kybctl(&["db", "indexes", "status", "--database-url", &url]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = common::kybctl(&["db", "indexes", "status", "--database-url", &url]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,20 +11,6 @@ use kybctl::schema::lint::Rule;
 use kybctl::schema::migrate::{self, MigrateError, RunOptions, MIGRATOR};
 use sqlx::migrate::Migrator;
 
-fn kybctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kybctl"))
-        .args(args)
-        .output()
-        .expect("run kybctl")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn fresh_db() -> String {
     let pg = common::pg();
     let name = common::unique("t");
@@ -66,7 +52,7 @@ fn concurrent_up_from_four_processes_applies_each_migration_once() {
         .collect();
     let mut all = String::new();
     for out in &outputs {
-        let (stdout, stderr) = text(out);
+        let (stdout, stderr) = common::text(out);
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(stdout.contains("schema at version"), "{stdout}");
         all.push_str(&stdout);
@@ -101,8 +87,8 @@ fn concurrent_up_from_four_processes_applies_each_migration_once() {
 #[tokio::test]
 async fn status_shows_applied_and_names_a_tampered_checksum() {
     let url = common::migrated_db().await;
-    let out = kybctl(&["migrate", "status", "--database-url", &url, "-o", "json"]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["migrate", "status", "--database-url", &url, "-o", "json"]);
+    let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let migrations = json[0]["migrations"].as_array().unwrap();
@@ -121,8 +107,8 @@ async fn status_shows_applied_and_names_a_tampered_checksum() {
         .execute(&pool)
         .await
         .unwrap();
-    let out = kybctl(&["migrate", "status", "--database-url", &url]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["migrate", "status", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -134,14 +120,14 @@ async fn status_shows_applied_and_names_a_tampered_checksum() {
         stdout.contains("applied") && stdout.contains("VERSION"),
         "{stdout}"
     );
-    let out = kybctl(&["migrate", "status", "--database-url", &url, "-o", "yaml"]);
+    let out = common::kybctl(&["migrate", "status", "--database-url", &url, "-o", "yaml"]);
     let yaml: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
     let first = &yaml[0]["migrations"][0];
     assert_eq!(first["version"].as_i64(), Some(tampered));
     assert_eq!(first["checksum_mismatch"].as_bool(), Some(true));
     // And `up` refuses to go on over a modified migration: a failed check.
-    let out = kybctl(&["migrate", "up", "--database-url", &url]);
-    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let out = common::kybctl(&["migrate", "up", "--database-url", &url]);
+    assert_eq!(out.status.code(), Some(1), "{:?}", common::text(&out));
 }
 
 #[tokio::test]
@@ -151,8 +137,8 @@ async fn down_then_up_round_trips() {
     let versions = up_versions();
     let newest = *versions.last().unwrap();
 
-    let out = kybctl(&["migrate", "down", "--dry-run", "--database-url", &url]);
-    let (stdout, stderr) = text(&out);
+    let out = common::kybctl(&["migrate", "down", "--dry-run", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.contains(&format!("would revert {newest} ")),
@@ -160,7 +146,7 @@ async fn down_then_up_round_trips() {
     );
     assert_eq!(migrate::applied_version(&pool).await.unwrap(), Some(newest));
 
-    let out = kybctl(&[
+    let out = common::kybctl(&[
         "migrate",
         "down",
         "--steps",
@@ -168,7 +154,7 @@ async fn down_then_up_round_trips() {
         "--database-url",
         &url,
     ]);
-    let (stdout, stderr) = text(&out);
+    let (stdout, stderr) = common::text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for v in &versions {
         assert!(stdout.contains(&format!("reverted {v} ")), "{stdout}");
@@ -179,18 +165,18 @@ async fn down_then_up_round_trips() {
         .unwrap();
     assert_eq!(merchants, None, "the schema's tables are gone");
 
-    let out = kybctl(&["migrate", "up", "--dry-run", "--database-url", &url]);
-    let (stdout, _) = text(&out);
+    let out = common::kybctl(&["migrate", "up", "--dry-run", "--database-url", &url]);
+    let (stdout, _) = common::text(&out);
     assert!(out.status.success());
     for v in &versions {
         assert!(stdout.contains(&format!("would apply {v} ")), "{stdout}");
     }
     assert_eq!(migrate::applied_version(&pool).await.unwrap(), None);
 
-    let out = kybctl(&["migrate", "up", "--database-url", &url]);
-    assert!(out.status.success(), "{:?}", text(&out));
-    let out = kybctl(&["migrate", "status", "--database-url", &url, "-o", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = common::kybctl(&["migrate", "up", "--database-url", &url]);
+    assert!(out.status.success(), "{:?}", common::text(&out));
+    let out = common::kybctl(&["migrate", "status", "--database-url", &url, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
     let codes: i64 = sqlx::query_scalar("SELECT count(*) FROM industry_codes")
         .fetch_one(&pool)
         .await
@@ -248,8 +234,8 @@ fn lint_catches_each_unsafe_pattern_and_passes_the_projects_migrations() {
     for (i, (sql, rule)) in UNSAFE.iter().enumerate() {
         let f = dir.path().join(format!("unsafe_{i}.sql"));
         std::fs::write(&f, format!("{sql}\n")).unwrap();
-        let out = kybctl(&["migrate", "lint", f.to_str().unwrap()]);
-        let (stdout, stderr) = text(&out);
+        let out = common::kybctl(&["migrate", "lint", f.to_str().unwrap()]);
+        let (stdout, stderr) = common::text(&out);
         assert_eq!(out.status.code(), Some(1), "{sql}: {stdout}{stderr}");
         let prefix = format!("{}:", f.display());
         let line = stdout
@@ -267,12 +253,17 @@ fn lint_catches_each_unsafe_pattern_and_passes_the_projects_migrations() {
     for (i, sql) in SAFE.iter().enumerate() {
         let f = dir.path().join(format!("safe_{i}.sql"));
         std::fs::write(&f, sql).unwrap();
-        let out = kybctl(&["migrate", "lint", f.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{sql}: {:?}", text(&out));
+        let out = common::kybctl(&["migrate", "lint", f.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{sql}: {:?}",
+            common::text(&out)
+        );
         assert!(out.stdout.is_empty());
     }
-    let out = kybctl(&["migrate", "lint"]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = common::kybctl(&["migrate", "lint"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let files: Vec<String> = std::fs::read_dir(project)
         .unwrap()
@@ -280,9 +271,9 @@ fn lint_catches_each_unsafe_pattern_and_passes_the_projects_migrations() {
         .collect();
     let mut args = vec!["migrate", "lint"];
     args.extend(files.iter().map(String::as_str));
-    let out = kybctl(&args);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let out = kybctl(&["migrate", "lint", "/nonexistent/x.sql"]);
+    let out = common::kybctl(&args);
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
+    let out = common::kybctl(&["migrate", "lint", "/nonexistent/x.sql"]);
     assert_eq!(out.status.code(), Some(2));
 }
 

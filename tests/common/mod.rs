@@ -3,6 +3,7 @@
 //! started in-process. A missing PostgreSQL or Redis fails the tests; nothing is skipped.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -21,6 +22,22 @@ pub fn pg() -> &'static TempPostgres {
 pub fn redis() -> &'static TempRedis {
     static REDIS: OnceLock<TempRedis> = OnceLock::new();
     REDIS.get_or_init(|| TempRedis::start().unwrap_or_else(|e| panic!("the tests need Redis: {e}")))
+}
+
+/// Runs the kybctl binary with `args` to completion.
+pub fn kybctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kybctl"))
+        .args(args)
+        .output()
+        .expect("run kybctl")
+}
+
+/// A finished command's stdout and stderr as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn unique(prefix: &str) -> String {
