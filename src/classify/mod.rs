@@ -15,7 +15,7 @@ use std::fmt;
 
 use index::{Hit, Query, DATA};
 
-#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BusinessInput {
     pub name: String,

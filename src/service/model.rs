@@ -31,12 +31,10 @@ impl MerchantStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Merchant {
     pub id: Uuid,
-    pub name: String,
-    pub description: Option<String>,
-    pub website: Option<String>,
-    /// ISO 3166-1 alpha-2.
-    pub country: Option<String>,
-    pub declared_mcc: Option<String>,
+    /// Name, description, website, country (ISO 3166-1 alpha-2) and declared MCC: what it is
+    /// classified from.
+    #[serde(flatten)]
+    pub business: BusinessInput,
     pub status: MerchantStatus,
     /// The active classification.
     pub classification: Option<Classification>,
@@ -46,18 +44,9 @@ pub struct Merchant {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Merchant {
-    pub fn business_input(&self) -> BusinessInput {
-        BusinessInput {
-            name: self.name.clone(),
-            description: self.description.clone(),
-            website: self.website.clone(),
-            country: self.country.clone(),
-            declared_mcc: self.declared_mcc.clone(),
-        }
-    }
-}
-
+/// The body of `POST /v1/merchants`. Its business fields repeat [`BusinessInput`]'s rather than
+/// flattening it: serde cannot reject unknown fields through `flatten`, and a misspelt field must
+/// get a 422, not be dropped.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMerchant {

@@ -41,7 +41,7 @@ pub fn assess(m: &Merchant) -> Assessment {
     let c = m.classification.as_ref();
     let mcc = c
         .and_then(|c| c.mcc.as_deref())
-        .or(m.declared_mcc.as_deref());
+        .or(m.business.declared_mcc.as_deref());
     if let Some(mcc) = mcc {
         if HIGH_RISK_MCC.contains(&mcc) {
             factors.push(factor(
@@ -87,7 +87,9 @@ pub fn assess(m: &Merchant) -> Assessment {
                 ),
             ));
         }
-        if let (Some(declared), Some(inferred)) = (m.declared_mcc.as_deref(), c.mcc.as_deref()) {
+        if let (Some(declared), Some(inferred)) =
+            (m.business.declared_mcc.as_deref(), c.mcc.as_deref())
+        {
             if declared != inferred {
                 factors.push(factor(
                     "mcc_mismatch",
@@ -103,7 +105,7 @@ pub fn assess(m: &Merchant) -> Assessment {
             "no industry classification".into(),
         ));
     }
-    match m.country.as_deref() {
+    match m.business.country.as_deref() {
         Some(cc) if FATF_BLACKLIST.contains(&cc) => factors.push(factor(
             "sanctioned_jurisdiction",
             60.0,
@@ -121,7 +123,11 @@ pub fn assess(m: &Merchant) -> Assessment {
             "country not given".into(),
         )),
     }
-    if m.website.as_deref().is_none_or(|w| w.trim().is_empty()) {
+    if m.business
+        .website
+        .as_deref()
+        .is_none_or(|w| w.trim().is_empty())
+    {
         factors.push(factor("no_web_presence", 5.0, "no website given".into()));
     }
     if m.status == MerchantStatus::Suspended {
@@ -147,7 +153,7 @@ pub fn level_for(score: f64) -> RiskLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{Classification, Method};
+    use crate::classify::{BusinessInput, Classification, Method};
     use chrono::Utc;
     use uuid::Uuid;
 
@@ -159,11 +165,13 @@ mod tests {
     ) -> Merchant {
         Merchant {
             id: Uuid::nil(),
-            name: "x".into(),
-            description: None,
-            website: Some("example.com".into()),
-            country: country.map(Into::into),
-            declared_mcc: None,
+            business: BusinessInput {
+                name: "x".into(),
+                description: None,
+                website: Some("example.com".into()),
+                country: country.map(Into::into),
+                declared_mcc: None,
+            },
             status: MerchantStatus::Active,
             classification: Some(Classification {
                 naics_code: naics.into(),
@@ -213,11 +221,11 @@ mod tests {
     #[test]
     fn mismatch_and_weak_match_add_up_to_medium() {
         let mut m = merchant(Some("US"), Some("5812"), "722511", 0.5);
-        m.declared_mcc = Some("5814".into());
+        m.business.declared_mcc = Some("5814".into());
         let a = assess(&m);
         assert_eq!(a.score, 18.0);
         assert_eq!(a.level, RiskLevel::Low);
-        m.website = None;
+        m.business.website = None;
         assert_eq!(assess(&m).level, RiskLevel::Medium);
     }
 
@@ -225,7 +233,7 @@ mod tests {
     fn score_is_capped() {
         let mut m = merchant(Some("KP"), Some("7995"), "713210", 0.1);
         m.status = MerchantStatus::Suspended;
-        m.website = None;
+        m.business.website = None;
         let a = assess(&m);
         assert_eq!(a.score, 100.0);
         assert_eq!(a.level, RiskLevel::Critical);

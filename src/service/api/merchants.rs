@@ -201,7 +201,7 @@ pub async fn update(
             expected.unwrap_or_default()
         )));
     }
-    let before = current.business_input();
+    let before = current.business.clone();
     let after = tidy(patch.apply_to(&before))?;
     // Classify before taking the row lock: the registry may be slow.
     let reclassified = if after != before {

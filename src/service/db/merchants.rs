@@ -58,11 +58,13 @@ impl From<Row> for Merchant {
         });
         Merchant {
             id: r.id,
-            name: r.name,
-            description: r.description,
-            website: r.website,
-            country: r.country,
-            declared_mcc: r.declared_mcc,
+            business: BusinessInput {
+                name: r.name,
+                description: r.description,
+                website: r.website,
+                country: r.country,
+                declared_mcc: r.declared_mcc,
+            },
             status: r.status,
             classification,
             version: r.version,
