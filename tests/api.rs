@@ -71,6 +71,7 @@ async fn levels_fill_from_below() {
     );
     // A second instance sharing Redis and the database: L2 answers, then its own L1.
     let b = Service::start(cfg.clone()).await;
+    b.wait_listening().await;
     assert_eq!(
         header(
             &b.post_json("/v1/classifications", &body).await,
@@ -102,8 +103,9 @@ async fn levels_fill_from_below() {
 async fn bad_input_gets_problem_details() {
     let s = service().await;
     let url = s.url("/v1/classifications");
-    let send = |body: &'static str, ct: Option<&'static str>| {
-        let mut rb = s.http.post(&url).body(body);
+    let merchants = s.url("/v1/merchants");
+    let send = |url: &str, body: &'static str, ct: Option<&'static str>| {
+        let mut rb = s.http.post(url).body(body);
         if let Some(ct) = ct {
             rb = rb.header("content-type", ct);
         }
@@ -159,9 +161,21 @@ async fn bad_input_gets_problem_details() {
             "declared_mcc",
         ),
     ];
-    for (body, ct, status, needle) in cases {
-        let r = send(body, ct).await.unwrap();
-        assert_eq!(r.status(), status, "{body}");
+    // Merchant creation reads the same business fields (plus `status`) and refuses the same way.
+    let merchant_cases = [(
+        "{\"name\": \"A\", \"status\": \"suspended\", \"colour\": 1}",
+        Some("application/json"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown field `colour`",
+    )];
+    let all = cases
+        .iter()
+        .map(|c| (url.as_str(), c))
+        .chain(cases.iter().map(|c| (merchants.as_str(), c)))
+        .chain(merchant_cases.iter().map(|c| (merchants.as_str(), c)));
+    for (url, &(body, ct, status, needle)) in all {
+        let r = send(url, body, ct).await.unwrap();
+        assert_eq!(r.status(), status, "{url} {body}");
         assert_eq!(
             header(&r, "content-type"),
             "application/problem+json",

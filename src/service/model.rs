@@ -44,33 +44,41 @@ pub struct Merchant {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The body of `POST /v1/merchants`. Its business fields repeat [`BusinessInput`]'s rather than
-/// flattening it: serde cannot reject unknown fields through `flatten`, and a misspelt field must
-/// get a 422, not be dropped.
+/// The body of `POST /v1/merchants`: the business, and optionally the status it starts in.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "NewMerchantBody")]
 pub struct NewMerchant {
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub website: Option<String>,
-    #[serde(default)]
-    pub country: Option<String>,
-    #[serde(default)]
-    pub declared_mcc: Option<String>,
+    #[serde(flatten)]
+    pub business: BusinessInput,
     #[serde(default)]
     pub status: Option<MerchantStatus>,
 }
 
-impl NewMerchant {
-    pub fn business_input(&self) -> BusinessInput {
-        BusinessInput {
-            name: self.name.clone(),
-            description: self.description.clone(),
-            website: self.website.clone(),
-            country: self.country.clone(),
-            declared_mcc: self.declared_mcc.clone(),
+/// What [`NewMerchant`] is read through. serde cannot reject unknown fields through `flatten`, so
+/// the fields neither part takes are collected here and refused, as `deny_unknown_fields` would.
+#[derive(Deserialize)]
+struct NewMerchantBody {
+    #[serde(flatten)]
+    business: BusinessInput,
+    #[serde(default)]
+    status: Option<MerchantStatus>,
+    #[serde(flatten)]
+    unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl TryFrom<NewMerchantBody> for NewMerchant {
+    type Error = String;
+
+    fn try_from(b: NewMerchantBody) -> Result<Self, String> {
+        match b.unknown.keys().next() {
+            Some(field) => Err(format!(
+                "unknown field `{field}`, expected one of `name`, `description`, `website`, \
+                 `country`, `declared_mcc`, `status`"
+            )),
+            None => Ok(Self {
+                business: b.business,
+                status: b.status,
+            }),
         }
     }
 }

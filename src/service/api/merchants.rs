@@ -67,7 +67,7 @@ pub async fn create(
     ApiJson(new): ApiJson<NewMerchant>,
 ) -> Result<Response, ApiError> {
     let status = new.status.unwrap_or(MerchantStatus::Active);
-    let input = tidy(new.business_input())?;
+    let input = tidy(new.business)?;
     let id = Uuid::now_v7();
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
