@@ -97,6 +97,28 @@ impl Service {
         }
     }
 
+    /// Waits until every invalidation listener is connected: until then the service clears its L1
+    /// when one connects, so a test about L1 hits must not race it.
+    pub async fn wait_listening(&self) {
+        let listening = || async {
+            let Ok(r) = self.get("/ready").await.json::<serde_json::Value>().await else {
+                return false;
+            };
+            r["checks"].as_array().is_some_and(|checks| {
+                checks.iter().any(|c| {
+                    c["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("cache invalidation"))
+                        && c["ok"] == true
+                })
+            })
+        };
+        assert!(
+            eventually(Duration::from_secs(10), listening).await,
+            "the cache invalidation listeners did not connect within 10 s"
+        );
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

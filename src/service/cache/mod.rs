@@ -62,6 +62,8 @@ pub struct MultiLevelCache {
     l2: Option<RedisCache>,
     l3: Option<DbCache>,
     metrics: Arc<Metrics>,
+    /// Invalidation listeners connected and listening (one per shard primary when all are up).
+    listening: std::sync::atomic::AtomicUsize,
 }
 
 impl MultiLevelCache {
@@ -81,7 +83,14 @@ impl MultiLevelCache {
             l2,
             l3,
             metrics,
+            listening: Default::default(),
         }
+    }
+
+    /// How many invalidation listeners are connected. Until one is, L1 entries are cleared when it
+    /// connects (notifications before then were missed), so readiness reports it.
+    pub fn listeners_connected(&self) -> usize {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn redis(&self) -> Option<&RedisCache> {
@@ -263,6 +272,8 @@ impl MultiLevelCache {
             backoff = std::time::Duration::from_millis(100);
             // Anything may have changed while we were not listening.
             self.clear_local();
+            self.listening
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -281,6 +292,8 @@ impl MultiLevelCache {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cache invalidation listener lost its connection");
+                        self.listening
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
                 }
