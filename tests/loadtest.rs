@@ -113,9 +113,23 @@ async fn request_counts_match_the_services_own_metrics() {
         ("merchant_create", "POST", "/v1/merchants"),
         ("risk_assess", "POST", "/v1/merchants/{id}/risk-assessments"),
     ];
+    // The steady window and the warm-up (ramp-up and each user's two set-up creations) together
+    // are every request sent.
+    let warmup = &result["warmup"];
+    let warm_by_type = warmup["latency_us"]["by_type"].as_object().unwrap();
+    let both = |t: &str| {
+        by_type.get(t).map_or(0, |s| s["count"].as_u64().unwrap())
+            + warm_by_type
+                .get(t)
+                .map_or(0, |s| s["count"].as_u64().unwrap())
+    };
+    assert!(
+        warm_by_type["merchant_create"]["count"].as_u64().unwrap() >= 20,
+        "the 10 users' set-up creations are warm-up: {result}"
+    );
     for (t, method, route) in expect {
         assert_eq!(
-            by_type[t]["count"].as_u64().unwrap(),
+            both(t),
             count(method, route),
             "{t} ({method} {route}): loadtest vs service"
         );
@@ -123,7 +137,17 @@ async fn request_counts_match_the_services_own_metrics() {
     // The precheck's GET /health is the one request the result leaves out, and nothing else was sent.
     assert_eq!(count("GET", "/health"), 1);
     let sum_of_routes: u64 = expect.iter().map(|(_, m, r)| count(m, r)).sum();
-    assert_eq!(total, sum_of_routes);
+    let warm_total = warmup["requests"]["total"].as_u64().unwrap();
+    assert_eq!(total + warm_total, sum_of_routes);
+    // The per-second series holds every request of both.
+    let series: u64 = result["timeseries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(series, sum_of_routes);
+    assert!(page.contains("<svg"), "the HTML report charts the series");
     // Status by status, over the load test's routes.
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     for ((m, r, s), n) in &served {
@@ -131,8 +155,13 @@ async fn request_counts_match_the_services_own_metrics() {
             *statuses.entry(s.clone()).or_default() += n;
         }
     }
-    let ours: BTreeMap<String, u64> =
+    let mut ours: BTreeMap<String, u64> =
         serde_json::from_value(result["requests"]["by_status"].clone()).unwrap();
+    let warm: BTreeMap<String, u64> =
+        serde_json::from_value(warmup["requests"]["by_status"].clone()).unwrap();
+    for (code, n) in warm {
+        *ours.entry(code).or_default() += n;
+    }
     assert_eq!(ours, statuses);
     svc.stop().await;
 }

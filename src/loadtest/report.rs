@@ -2,7 +2,7 @@
 //! external assets, so it can be archived as a CI artifact and opened anywhere).
 
 use crate::markup::xml_escape;
-use crate::slo::result::{LoadTestResult, Summary};
+use crate::slo::result::{LoadTestResult, Second, Summary};
 
 /// Errors per request type: the result file keeps only the total, the recorder has them per type.
 pub type TypeErrors = std::collections::BTreeMap<String, u64>;
@@ -81,6 +81,29 @@ pub fn totals(r: &LoadTestResult) -> Vec<(&'static str, String)> {
             },
         ),
     ];
+    if let Some(svc) = &r.service_time_us {
+        out.push((
+            "service time",
+            format!(
+                "p50 {} ms, p95 {} ms, p99 {} ms (from the send; the table counts from when due)",
+                ms(svc.overall.p50),
+                ms(svc.overall.p95),
+                ms(svc.overall.p99)
+            ),
+        ));
+    }
+    if let Some(w) = &r.warmup {
+        out.push((
+            "warm-up (not judged)",
+            format!(
+                "{} requests, {} failed, p95 {} ms over {:.1} s of ramp-up and set-up",
+                w.requests.total,
+                w.requests.errors,
+                ms(w.latency_us.overall.p95),
+                w.duration_seconds
+            ),
+        ));
+    }
     let g = &r.generator;
     out.push((
         "rate",
@@ -173,8 +196,60 @@ pub fn html(r: &LoadTestResult, errors: &TypeErrors, title: &str, warnings: &[St
             xml_escape(&v)
         ));
     }
-    out.push_str("</table>\n<p>Latencies are measured by kybctl in microseconds (HDR histograms, 3 significant digits), from sending a request to its last body byte.</p>\n</body></html>\n");
+    out.push_str("</table>\n");
+    if !r.timeseries.is_empty() {
+        out.push_str("<h2>Per second</h2>\n");
+        out.push_str(&chart(r, "requests per second", "#1f77b4", |s| {
+            s.requests as f64
+        }));
+        out.push_str(&chart(r, "p95 response time (ms)", "#d62728", |s| {
+            s.p95 / 1000.0
+        }));
+        out.push_str(&chart(r, "p99 response time (ms)", "#9467bd", |s| {
+            s.p99 / 1000.0
+        }));
+        out.push_str(&chart(r, "failed requests", "#ff7f0e", |s| s.errors as f64));
+    }
+    out.push_str("<p>Latencies are measured by kybctl in microseconds (HDR histograms, 3 significant digits), from when the schedule said a request was due (from its send in a closed-loop run) to its last body byte. Only the steady window is judged; the shaded seconds of the charts are the ramp-up.</p>\n</body></html>\n");
     out
+}
+
+/// One per-second series as an inline SVG line chart (no scripts, no assets); the ramp-up is shaded.
+fn chart(r: &LoadTestResult, title: &str, colour: &str, value: impl Fn(&Second) -> f64) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 160.0;
+    const PAD: f64 = 30.0;
+    let points: Vec<f64> = r.timeseries.iter().map(&value).collect();
+    let max = points.iter().copied().fold(0.0_f64, f64::max).max(1e-9);
+    let step = (W - 2.0 * PAD) / (points.len().max(2) - 1) as f64;
+    let y = |v: f64| H - PAD - v / max * (H - 2.0 * PAD);
+    let line: Vec<String> = points
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{:.1},{:.1}", PAD + i as f64 * step, y(*v)))
+        .collect();
+    let ramp = r.warmup.as_ref().map_or(0.0, |w| {
+        (w.duration_seconds.min(points.len() as f64) * step).max(0.0)
+    });
+    format!(
+        "<figure><figcaption>{title} (max {max:.1})</figcaption>\
+         <svg width=\"{W}\" height=\"{H}\" role=\"img\">\
+         <rect x=\"{PAD}\" y=\"{PAD}\" width=\"{ramp:.1}\" height=\"{}\" fill=\"#eee\"/>\
+         <line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/>\
+         <polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\
+         <text x=\"{PAD}\" y=\"{}\" font-size=\"11\">0 s</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{} s</text></svg></figure>\n",
+        H - 2.0 * PAD,
+        H - PAD,
+        W - PAD,
+        H - PAD,
+        line.join(" "),
+        H - 8.0,
+        W - PAD,
+        H - 8.0,
+        points.len().saturating_sub(1),
+        title = xml_escape(title),
+    )
 }
 
 #[cfg(test)]
@@ -211,6 +286,9 @@ mod tests {
                 overall: s(1000),
                 by_type: BTreeMap::from([("classify".into(), s(600))]),
             },
+            service_time_us: None,
+            warmup: None,
+            timeseries: Vec::new(),
             generator: Generator {
                 requested_rps: Some(200.0),
                 achieved_rps: 100.0,
@@ -250,5 +328,28 @@ mod tests {
         assert!(page.contains("slow &amp; sad"));
         assert!(!page.contains("<script"));
         assert!(!page.contains("http://") && !page.contains("https://"));
+        assert!(!page.contains("<svg"), "no series, no chart");
+    }
+
+    #[test]
+    fn per_second_series_become_inline_charts() {
+        let mut r = result();
+        r.timeseries = (0..5)
+            .map(|i| Second {
+                second: i,
+                requests: 100 + u64::from(i),
+                errors: 0,
+                p50: 1000.0,
+                p95: 2000.0 * f64::from(i + 1),
+                p99: 3000.0,
+            })
+            .collect();
+        let page = html(&r, &TypeErrors::new(), "t", &[]);
+        assert_eq!(page.matches("<svg").count(), 4);
+        assert!(page.contains("p95 response time (ms) (max 10.0)"), "{page}");
+        // One point per second in each line.
+        let line = page.split("points=\"").nth(1).unwrap();
+        assert_eq!(line.split('"').next().unwrap().split(' ').count(), 5);
+        assert!(!page.contains("http://"));
     }
 }

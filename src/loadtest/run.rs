@@ -10,7 +10,7 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
@@ -21,7 +21,7 @@ use goose::GooseAttack;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::recorder::{CacheHit, Outcome, Pacer, Recorder};
+use super::recorder::{CacheHit, Outcome, Pacer, Phase, Recorder, Recorders, Sample};
 use super::scenario::{business, RequestType, Scenario};
 use super::summary::{build_result, cpu_share, process_cpu_time, GeneratorFacts};
 use crate::slo::result::LoadTestResult;
@@ -64,7 +64,8 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    /// Failed requests per request type, for the tables (the result file has only the total).
+    /// Failed requests per request type in the steady window, for the tables (the result file has
+    /// only the total).
     pub fn errors_by_type(&self) -> super::report::TypeErrors {
         self.recorder
             .by_type
@@ -74,10 +75,11 @@ impl RunOutcome {
     }
 }
 
-/// State every user shares: configuration, the pacer, the run's totals.
+/// State every user shares: configuration, the pacer, the run's measurements.
 struct Shared {
     scenario: Scenario,
     pacer: Option<Pacer>,
+    start: Instant,
     steady_from: Instant,
     steady_until: Instant,
     seed: u64,
@@ -85,14 +87,13 @@ struct Shared {
     sent: AtomicU64,
     /// Distinguishes new businesses across users.
     unique: AtomicU64,
-    total: Mutex<Recorder>,
+    recorders: Recorders,
 }
 
-/// One virtual user's own state (goose session data): no locks on the request path. (goose requires
-/// Clone; it is never cloned during a run.)
+/// One virtual user's own state (goose session data). (goose requires Clone; it is never cloned
+/// during a run.)
 #[derive(Clone)]
 struct UserState {
-    rec: Recorder,
     merchants: Vec<String>,
     rng: StdRng,
 }
@@ -141,15 +142,22 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let start = Instant::now();
     let steady_from = start + cfg.ramp_up;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let shared = Arc::new(Shared {
         scenario: cfg.scenario.clone(),
-        pacer: cfg.rate.map(|r| Pacer::new(r, start)),
+        // The schedule starts with the measured window: users that start during the ramp-up make
+        // their set-up requests, then wait for their first slot, so no backlog built up while users
+        // were still arriving is replayed as a burst into the window.
+        pacer: cfg.rate.map(|r| Pacer::new(r, steady_from)),
+        start,
         steady_from,
         steady_until: steady_from + cfg.duration,
         seed: cfg.seed,
         sent: AtomicU64::new(0),
         unique: AtomicU64::new(0),
-        total: Mutex::new(Recorder::default()),
+        recorders: Recorders::new(4 * cores),
     });
 
     let attack = attack(&cfg, &shared).map_err(|e| RunError::Goose(e.to_string()))?;
@@ -164,22 +172,19 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
     }
     outcome.map_err(|e| RunError::Goose(e.to_string()))?;
 
-    let recorder = std::mem::take(&mut *shared.total.lock().expect("not poisoned"));
+    let recorder = shared.recorders.merged();
     // The steady window may have been cut short (Ctrl-C).
     let steady_secs = elapsed
         .saturating_sub(cfg.ramp_up)
         .min(cfg.duration)
         .as_secs_f64()
         .max(1e-9);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let facts = GeneratorFacts {
         requested_rps: cfg.rate,
-        achieved_rps: recorder.steady_requests as f64 / steady_secs,
+        achieved_rps: recorder.steady_requests() as f64 / steady_secs,
         cpu_share: cpu_share(cpu, elapsed, cores),
     };
-    let result = build_result(&recorder, started_at, elapsed, &facts);
+    let result = build_result(&recorder, started_at, steady_secs, elapsed, &facts);
     Ok(RunOutcome {
         result,
         recorder,
@@ -193,9 +198,8 @@ fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goo
         scenario =
             scenario.set_wait_time(Duration::from_millis(min), Duration::from_millis(max))?;
     }
-    scenario = scenario
-        .register_transaction(Transaction::new(on_start(shared.clone())).set_on_start())
-        .register_transaction(Transaction::new(on_stop(shared.clone())).set_on_stop());
+    scenario =
+        scenario.register_transaction(Transaction::new(on_start(shared.clone())).set_on_start());
     // One transaction that draws the request type by weight each time (see Scenario::pick); goose's
     // own weighting repeats one fixed list, the same for every user.
     scenario = scenario.register_transaction(
@@ -241,25 +245,11 @@ fn on_start(shared: Arc<Shared>) -> TransactionFunction {
         Box::pin(async move {
             let seed = shared.seed ^ (user.weighted_users_index as u64).wrapping_mul(0x9E37_79B9);
             user.set_session_data(UserState {
-                rec: Recorder::default(),
                 merchants: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
             });
             for _ in 0..shared.scenario.seed_merchants_per_user {
-                send(user, &shared, RequestType::MerchantCreate).await?;
-            }
-            Ok(())
-        })
-    })
-}
-
-/// Each user's last transaction: its measurements join the run's.
-fn on_stop(shared: Arc<Shared>) -> TransactionFunction {
-    Arc::new(move |user| {
-        let shared = shared.clone();
-        Box::pin(async move {
-            if let Some(state) = user.get_session_data::<UserState>() {
-                shared.total.lock().expect("not poisoned").merge(&state.rec);
+                send(user, &shared, RequestType::MerchantCreate, Purpose::SetUp).await?;
             }
             Ok(())
         })
@@ -276,17 +266,26 @@ fn mixed_request(shared: Arc<Shared>) -> TransactionFunction {
                     .expect("on_start sets the user's state");
                 shared.scenario.pick(&mut state.rng)
             };
-            send(user, &shared, t).await
+            send(user, &shared, t, Purpose::Mix).await
         })
     })
 }
 
-/// Sends one request of type `t` (a merchant creation instead when a read has no merchant yet), times
-/// it from send to the last body byte, and records it.
+/// Why a request is sent: the users' set-up is never judged, whenever it happens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    SetUp,
+    Mix,
+}
+
+/// Sends one request of type `t` (a merchant creation instead when a read has no merchant yet) when
+/// the schedule says it is due, times it to the last body byte from then and from the moment it was
+/// actually sent, and records it.
 async fn send(
     user: &mut GooseUser,
     shared: &Shared,
     t: RequestType,
+    purpose: Purpose,
 ) -> Result<(), Box<TransactionError>> {
     let (t, path, body) = {
         let state = user
@@ -331,10 +330,16 @@ async fn send(
         }
     };
 
-    if let Some(pacer) = &shared.pacer {
-        tokio::time::sleep_until(pacer.next_slot().into()).await;
-    }
+    let due = match &shared.pacer {
+        Some(pacer) if purpose == Purpose::Mix => {
+            let slot = pacer.next_slot();
+            tokio::time::sleep_until(slot.into()).await;
+            Some(slot)
+        }
+        _ => None,
+    };
     let started = Instant::now();
+    let due = due.unwrap_or(started);
     // Straight through the user's own client (goose builds it: one connection pool per user), not
     // `GooseUser::request`: that builds goose's per-request metric records (several string copies)
     // even with metrics off, which cost measurable generator CPU at tens of thousands of rps.
@@ -359,13 +364,27 @@ async fn send(
         }
         Err(_) => (Outcome::Transport, None),
     };
-    let latency = started.elapsed();
-    let steady = started >= shared.steady_from && started < shared.steady_until;
+    let done = Instant::now();
+    let steady = purpose == Purpose::Mix && due >= shared.steady_from && due < shared.steady_until;
+    shared.recorders.record(
+        user.weighted_users_index,
+        &Sample {
+            t,
+            phase: if steady { Phase::Steady } else { Phase::Warmup },
+            second: due.saturating_duration_since(shared.start).as_secs() as usize,
+            response: done - due,
+            service: done - started,
+            outcome,
+            failed: match outcome {
+                Outcome::Status { code, .. } => shared.scenario.fails(code),
+                Outcome::Transport => true,
+            },
+        },
+    );
 
     let state = user
         .get_session_data_mut::<UserState>()
         .expect("on_start sets the user's state");
-    state.rec.record(t, latency, outcome, steady);
     if t == RequestType::MerchantCreate {
         if let (Outcome::Status { code: 201, .. }, Some(b)) = (outcome, &bytes) {
             #[derive(serde::Deserialize)]

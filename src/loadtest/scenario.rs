@@ -84,6 +84,10 @@ pub struct Scenario {
     /// `[min, max]` pause in milliseconds between one user's requests; none by default.
     #[serde(default)]
     pub think_time_ms: Option<[u64; 2]>,
+    /// 4xx statuses this scenario expects (a probe for missing records sends 404s on purpose). Any
+    /// other 4xx is a failed request, as k6 counts them: a run of all 400s must not pass the gate.
+    #[serde(default)]
+    pub expected_statuses: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -174,12 +178,27 @@ impl Scenario {
         if c.repeat_share > 0.0 && c.hot_businesses == 0 {
             return Err("classify.hot_businesses must be at least 1 when repeat_share > 0".into());
         }
+        if let Some(c) = self
+            .expected_statuses
+            .iter()
+            .find(|c| !(400..500).contains(*c))
+        {
+            return Err(format!(
+                "expected_statuses lists {c}: only 4xx statuses can be expected"
+            ));
+        }
         if let Some([min, max]) = self.think_time_ms {
             if min > max {
                 return Err(format!("think_time_ms [{min}, {max}]: min above max"));
             }
         }
         Ok(())
+    }
+
+    /// Whether a response with `code` failed: 5xx always, 4xx unless expected. (No response at all
+    /// is a failure too; the recorder counts those apart.)
+    pub fn fails(&self, code: u16) -> bool {
+        code >= 500 || (code >= 400 && !self.expected_statuses.contains(&code))
     }
 
     pub fn weight(&self, t: RequestType) -> usize {
@@ -287,6 +306,19 @@ mod tests {
     }
 
     #[test]
+    fn a_4xx_fails_unless_the_scenario_expects_it() {
+        let s = Scenario::parse(
+            "name: x\nweights: {classify: 1}\nexpected_statuses: [404]\n",
+            "x",
+        )
+        .unwrap();
+        assert!(!s.fails(200) && !s.fails(201) && !s.fails(404));
+        assert!(s.fails(400) && s.fails(422) && s.fails(500) && s.fails(503));
+        let strict = Scenario::load("kyb-mix").unwrap();
+        assert!(strict.fails(404));
+    }
+
+    #[test]
     fn invalid_scenarios_say_why() {
         let err = Scenario::parse("name: x\nweights: {classify: 0}\n", "x").unwrap_err();
         assert!(err.to_string().contains("no request type"), "{err}");
@@ -300,6 +332,12 @@ mod tests {
         assert!(err.to_string().contains("between 0 and 1"), "{err}");
         let err = Scenario::parse("name: x\nweights: {clasify: 1}\n", "x").unwrap_err();
         assert!(err.to_string().starts_with("invalid scenario x"), "{err}");
+        let err = Scenario::parse(
+            "name: x\nweights: {classify: 1}\nexpected_statuses: [503]\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only 4xx"), "{err}");
         assert!(matches!(
             Scenario::load("nope"),
             Err(ScenarioError::Unknown(_))

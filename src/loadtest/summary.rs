@@ -1,10 +1,16 @@
-//! From measurements to the result file (schema v1) and the verdict on the generator itself: pure
+//! From measurements to the result file (schema v2) and the verdict on the generator itself: pure
 //! functions, so the decisions are unit-tested without a server.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::recorder::{summary, Recorder};
-use crate::slo::result::{Cache, Generator, Latency, LoadTestResult, Requests, VERSION};
+use hdrhistogram::Histogram;
+
+use super::recorder::{summary, Recorder, TypeStats};
+use super::scenario::RequestType;
+use crate::slo::result::{
+    Cache, Generator, Latency, LoadTestResult, Requests, Second, Warmup, VERSION,
+};
 
 /// Below this share of the requested rate the run did not deliver the load it was asked for. The same
 /// share `slo check` uses to call a throughput check inconclusive.
@@ -44,48 +50,84 @@ pub fn saturation_reasons(g: &GeneratorFacts) -> Vec<String> {
     reasons
 }
 
-/// The result file of a finished run.
+/// The result file of a finished run: the steady window's figures (`steady_secs` long), the warm-up
+/// beside them, and the per-second series of the whole run (`elapsed`).
 pub fn build_result(
     rec: &Recorder,
     started_at: String,
+    steady_secs: f64,
     elapsed: Duration,
     g: &GeneratorFacts,
 ) -> LoadTestResult {
     let all = rec.overall();
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let by_status = all
-        .by_status
-        .iter()
-        .map(|(code, n)| (code.to_string(), *n))
-        .collect();
+    let secs = steady_secs.max(1e-9);
     let cache = (all.cache_lookups > 0).then_some(Cache {
         hits: all.cache_hits,
         lookups: all.cache_lookups,
     });
+    let warm = rec.warmup_overall();
     LoadTestResult {
         version: VERSION,
         started_at,
         duration_seconds: round3(secs),
-        requests: Requests {
-            total: all.count(),
-            errors: all.errors(),
-            by_status,
-        },
+        requests: requests(&all),
         throughput_rps: round3(all.count() as f64 / secs),
         cache,
-        latency_us: Latency {
-            overall: summary(&all.latency),
-            by_type: rec
-                .by_type
-                .iter()
-                .map(|(t, s)| (t.name().to_owned(), summary(&s.latency)))
-                .collect(),
-        },
+        latency_us: latency(&all, &rec.by_type, |s| &s.latency),
+        service_time_us: Some(latency(&all, &rec.by_type, |s| &s.service)),
+        warmup: Some(Warmup {
+            duration_seconds: round3((elapsed.as_secs_f64() - secs).max(0.0)),
+            requests: requests(&warm),
+            latency_us: latency(&warm, &rec.warmup, |s| &s.latency),
+        }),
+        timeseries: rec
+            .seconds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let q = summary(&s.latency);
+                Second {
+                    second: i as u32,
+                    requests: s.requests,
+                    errors: s.errors,
+                    p50: q.p50,
+                    p95: q.p95,
+                    p99: q.p99,
+                }
+            })
+            .collect(),
         generator: Generator {
             requested_rps: g.requested_rps,
             achieved_rps: round3(g.achieved_rps),
             saturated: !saturation_reasons(g).is_empty(),
         },
+    }
+}
+
+fn requests(all: &TypeStats) -> Requests {
+    Requests {
+        total: all.count(),
+        errors: all.errors(),
+        by_status: all
+            .by_status
+            .iter()
+            .map(|(code, n)| (code.to_string(), *n))
+            .collect(),
+    }
+}
+
+/// Percentiles overall and per type, of the histogram `which` picks (response or service time).
+fn latency(
+    all: &TypeStats,
+    by_type: &BTreeMap<RequestType, TypeStats>,
+    which: impl Fn(&TypeStats) -> &Histogram<u64>,
+) -> Latency {
+    Latency {
+        overall: summary(which(all)),
+        by_type: by_type
+            .iter()
+            .map(|(t, s)| (t.name().to_owned(), summary(which(s))))
+            .collect(),
     }
 }
 
@@ -155,37 +197,62 @@ mod tests {
     }
 
     #[test]
-    fn result_follows_schema_v1() {
+    fn result_follows_schema_v2() {
+        use crate::loadtest::recorder::{Phase, Sample};
         let mut rec = Recorder::default();
-        for i in 0..10u64 {
+        for i in 0..12u64 {
             let outcome = if i == 9 {
                 Outcome::Transport
             } else {
                 Outcome::Status {
-                    code: if i == 8 { 503 } else { 200 },
+                    code: match i {
+                        8 => 503,
+                        7 => 404,
+                        _ => 200,
+                    },
                     cache: Some(if i < 6 { CacheHit::Hit } else { CacheHit::Miss }),
                 }
             };
-            rec.record(
-                RequestType::Classify,
-                Duration::from_millis(i + 1),
+            rec.record(&Sample {
+                t: RequestType::Classify,
+                // The first two are the ramp-up.
+                phase: if i < 2 { Phase::Warmup } else { Phase::Steady },
+                second: i as usize / 4,
+                response: Duration::from_millis(2 * (i + 1)),
+                service: Duration::from_millis(i + 1),
                 outcome,
-                true,
-            );
+                failed: matches!(outcome, Outcome::Transport)
+                    || matches!(outcome, Outcome::Status { code, .. } if code >= 400),
+            });
         }
         let r = build_result(
             &rec,
             "2026-01-01T00:00:00Z".into(),
-            Duration::from_secs(2),
+            2.0,
+            Duration::from_secs(3),
             &facts(Some(10.0), 5.0, 0.1),
         );
+        assert_eq!(r.version, 2);
         assert_eq!(r.requests.total, 10);
-        assert_eq!(r.requests.errors, 2);
-        assert_eq!(r.requests.by_status["200"], 8);
+        // The transport error, the 503 and the unexpected 404.
+        assert_eq!(r.requests.errors, 3);
+        assert_eq!(r.requests.by_status["200"], 7);
         assert_eq!(r.throughput_rps, 5.0);
-        assert_eq!(r.cache.as_ref().unwrap().hits, 6);
+        assert_eq!(r.duration_seconds, 2.0);
+        assert_eq!(r.cache.as_ref().unwrap().hits, 4);
         assert_eq!(r.cache.as_ref().unwrap().lookups, 9);
         assert_eq!(r.latency_us.by_type["classify"].count, 10);
+        // Response time counts from when due, service time from the send: here twice as long.
+        let (resp, svc) = (
+            &r.latency_us.overall,
+            &r.service_time_us.as_ref().unwrap().overall,
+        );
+        assert!((resp.max - 2.0 * svc.max).abs() < 30.0, "{resp:?} {svc:?}");
+        let warm = r.warmup.as_ref().unwrap();
+        assert_eq!((warm.requests.total, warm.duration_seconds), (2, 1.0));
+        let per_second: Vec<u64> = r.timeseries.iter().map(|s| s.requests).collect();
+        assert_eq!(per_second, [4, 4, 4]);
+        assert_eq!(r.timeseries[2].errors, 2); // 8 (503) and 9 (transport) were due in second 2
         assert!(r.generator.saturated);
         // What we write, `slo check` reads (deny_unknown_fields both ways).
         let text = serde_json::to_string(&r).unwrap();

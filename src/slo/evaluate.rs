@@ -381,6 +381,9 @@ pub(crate) mod tests {
                 overall: summary(20_000, p95_ms),
                 by_type: BTreeMap::from([("classify".to_owned(), summary(5_000, p95_ms * 2.0))]),
             },
+            service_time_us: None,
+            warmup: None,
+            timeseries: Vec::new(),
             generator: Generator {
                 requested_rps: Some(200.0),
                 achieved_rps: 200.0,

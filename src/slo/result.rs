@@ -1,10 +1,10 @@
-//! The load-test result file, schema version 1: what a load test writes and `kybctl slo check` reads.
+//! The load-test result file, schema version 2: what a load test writes and `kybctl slo check` reads.
 //!
 //! ```json
 //! {
-//!   "version": 1,                          // this schema; other versions are refused
+//!   "version": 2,                          // this schema; version 1 files are read too
 //!   "started_at": "2026-11-29T03:00:00Z",  // RFC 3339, informational
-//!   "duration_seconds": 60.0,
+//!   "duration_seconds": 60.0,              // the steady window, which every figure below describes
 //!   "requests": {"total": 120000, "errors": 12, "by_status": {"200": 119988, "503": 12}},
 //!   "throughput_rps": 2000.0,              // completed requests per second over the run
 //!   "cache": {"hits": 114000, "lookups": 120000},
@@ -13,11 +13,22 @@
 //!                 "p99": 8000.0, "p99.9": 20000.0, "max": 45000.0},
 //!     "by_type": {"classify": {"count": 60000, "p50": 1200.0, "...": 0}}
 //!   },
+//!   "service_time_us": {"overall": {...}, "by_type": {...}},  // from send, not from when due
+//!   "warmup": {"duration_seconds": 5.0, "requests": {...}, "latency_us": {...}},
+//!   "timeseries": [{"second": 0, "requests": 980, "errors": 0, "p50": 900.0, "p95": 2900.0, "p99": 7900.0}],
 //!   "generator": {"requested_rps": 2000.0, "achieved_rps": 1999.5, "saturated": false}
 //! }
 //! ```
 //!
-//! `errors` counts failed requests (transport errors and 5xx); `by_status` is informational. `cache` may be
+//! Version 2 judges the steady window only: requests due after the ramp-up and before the stop.
+//! `latency_us` is the response time, from when the schedule said a request was due to its last byte,
+//! so a generator or target that fell behind shows in it (coordinated omission corrected);
+//! `service_time_us` counts from the actual send. The ramp-up and the users' set-up requests are in
+//! `warmup`, reported and never judged; `timeseries` holds every request of both, by the second of
+//! the run it was due. A version 1 file has none of these three and describes the whole run.
+//!
+//! `errors` counts failed requests (transport errors, 5xx, and 4xx the scenario does not expect);
+//! `by_status` is informational. `cache` may be
 //! absent when the target reports no cache status. `requested_rps` is null for a closed-loop run (as fast as
 //! possible); `saturated` is true when the generator itself ran out of capacity (workers or connections)
 //! and so limited the rate. Unknown fields are refused, so a typo does not silently drop a metric.
@@ -29,8 +40,10 @@ use serde::{Deserialize, Serialize};
 
 use super::threshold::Percentile;
 
-/// The schema version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The schema version this build writes.
+pub const VERSION: u32 = 2;
+/// The versions it reads.
+const READS: [u32; 2] = [1, 2];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultError {
@@ -46,7 +59,7 @@ pub enum ResultError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{what} file {path} has schema version {found}; this kybctl reads version {VERSION}")]
+    #[error("{what} file {path} has schema version {found}; this kybctl reads versions 1 and 2")]
     Version {
         what: &'static str,
         path: PathBuf,
@@ -65,7 +78,34 @@ pub struct LoadTestResult {
     #[serde(default)]
     pub cache: Option<Cache>,
     pub latency_us: Latency,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_time_us: Option<Latency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeseries: Vec<Second>,
     pub generator: Generator,
+}
+
+/// The ramp-up and the users' set-up requests: reported, not judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    pub duration_seconds: f64,
+    pub requests: Requests,
+    pub latency_us: Latency,
+}
+
+/// Requests due within one second of the run (both phases), with their response-time percentiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Second {
+    pub second: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,7 +190,7 @@ impl LoadTestResult {
             source,
         };
         let Versioned { version } = serde_json::from_str(text).map_err(parse_err)?;
-        if version != VERSION {
+        if !READS.contains(&version) {
             return Err(ResultError::Version {
                 what,
                 path: path.to_owned(),
@@ -187,9 +227,9 @@ mod tests {
 
     #[test]
     fn other_versions_and_unknown_fields_are_refused() {
-        let v2 = EXAMPLE.replace("\"version\": 1", "\"version\": 2");
-        let err = LoadTestResult::parse(&v2, Path::new("r.json"), "result").unwrap_err();
-        assert!(err.to_string().contains("schema version 2"), "{err}");
+        let v3 = EXAMPLE.replace("\"version\": 1", "\"version\": 3");
+        let err = LoadTestResult::parse(&v3, Path::new("r.json"), "result").unwrap_err();
+        assert!(err.to_string().contains("schema version 3"), "{err}");
         let typo = EXAMPLE.replace("\"throughput_rps\"", "\"throughput\"");
         let err = LoadTestResult::parse(&typo, Path::new("r.json"), "result").unwrap_err();
         assert!(
