@@ -328,6 +328,17 @@ impl Pacer {
     }
 }
 
+/// tokio's timer fires on whole milliseconds, so a request woken for its slot starts up to 1 ms after
+/// it even when nothing is behind. That lateness is the generator's clock, not a wait a user would
+/// see: up to this much of it is forgiven; anything beyond (a backlog, a starved generator) counts.
+pub const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// When a request counts as due: its slot, moved later by the timer's own lateness up to
+/// [`TIMER_SLACK`].
+pub fn effective_due(slot: Instant, started: Instant) -> Instant {
+    slot + started.saturating_duration_since(slot).min(TIMER_SLACK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +421,19 @@ mod tests {
         let s = summary(&slow.by_type[&RequestType::Health].latency);
         assert!((s.p50 - 123_456.0).abs() / 123_456.0 < 0.001, "{s:?}");
         assert_eq!(summary(&new_histogram()).p99, 0.0);
+    }
+
+    #[test]
+    fn only_the_timers_own_lateness_is_forgiven() {
+        let slot = Instant::now();
+        let ms = Duration::from_millis;
+        // Woken 0.6 ms late by the timer: on time.
+        let started = slot + Duration::from_micros(600);
+        assert_eq!(effective_due(slot, started), started);
+        // 5 ms behind: 4 ms of it is a wait the response time must show.
+        assert_eq!(effective_due(slot, slot + ms(5)), slot + ms(1));
+        // Early (never happens with sleep_until, but must not move the slot back).
+        assert_eq!(effective_due(slot + ms(2), slot), slot + ms(2));
     }
 
     #[test]

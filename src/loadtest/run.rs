@@ -21,7 +21,9 @@ use goose::GooseAttack;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::recorder::{CacheHit, Outcome, Pacer, Phase, Recorder, Recorders, Sample};
+use super::recorder::{
+    effective_due, CacheHit, Outcome, Pacer, Phase, Recorder, Recorders, Sample,
+};
 use super::scenario::{business, RequestType, Scenario};
 use super::summary::{build_result, cpu_share, process_cpu_time, GeneratorFacts};
 use crate::slo::result::LoadTestResult;
@@ -339,7 +341,7 @@ async fn send(
         _ => None,
     };
     let started = Instant::now();
-    let due = due.unwrap_or(started);
+    let due = due.map_or(started, |slot| effective_due(slot, started));
     // Straight through the user's own client (goose builds it: one connection pool per user), not
     // `GooseUser::request`: that builds goose's per-request metric records (several string copies)
     // even with metrics off, which cost measurable generator CPU at tens of thousands of rps.
