@@ -4,7 +4,8 @@
 Starts a throwaway PostgreSQL primary with a streaming replica and a Redis, migrates, runs
 `kybctl serve` (release build), then measures with wrk (an independent generator):
 
-  reference  trivial route (GET /health) of the same server
+  reference  a bare axum "hello" route (examples/hello.rs, built here): what axum and tokio alone cost
+  subject    trivial route (GET /health) of the service: the service's middleware and server loop
   subject    cached classification   (POST /v1/classifications, same body: L1 hits)
   subject    merchant read by id     (GET /v1/merchants/{id}, Cache-Control: no-cache -> replica pool)
   subject    merchant creation       (POST /v1/merchants)
@@ -196,10 +197,13 @@ def summary(runs, key):
 
 
 
-def release_binary():
-    """Builds kybctl in release mode (incrementally) and returns the binary's path."""
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+def release_binary(example=None):
+    """Builds kybctl (or one of its examples) in release mode (incrementally) and returns its path."""
+    args = ["cargo", "build", "--release", "-q"] + (["--example", example] if example else [])
+    subprocess.run(args, cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    if example:
+        return os.path.join(target, "release", "examples", example)
     return os.path.join(target, "release", "kybctl")
 
 def main():
@@ -219,6 +223,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     kybctl = release_binary()
+    hello = release_binary("hello")
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="kyb-bench-")
@@ -259,7 +264,13 @@ def main():
         with open(scripts["read"], "w") as f:
             f.write(read_lua(ids))
 
+        hello_port = free_port()
+        procs.start([hello, f"127.0.0.1:{hello_port}"])
+        hello_url = f"http://127.0.0.1:{hello_port}/"
+        wait_for(lambda: urllib.request.urlopen(hello_url, timeout=2).status == 200, "hello")
+
         subjects = {
+            "bare axum hello (reference)": (hello_url, None),
             "trivial (GET /health)": (f"{base}/health", None),
             "cached classification": (base + "/v1/classifications", scripts["classify"]),
             "merchant read by id, no cache (replica)": (base, scripts["read"]),
@@ -296,6 +307,9 @@ def main():
 
         med = lambda k, f="rps": summary(results[k], f)[0]
         checks = []
+        for c in (64, 1000):
+            ratio = med(f"trivial (GET /health) @{c}") / med(f"bare axum hello (reference) @{c}")
+            checks.append((f"service GET /health rps / bare axum rps @{c}", ratio, ">= 0.8", ratio >= 0.8))
         for c in (64, 1000):
             ratio = med(f"cached classification @{c}") / med(f"trivial (GET /health) @{c}")
             checks.append((f"cached classification rps / trivial rps @{c}", ratio, ">= 0.6", ratio >= 0.6))
