@@ -28,13 +28,12 @@ pub trait ShardReport {
     fn cells(&self, row: &Self::Row) -> Vec<String>;
 }
 
-struct ShardRows<'r, R: ShardReport> {
+struct ShardRows<R: ShardReport> {
     shard: String,
     rows: Vec<R::Row>,
-    report: std::marker::PhantomData<&'r R>,
 }
 
-impl<R: ShardReport> Serialize for ShardRows<'_, R> {
+impl<R: ShardReport> Serialize for ShardRows<R> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("ShardRows", 2)?;
         st.serialize_field("shard", &self.shard)?;
@@ -62,7 +61,6 @@ pub async fn run<R: ShardReport>(report: &R, overrides: &Overrides, format: Form
                 shards.push(ShardRows {
                     shard: shard.id.clone(),
                     rows,
-                    report: std::marker::PhantomData,
                 });
             }
             Err(e) => code = code.max(report.failed(shard, &e)),
