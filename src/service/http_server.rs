@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,19 +20,26 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 
+/// How often each connection checks for shutdown and idleness.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
 pin_project_lite::pin_project! {
-    /// A TCP stream that remembers when bytes last moved, for the idle timeout.
+    /// A TCP stream that counts the reads and writes that moved bytes, for the idle timeout. A counter
+    /// rather than a timestamp: reading the clock on every read and write was a measurable cost.
     struct Tracked {
         #[pin]
         inner: TcpStream,
-        last_io_ms: Arc<AtomicU64>,
-        epoch: Instant,
+        moves: Arc<AtomicU64>,
     }
 }
 
 impl Tracked {
-    fn touch(last: &AtomicU64, epoch: Instant) {
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn touch(moves: &AtomicU64) {
+        // Only this connection's task writes it; the load and store need no read-modify-write.
+        moves.store(
+            moves.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -46,7 +53,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            Self::touch(this.last_io_ms, *this.epoch);
+            Self::touch(this.moves);
         }
         r
     }
@@ -61,7 +68,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            Self::touch(this.last_io_ms, *this.epoch);
+            Self::touch(this.moves);
         }
         r
     }
@@ -103,12 +110,10 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let epoch = Instant::now();
-        let last_io_ms = Arc::new(AtomicU64::new(0));
+        let moves = Arc::new(AtomicU64::new(0));
         let io = Tracked {
             inner: stream,
-            last_io_ms: last_io_ms.clone(),
-            epoch,
+            moves: moves.clone(),
         };
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
@@ -117,18 +122,25 @@ pub async fn serve(
         tracker.spawn(async move {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
-            let mut check = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
+            // Shutdown and idleness are checked on a tick rather than awaited beside the connection:
+            // a `cancelled()` future polled on every wake-up of every connection takes the token's
+            // shared lock each time. The tick bounds how late a keep-alive connection starts draining.
+            let mut check =
+                tokio::time::interval(idle.min(CHECK_EVERY).max(Duration::from_millis(10)));
+            let mut seen = 0;
+            let mut quiet_since = tokio::time::Instant::now();
             let mut closing = false;
             loop {
                 tokio::select! {
+                    biased;
                     _ = &mut conn => break,
-                    _ = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = check.tick(), if !closing => {
-                        let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last_io_ms.load(Ordering::Relaxed)));
-                        if quiet >= idle {
+                    now = check.tick(), if !closing => {
+                        let n = moves.load(Ordering::Relaxed);
+                        if n != seen {
+                            seen = n;
+                            quiet_since = now;
+                        }
+                        if shutdown.is_cancelled() || now.duration_since(quiet_since) >= idle {
                             closing = true;
                             conn.as_mut().graceful_shutdown();
                         }

@@ -19,7 +19,7 @@ use axum::Router;
 use bytes::Bytes;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::service::cache::CacheStatus;
@@ -59,15 +59,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             server.write_timeout,
         ))
         .layer(CompressionLayer::new())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::observe,
-        ))
+        .layer(middleware::ObserveLayer::new(state.clone()))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
-            MakeRequestUuid,
+            middleware::MakeRequestUuidFast,
         ))
         .with_state(state)
 }
