@@ -177,8 +177,8 @@ def wrk(url, conns, duration, script=None):
     return parse_wrk(out)
 
 
-def pgbench(port, select_only, duration):
-    args = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "16", "-j", "2", "-T", str(duration), "bench"]
+def pgbench(host, port, select_only, duration):
+    args = ["pgbench", "-h", host, "-p", str(port), "-U", "postgres", "-c", "16", "-j", "2", "-T", str(duration), "bench"]
     if select_only:
         args.insert(1, "-S")
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
@@ -212,6 +212,9 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="write all raw figures here")
+    ap.add_argument("--unix-socket", action="store_true",
+                    help="the service and pgbench reach PostgreSQL over its Unix socket instead of TCP "
+                         "(a co-located database; both sides of the ratio use the same transport)")
     ap.add_argument("--pool", type=int, default=16,
                     help="service pool size per role (pgbench uses 16 clients; the plan's 100 is sized for bigger hosts)")
     a = ap.parse_args()
@@ -239,13 +242,20 @@ def main():
         procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         wait_for(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1), "redis")
         db = f"postgres://postgres@127.0.0.1:{port}/kyb"
+        replica = f"postgres://postgres@127.0.0.1:{rport}/kyb"
+        pg_host = "127.0.0.1"
+        if a.unix_socket:
+            # sqlx takes a socket directory as the `host` parameter; PostgreSQL was started with `-k tmp`.
+            db = f"postgres://postgres@localhost/kyb?host={tmp}&port={port}"
+            replica = f"postgres://postgres@localhost/kyb?host={tmp}&port={rport}"
+            pg_host = tmp
         subprocess.run([kybctl, "migrate", "up", "--database-url", db], check=True, capture_output=True)
         api_port = free_port()
         config = os.path.join(tmp, "kyb.yaml")
         with open(config, "w") as f:
             f.write(f"database:\n  pool: {{max_connections: {a.pool}, min_connections: {min(a.pool, 4)}}}\n")
         env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_DATABASE_URL=db,
-                   KYB_REPLICA_URLS=f"postgres://postgres@127.0.0.1:{rport}/kyb",
+                   KYB_REPLICA_URLS=replica,
                    KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn")
         procs.start([kybctl, "serve", "--config", config], env=env)
         base = f"http://127.0.0.1:{api_port}"
@@ -286,15 +296,16 @@ def main():
                     results[f"{name} @{conns}"].append(r)
                     print(f"rep {rep + 1} {name} @{conns}: {r['rps']:.0f} rps p50 {r['p50_ms']:.2f} ms "
                           f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non2xx']}", file=sys.stderr)
-            refs["pgbench -S"].append(pgbench(port, True, a.duration))
-            refs["pgbench tpcb-like"].append(pgbench(port, False, a.duration))
+            refs["pgbench -S"].append(pgbench(pg_host, port, True, a.duration))
+            refs["pgbench tpcb-like"].append(pgbench(pg_host, port, False, a.duration))
             print(f"rep {rep + 1} pgbench -S {refs['pgbench -S'][-1]['rps']:.0f} tps, tpcb-like "
                   f"{refs['pgbench tpcb-like'][-1]['rps']:.0f} tps", file=sys.stderr)
         rb = redis_bench(redis_port)
 
         print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, server and generator share the cores (unpinned)")
         print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max); "
-              f"service pools {a.pool} connections per role\n")
+              f"service pools {a.pool} connections per role; PostgreSQL over "
+              f"{'its Unix socket' if a.unix_socket else 'TCP'} for the service and pgbench\n")
         print(f"{'measurement':48} {'rps':>18} {'p50 ms':>8} {'p99 ms':>9} {'non-2xx':>8}")
         for name, runs in results.items():
             m, lo, hi = summary(runs, "rps")

@@ -218,13 +218,21 @@ const UNSAFE: &[(&str, Rule)] = &[
         "-- no-transaction\nCREATE INDEX CONCURRENTLY a ON merchants (name);\nCREATE INDEX CONCURRENTLY b ON merchants (website);",
         Rule::NoTransactionMultipleStatements,
     ),
+    (
+        "ALTER TABLE merchants DROP COLUMN IF EXISTS legacy_unused_column;",
+        Rule::BreaksPreviousRelease,
+    ),
+    (
+        "ALTER TABLE merchants RENAME COLUMN website TO homepage;",
+        Rule::BreaksPreviousRelease,
+    ),
 ];
 
 const SAFE: &[&str] = &[
     "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx_m_name ON merchants (name);",
     "CREATE TABLE notes (id int PRIMARY KEY, body text);\nCREATE INDEX idx_notes_body ON notes (body);",
     "ALTER TABLE merchants ADD COLUMN tier text NOT NULL DEFAULT 'standard';",
-    "ALTER TABLE merchants DROP COLUMN IF EXISTS legacy_unused_column;",
+    "-- contract: nothing has read it since the previous release\nALTER TABLE merchants DROP COLUMN IF EXISTS legacy_unused_column;",
     "ALTER TABLE classifications ADD CONSTRAINT fk_x FOREIGN KEY (business_id) REFERENCES merchants (id) NOT VALID;",
 ];
 

@@ -345,7 +345,8 @@ fn lint_files(files: &[PathBuf]) -> u8 {
     let corpus = QueryCorpus::service();
     let mut findings = 0;
     for (name, sql) in &sources {
-        for f in lint::lint(sql, &corpus) {
+        let script = lint::Script::of(sql, name.ends_with(".down.sql"));
+        for f in lint::lint(sql, &corpus, script) {
             println!("{name}:{}: {}: {}", f.line, f.rule, f.message);
             findings += 1;
         }

@@ -22,6 +22,7 @@ pub enum Rule {
     ConstraintNotValid,
     ConcurrentlyInTransaction,
     NoTransactionMultipleStatements,
+    BreaksPreviousRelease,
 }
 
 impl Rule {
@@ -34,6 +35,7 @@ impl Rule {
             Rule::ConstraintNotValid => "constraint-not-valid",
             Rule::ConcurrentlyInTransaction => "concurrently-in-transaction",
             Rule::NoTransactionMultipleStatements => "no-transaction-multiple-statements",
+            Rule::BreaksPreviousRelease => "breaks-previous-release",
         }
     }
 }
@@ -55,8 +57,55 @@ pub struct Finding {
 /// The first line sqlx looks for to run a migration outside a transaction (same test as sqlx's).
 pub const NO_TRANSACTION: &str = "-- no-transaction";
 
+/// The header line that marks a migration as a contract step (on one of the file's leading comment
+/// lines).
+pub const CONTRACT: &str = "-- contract";
+
+/// Which side of an upgrade a script is on, which decides what it may break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// An ordinary up migration: it runs while the previous release still serves (before and during a
+    /// rollout), so it may only add.
+    Expand,
+    /// An up migration marked `-- contract`: it runs once a rollout has fully promoted, when no
+    /// instance of the previous release is left, so it may drop and rename what only that release read.
+    Contract,
+    /// A down script: it reverts its migration together with the code that needed it.
+    Down,
+}
+
+impl Script {
+    pub fn of(sql: &str, down: bool) -> Self {
+        if down {
+            Script::Down
+        } else if is_contract(sql) {
+            Script::Contract
+        } else {
+            Script::Expand
+        }
+    }
+}
+
+/// Whether one of the leading comment lines (before the first statement) is `-- contract`.
+pub fn is_contract(sql: &str) -> bool {
+    sql.lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with("--"))
+        .any(|l| l == CONTRACT || l.starts_with("-- contract:"))
+}
+
+fn breaks(line: usize, what: String) -> Finding {
+    Finding {
+        line,
+        rule: Rule::BreaksPreviousRelease,
+        message: format!(
+            "{what} breaks the release still serving during the rollout; do it in a later migration marked `{CONTRACT}`, which runs once the rollout has fully promoted"
+        ),
+    }
+}
+
 /// Lints one migration file's SQL. `reads` knows which columns the service's queries use.
-pub fn lint(sql: &str, reads: &QueryCorpus) -> Vec<Finding> {
+pub fn lint(sql: &str, reads: &QueryCorpus, script: Script) -> Vec<Finding> {
     let no_tx = sql.starts_with(NO_TRANSACTION);
     let statements = split(sql);
     let mut findings = Vec::new();
@@ -113,6 +162,8 @@ pub fn lint(sql: &str, reads: &QueryCorpus) -> Vec<Finding> {
                     });
                 }
             }
+        } else if words.starts_with(&["drop", "table"]) && script == Script::Expand {
+            findings.push(breaks(stmt[0].line, "DROP TABLE".into()));
         } else if (words.starts_with(&["drop", "index", "concurrently"])
             || (words.is(0, "reindex") && words.position("concurrently", 1).is_some()))
             && !no_tx
@@ -134,7 +185,7 @@ pub fn lint(sql: &str, reads: &QueryCorpus) -> Vec<Finding> {
                 continue;
             }
             for action in split_actions(&stmt[next..]) {
-                if let Some(f) = alter_action(&table, action, reads) {
+                if let Some(f) = alter_action(&table, action, reads, script) {
                     findings.push(f);
                 }
             }
@@ -154,9 +205,17 @@ fn concurrently_in_tx(line: usize) -> Finding {
 }
 
 /// One `ALTER TABLE` action (`ADD COLUMN ...`, `ALTER COLUMN ...`, `DROP ...`).
-fn alter_action(table: &str, action: &[Token], reads: &QueryCorpus) -> Option<Finding> {
+fn alter_action(
+    table: &str,
+    action: &[Token],
+    reads: &QueryCorpus,
+    script: Script,
+) -> Option<Finding> {
     let w = Words(action);
     let line = action.first()?.line;
+    if w.is(0, "rename") && script == Script::Expand {
+        return Some(breaks(line, format!("renaming in {table}")));
+    }
     if w.is(0, "add") {
         let mut i = 1;
         if w.is(i, "constraint") {
@@ -204,6 +263,9 @@ fn alter_action(table: &str, action: &[Token], reads: &QueryCorpus) -> Option<Fi
             i += 1;
         }
         let column = ident(action.get(i)?)?;
+        if w.starts_with_at(i + 1, &["set", "not", "null"]) && script == Script::Expand {
+            return Some(breaks(line, format!("SET NOT NULL on {table}.{column}")));
+        }
         if w.is(i + 1, "type") || w.starts_with_at(i + 1, &["set", "data", "type"]) {
             return Some(Finding {
                 line,
@@ -222,6 +284,9 @@ fn alter_action(table: &str, action: &[Token], reads: &QueryCorpus) -> Option<Fi
             i += 2;
         }
         let column = ident(action.get(i)?)?;
+        if script == Script::Down {
+            return None;
+        }
         if reads.reads(table, &column) {
             return Some(Finding {
                 line,
@@ -230,6 +295,9 @@ fn alter_action(table: &str, action: &[Token], reads: &QueryCorpus) -> Option<Fi
                     "DROP COLUMN {table}.{column}: the service's queries still read it; deploy code that stops reading it first"
                 ),
             });
+        }
+        if script == Script::Expand {
+            return Some(breaks(line, format!("DROP COLUMN {table}.{column}")));
         }
     }
     None
@@ -608,7 +676,11 @@ mod tests {
     }
 
     fn rules(sql: &str) -> Vec<(usize, Rule)> {
-        lint(sql, &corpus())
+        rules_as(sql, Script::Contract)
+    }
+
+    fn rules_as(sql: &str, script: Script) -> Vec<(usize, Rule)> {
+        lint(sql, &corpus(), script)
             .into_iter()
             .map(|f| (f.line, f.rule))
             .collect()
@@ -703,9 +775,60 @@ mod tests {
     }
 
     #[test]
+    fn an_expand_step_may_not_break_the_previous_release() {
+        let destructive = "ALTER TABLE merchants DROP COLUMN legacy_flag;\nDROP TABLE old_things;\nALTER TABLE merchants RENAME COLUMN name TO legal_name;\nALTER TABLE merchants RENAME TO businesses;\nALTER TABLE merchants ALTER COLUMN country SET NOT NULL;";
+        assert_eq!(
+            rules_as(destructive, Script::Expand),
+            vec![
+                (1, Rule::BreaksPreviousRelease),
+                (2, Rule::BreaksPreviousRelease),
+                (3, Rule::BreaksPreviousRelease),
+                (4, Rule::BreaksPreviousRelease),
+                (5, Rule::BreaksPreviousRelease),
+            ]
+        );
+        assert_eq!(rules_as(destructive, Script::Contract), vec![]);
+        // Adding stays allowed, and a contract step still may not drop what this release reads.
+        assert_eq!(
+            rules_as(
+                "ALTER TABLE merchants ADD COLUMN note text;",
+                Script::Expand
+            ),
+            vec![]
+        );
+        assert_eq!(
+            rules_as(
+                "ALTER TABLE merchants DROP COLUMN website;",
+                Script::Contract
+            ),
+            vec![(1, Rule::DropColumnStillRead)]
+        );
+        // A down script reverts its code too: dropping what its up added is its job.
+        assert_eq!(
+            rules_as("ALTER TABLE merchants DROP COLUMN website;", Script::Down),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn the_contract_marker_is_a_leading_comment_line() {
+        assert!(is_contract("-- contract\nALTER TABLE t DROP COLUMN c;"));
+        assert!(is_contract(
+            "-- no-transaction\n-- contract: legacy_flag is unread since 0.4\nDROP INDEX CONCURRENTLY i;"
+        ));
+        assert!(!is_contract("ALTER TABLE t DROP COLUMN c;\n-- contract"));
+        assert!(!is_contract("-- contracts are elsewhere\nSELECT 1;"));
+        assert_eq!(Script::of("-- contract\nSELECT 1", true), Script::Down);
+        assert_eq!(Script::of("-- contract\nSELECT 1", false), Script::Contract);
+        assert_eq!(Script::of("SELECT 1", false), Script::Expand);
+    }
+
+    #[test]
     fn project_migrations_are_clean() {
         for m in super::super::migrate::MIGRATOR.iter() {
-            let findings = lint(m.sql.as_str(), &QueryCorpus::service());
+            let sql = m.sql.as_str();
+            let script = Script::of(sql, m.migration_type.is_down_migration());
+            let findings = lint(sql, &QueryCorpus::service(), script);
             assert!(findings.is_empty(), "{}: {findings:?}", m.version);
         }
     }

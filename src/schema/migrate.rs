@@ -205,7 +205,11 @@ fn step(m: &Migration, elapsed: Option<Duration>) -> Step {
     Step {
         version: m.version,
         description: m.description.to_string(),
-        findings: lint::lint(m.sql.as_str(), &QueryCorpus::service()),
+        findings: lint::lint(
+            m.sql.as_str(),
+            &QueryCorpus::service(),
+            lint::Script::of(m.sql.as_str(), m.migration_type.is_down_migration()),
+        ),
         elapsed,
     }
 }

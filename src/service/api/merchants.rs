@@ -72,30 +72,38 @@ pub async fn create(
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
     let classification = classification_for(&state, &input).await?;
-    let mut tx = primary.begin().await?;
-    q::insert(&mut tx, id, &input, status, &classification).await?;
-    let merchant = q::get_for_update(&mut tx, id)
-        .await?
-        .ok_or_else(|| ApiError::Internal("inserted merchant vanished".into()))?;
-    tx.commit().await?;
+    let stamp = q::insert(primary, id, &input, status, &classification).await?;
+    let merchant = Merchant {
+        id,
+        business: input,
+        status,
+        classification: Some(classification),
+        version: stamp.version,
+        created_at: stamp.created_at,
+        updated_at: stamp.updated_at,
+    };
+    let key = keys::merchant(id);
     // A creation only stales L1 listing pages, so it is announced after the commit rather than inside
     // the transaction: a NOTIFY in a transaction holds PostgreSQL's notification-queue lock through the
     // commit's WAL flush, which serialises concurrent creations. A crash between the two costs other
     // instances a stale listing for at most the L1 TTL.
     let inv = keys::invalidation_for(&Event::MerchantCreated);
     state.cache.invalidate_local(&inv).await;
-    if let Err(e) = MultiLevelCache::publish(&shard.relaxed, &inv).await {
+    let body = json_bytes(&merchant)?;
+    // The announcement, the read-your-writes mark and the write-through are independent of each other,
+    // so their round trips overlap.
+    let (announced, (), ()) = tokio::join!(
+        MultiLevelCache::publish(&shard.relaxed, &inv),
+        shard.note_write(&key),
+        // Write-through: a merchant is usually read right after it is created (onboarding shows it, a
+        // risk assessment follows), and the new row is exactly what a read would load.
+        state.cache.put(&key, Levels::L1L2, body.clone()),
+    );
+    if let Err(e) = announced {
         tracing::warn!(error = %e, "could not announce the new merchant to other instances");
     }
-    shard.note_write(&keys::merchant(id)).await;
-    // Write-through: a merchant is usually read right after it is created (onboarding shows it, a
-    // risk assessment follows), and the new row is exactly what a read would load.
-    let key = keys::merchant(id);
-    state
-        .cache
-        .put(&key, Levels::L1L2, json_bytes(&merchant)?)
-        .await;
-    let mut resp = (StatusCode::CREATED, axum::Json(&merchant)).into_response();
+    let json = HeaderValue::from_static("application/json");
+    let mut resp = (StatusCode::CREATED, [(header::CONTENT_TYPE, json)], body).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/merchants/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
