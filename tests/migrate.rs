@@ -330,7 +330,7 @@ async fn up_refuses_a_migration_that_fails_lint_unless_allowed() {
         None,
         "nothing is applied when one pending migration is unsafe"
     );
-    let plan = migrate::plan_up(&pool, &migrator).await.unwrap();
+    let plan = migrate::plan_up(&pool, &migrator, false).await.unwrap();
     assert_eq!(plan.len(), up_versions().len() + 1);
     assert!(!plan.last().unwrap().findings.is_empty());
 
@@ -394,4 +394,98 @@ async fn a_migration_behind_a_long_lock_fails_fast_then_applies() {
         .await
         .unwrap();
     assert_eq!(failed, 0);
+}
+
+/// The upgrade contract (issue 10): the next release's expand step runs while this release serves;
+/// this binary stays ready and its `migrate up` succeeds without applying anything; contract steps
+/// wait for `--contract`.
+#[tokio::test]
+async fn expand_runs_ahead_of_the_rollout_and_contract_waits_for_full_promotion() {
+    let url = common::migrated_db().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let s = common::Service::start(common::config(&url, None)).await;
+    assert_eq!(s.get("/ready").await.status(), reqwest::StatusCode::OK);
+
+    // The next release: an expand step and a contract step.
+    let (_dir, next) = migrator_with(&[
+        (
+            "20300101000003_note.up.sql",
+            "ALTER TABLE merchants ADD COLUMN note text;\n",
+        ),
+        (
+            "20300101000004_drop_note.up.sql",
+            "-- contract: nothing reads note since the release that stopped writing it\nALTER TABLE merchants DROP COLUMN note;\n",
+        ),
+    ])
+    .await;
+    let applied = migrate::up_with(&pool, &next, &opts(false)).await.unwrap();
+    let versions: Vec<i64> = applied.iter().map(|s| s.version).collect();
+    assert_eq!(
+        versions,
+        vec![20300101000003],
+        "the contract step is held back"
+    );
+    let held: Vec<i64> = migrate::held_back(&pool, &next)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.version)
+        .collect();
+    assert_eq!(held, vec![20300101000004]);
+
+    // This (now older) release keeps serving and stays ready on the newer schema.
+    let r = s.get("/ready").await;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body.to_string().contains("schema at 20300101000003"),
+        "{body}"
+    );
+    // Its `migrate up` (the binary, as a rollback would run it) succeeds and applies nothing; its
+    // `migrate status` reports the newer migration without failing.
+    let out = common::kybctl(&["migrate", "up", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("nothing to apply"), "{stdout}");
+    let out = common::kybctl(&["migrate", "status", "--database-url", &url]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("applied by a newer release"), "{stdout}");
+
+    // After full promotion: the contract step.
+    let contract = RunOptions {
+        contract: true,
+        ..opts(false)
+    };
+    let applied = migrate::up_with(&pool, &next, &contract).await.unwrap();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].version, 20300101000004);
+    let note: Option<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'merchants' AND column_name = 'note'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    assert_eq!(note, None);
+    assert_eq!(s.get("/ready").await.status(), reqwest::StatusCode::OK);
+    s.stop().await;
+}
+
+/// A migration the binary needs but the database lacks makes it unready, naming the version.
+#[tokio::test]
+async fn a_missing_migration_makes_the_service_unready() {
+    let url = common::migrated_db().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let newest = *up_versions().last().unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(newest)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let s = common::Service::start(common::config(&url, None)).await;
+    let r = s.get("/ready").await;
+    assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body = r.text().await.unwrap();
+    assert!(body.contains(&format!("lacks {newest}")), "{body}");
+    s.stop().await;
 }

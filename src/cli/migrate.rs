@@ -17,7 +17,8 @@ use crate::service::db::ShardPools;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MigrateCommand {
-    /// Apply every pending migration on every shard (safe to run from several processes at once).
+    /// Apply every pending expand migration on every shard (safe to run from several processes at
+    /// once). Contract steps (`-- contract`) wait for `--contract`.
     Up {
         #[command(flatten)]
         overrides: Overrides,
@@ -29,6 +30,11 @@ pub enum MigrateCommand {
         /// Print what would be applied on each shard (with lint findings) and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply contract steps too: migrations that drop or rename what the previous release read.
+        /// Only once every instance runs this release (the operator runs it after a rollout has fully
+        /// promoted).
+        #[arg(long)]
+        contract: bool,
     },
     /// Revert the newest applied migrations on every shard (their .down.sql scripts).
     Down {
@@ -77,8 +83,12 @@ pub async fn run(cmd: MigrateCommand) -> u8 {
             run,
             allow_unsafe,
             dry_run,
+            contract,
         } => {
-            let opts = options(&run, allow_unsafe);
+            let opts = RunOptions {
+                contract,
+                ..options(&run, allow_unsafe)
+            };
             each_shard(&overrides, |s| up(s, &opts, dry_run)).await
         }
         MigrateCommand::Down {
@@ -102,6 +112,7 @@ fn options(run: &RunArgs, allow_unsafe: bool) -> RunOptions {
         lock_timeout: run.lock_timeout,
         statement_timeout: run.statement_timeout,
         allow_unsafe,
+        contract: false,
     }
 }
 
@@ -125,10 +136,10 @@ where
 async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool) -> u8 {
     let id = &shard.id;
     if dry_run {
-        return match migrate::plan_up(&shard.primary, &MIGRATOR).await {
+        return match migrate::plan_up(&shard.primary, &MIGRATOR, opts.contract).await {
             Ok(steps) if steps.is_empty() => {
                 println!("shard {id}: nothing to apply");
-                exit::OK
+                held_back(&shard, opts).await
             }
             Ok(steps) => {
                 let mut code = exit::OK;
@@ -145,7 +156,7 @@ async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool)
                         code = exit::CHECK_FAILED;
                     }
                 }
-                code
+                code.max(held_back(&shard, opts).await)
             }
             Err(e) => failed(&shard, "read migrations of", &e),
         };
@@ -167,16 +178,20 @@ async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool)
             if let Err(e) = reference::sync(&shard.primary).await {
                 return failed(&shard, "refresh reference data on", &e.into());
             }
+            let newest = migrate::applied_version(&shard.primary)
+                .await
+                .ok()
+                .flatten();
             println!(
                 "shard {id}: schema at version {}{}",
-                migrate::expected_version(),
+                newest.unwrap_or(0),
                 if steps.is_empty() {
                     " (nothing to apply)"
                 } else {
                     ""
                 }
             );
-            exit::OK
+            held_back(&shard, opts).await
         }
         Err(e) => {
             if let MigrateError::Unsafe { version, findings } = &e {
@@ -187,6 +202,25 @@ async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool)
             }
             failed(&shard, "migrate", &e)
         }
+    }
+}
+
+/// Says which contract steps an expand-only run left for later; they are not a failure.
+async fn held_back(shard: &ShardPools, opts: &RunOptions) -> u8 {
+    if opts.contract {
+        return exit::OK;
+    }
+    match migrate::held_back(&shard.primary, &MIGRATOR).await {
+        Ok(held) => {
+            for s in held {
+                println!(
+                    "shard {}: holding contract step {} {} until `kybctl migrate up --contract` (once every instance runs this release)",
+                    shard.id, s.version, s.description
+                );
+            }
+            exit::OK
+        }
+        Err(e) => failed(shard, "read migrations of", &e),
     }
 }
 
@@ -280,6 +314,11 @@ impl ShardReport for Status {
             m.checksum.clone(),
             if m.is_problem() {
                 problem(m)
+            } else if m.newer_release {
+                "applied by a newer release".into()
+            } else if m.contract && m.state == migrate::State::Pending {
+                "contract step: `migrate up --contract` once every instance runs this release"
+                    .into()
             } else {
                 String::new()
             },
@@ -289,7 +328,8 @@ impl ShardReport for Status {
 
 fn problem(m: &MigrationStatus) -> String {
     if !m.embedded {
-        "is applied but not in this binary (applied by a newer kybctl?)".into()
+        "is applied but not in this binary, and older than its newest: the histories diverged"
+            .into()
     } else if m.checksum_mismatch {
         "was modified after it was applied (its checksum differs from the embedded script's)".into()
     } else {

@@ -17,9 +17,57 @@ use crate::db_error::{is_connection_error, DbError};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// The schema version this binary expects: its newest embedded migration.
+/// The newest migration embedded in this binary.
 pub fn expected_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Whether a migration is a contract step (`-- contract`): it runs only once no instance of the
+/// previous release is left, so this release's binaries must work before it is applied.
+pub fn is_contract_step(m: &Migration) -> bool {
+    m.migration_type.is_up_migration() && lint::is_contract(m.sql.as_str())
+}
+
+/// The migrations a run may apply: every one in a contract run, otherwise all but the contract steps.
+/// Versions recorded in the database but absent here (applied by a newer release, or contract steps
+/// held back) are not this run's business, so sqlx is told to ignore them: an older binary's
+/// `migrate up` on a newer schema applies nothing and succeeds.
+pub fn runnable(migrator: &Migrator, contract: bool) -> Migrator {
+    let mut m = Migrator::with_migrations(
+        migrator
+            .iter()
+            .filter(|m| contract || !is_contract_step(m))
+            .cloned()
+            .collect(),
+    );
+    m.set_ignore_missing(true);
+    m
+}
+
+/// The embedded migrations this binary needs before it may serve: every expand step. Contract steps
+/// and migrations of newer releases do not matter (expand/contract: a newer schema only adds).
+pub fn missing_for_readiness(migrator: &Migrator, applied: &[i64]) -> Vec<i64> {
+    migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !is_contract_step(m))
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect()
+}
+
+/// The successfully applied versions, or `None` before the first migration.
+pub async fn applied_versions(pool: &PgPool) -> Result<Option<Vec<i64>>, DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(Some(
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?,
+    ))
 }
 
 /// The newest successfully applied migration, or `None` before the first one.
@@ -37,10 +85,15 @@ pub async fn applied_version(pool: &PgPool) -> Result<Option<i64>, DbError> {
     )
 }
 
-/// Applies the pending embedded migrations with the default options (concurrent runners apply each
-/// once) and then refreshes the reference tables: what the demo and the tests need.
+/// Applies every pending embedded migration, contract steps included (concurrent runners apply each
+/// once), and then refreshes the reference tables: what the demo and the tests need, where no older
+/// release is running.
 pub async fn up(pool: &PgPool) -> Result<(), MigrateError> {
-    up_with(pool, &MIGRATOR, &RunOptions::default()).await?;
+    let opts = RunOptions {
+        contract: true,
+        ..RunOptions::default()
+    };
+    up_with(pool, &MIGRATOR, &opts).await?;
     super::reference::sync(pool).await?;
     Ok(())
 }
@@ -55,6 +108,8 @@ pub struct RunOptions {
     pub statement_timeout: Duration,
     /// Apply migrations even when lint finds something.
     pub allow_unsafe: bool,
+    /// Apply contract steps too (only once every instance runs this release).
+    pub contract: bool,
 }
 
 impl Default for RunOptions {
@@ -64,6 +119,7 @@ impl Default for RunOptions {
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(60),
             allow_unsafe: false,
+            contract: false,
         }
     }
 }
@@ -106,14 +162,21 @@ pub struct MigrationStatus {
     pub checksum: String,
     /// The applied script's checksum differs from the embedded one: it was edited after applying.
     pub checksum_mismatch: bool,
-    /// False for a migration the database has but this binary does not (a newer binary applied it).
+    /// False for a migration the database has but this binary does not.
     pub embedded: bool,
+    /// Not embedded and newer than every embedded migration: a newer release applied it, which
+    /// expand/contract allows. An unknown migration among known ones is a diverged history.
+    pub newer_release: bool,
+    /// A contract step (`-- contract`): `migrate up` holds it back until `--contract`.
+    pub contract: bool,
 }
 
 impl MigrationStatus {
     /// Whether this row fails `migrate status`'s check.
     pub fn is_problem(&self) -> bool {
-        self.checksum_mismatch || self.state == State::Failed || !self.embedded
+        self.checksum_mismatch
+            || self.state == State::Failed
+            || (!self.embedded && !self.newer_release)
     }
 }
 
@@ -178,9 +241,12 @@ pub fn merge_status(migrator: &Migrator, applied: &[AppliedRow]) -> Vec<Migratio
                 checksum: short_hex(&m.checksum),
                 checksum_mismatch: row.is_some_and(|a| a.checksum != *m.checksum),
                 embedded: true,
+                newer_release: false,
+                contract: is_contract_step(m),
             }
         })
         .collect();
+    let newest_embedded = migrator.iter().map(|m| m.version).max().unwrap_or(0);
     for a in applied {
         if !rows.iter().any(|r| r.version == a.version) {
             rows.push(MigrationStatus {
@@ -194,6 +260,8 @@ pub fn merge_status(migrator: &Migrator, applied: &[AppliedRow]) -> Vec<Migratio
                 checksum: short_hex(&a.checksum),
                 checksum_mismatch: false,
                 embedded: false,
+                newer_release: a.version > newest_embedded,
+                contract: false,
             });
         }
     }
@@ -238,11 +306,26 @@ pub async fn status(
 }
 
 /// What `up` would apply, with lint findings; takes no lock and changes nothing.
-pub async fn plan_up(pool: &PgPool, migrator: &Migrator) -> Result<Vec<Step>, MigrateError> {
+pub async fn plan_up(
+    pool: &PgPool,
+    migrator: &Migrator,
+    contract: bool,
+) -> Result<Vec<Step>, MigrateError> {
+    let mut conn = pool.acquire().await?;
+    let applied = applied_rows(&mut conn).await?;
+    Ok(pending(&runnable(migrator, contract), &applied)
+        .into_iter()
+        .map(|m| step(m, None))
+        .collect())
+}
+
+/// The contract steps not yet applied: what `up` without `--contract` leaves for later.
+pub async fn held_back(pool: &PgPool, migrator: &Migrator) -> Result<Vec<Step>, MigrateError> {
     let mut conn = pool.acquire().await?;
     let applied = applied_rows(&mut conn).await?;
     Ok(pending(migrator, &applied)
         .into_iter()
+        .filter(|m| is_contract_step(m))
         .map(|m| step(m, None))
         .collect())
 }
@@ -268,6 +351,7 @@ pub async fn up_with(
     migrator: &Migrator,
     opts: &RunOptions,
 ) -> Result<Vec<Step>, MigrateError> {
+    let migrator = &runnable(migrator, opts.contract);
     let mut conn = session(pool, opts).await?;
     let applied = applied_rows(&mut conn).await?;
     let pending = pending(migrator, &applied);
@@ -291,7 +375,7 @@ pub async fn up_with(
         done.push(step(m, Some(started.elapsed())));
     }
     // With nothing (more) to apply this only validates: it fails when an applied migration was
-    // modified, missing or left failed, as a plain sqlx run would.
+    // modified or left failed, as a plain sqlx run would.
     migrator.run(&mut conn).await?;
     conn.close().await.ok();
     Ok(done)
@@ -463,10 +547,11 @@ mod tests {
     }
 
     #[test]
-    fn status_flags_edits_failures_and_unknown_versions() {
+    fn status_flags_edits_failures_and_diverged_versions_not_newer_ones() {
         let m = migrator();
         let first = m.iter().next().unwrap().checksum.to_vec();
         let applied = [
+            row(0, true, b"z"),
             row(1, true, &first),
             row(2, false, b"x"),
             row(9, true, b"y"),
@@ -479,14 +564,19 @@ mod tests {
         assert_eq!(
             summary,
             vec![
+                (0, State::Applied, false, false),
                 (1, State::Applied, false, true),
                 (2, State::Failed, true, true),
                 (3, State::Pending, false, true),
                 (9, State::Applied, false, false),
             ]
         );
-        assert_eq!(s[0].checksum, short_hex(&first));
-        assert_eq!(s[0].checksum.len(), 16);
-        assert!(!s[0].is_problem() && s[1].is_problem() && !s[2].is_problem() && s[3].is_problem());
+        assert_eq!(s[1].checksum, short_hex(&first));
+        assert_eq!(s[1].checksum.len(), 16);
+        let problems: Vec<bool> = s.iter().map(MigrationStatus::is_problem).collect();
+        // 0 is unknown and older than the newest embedded one: a diverged history. 9 is a newer
+        // release's, which expand/contract allows.
+        assert_eq!(problems, vec![true, false, true, false, false]);
+        assert!(s[4].newer_release && !s[0].newer_release);
     }
 }

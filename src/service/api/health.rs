@@ -31,14 +31,36 @@ struct Check {
 
 const SCHEMA_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Readiness: every shard's primary reachable and the schema at the version this binary expects.
+/// The schema part of readiness, expand/contract style: ready when every migration this binary needs is
+/// applied. Newer ones are allowed, so the previous release stays ready while the next one's
+/// migration runs ahead of its rollout.
+fn schema_check(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> (bool, String) {
+    let newest = applied.iter().max().copied().unwrap_or(0);
+    let missing = migrate::missing_for_readiness(migrator, applied);
+    if missing.is_empty() {
+        (
+            true,
+            format!("schema at {newest}, has every migration this binary needs"),
+        )
+    } else {
+        let list: Vec<String> = missing.iter().map(i64::to_string).collect();
+        (
+            false,
+            format!(
+                "schema at {newest}, lacks {} this binary needs: run `kybctl migrate up`",
+                list.join(", ")
+            ),
+        )
+    }
+}
+
+/// Readiness: every shard's primary reachable and every migration this binary needs applied.
 /// Redis is reported but does not gate readiness: the service answers without it.
 #[utoipa::path(get, path = "/ready", responses(
     (status = 200, description = "Ready"),
     (status = 503, description = "Not ready; the body lists the failing checks")), tag = "operations")]
 pub async fn ready(axum::extract::State(state): State) -> Response {
     let mut checks = Vec::new();
-    let expected = migrate::expected_version();
     for shard in state.db.shards() {
         let name = format!("shard {} primary", shard.id);
         if !shard.primary_up() {
@@ -51,15 +73,11 @@ pub async fn ready(axum::extract::State(state): State) -> Response {
         }
         let applied = tokio::time::timeout(
             SCHEMA_CHECK_TIMEOUT,
-            migrate::applied_version(&shard.primary),
+            migrate::applied_versions(&shard.primary),
         )
         .await;
         let (ok, detail) = match applied {
-            Ok(Ok(Some(v))) if v == expected => (true, format!("schema at {v}")),
-            Ok(Ok(Some(v))) => (
-                false,
-                format!("schema at {v}, this binary expects {expected}: run `kybctl migrate up`"),
-            ),
+            Ok(Ok(Some(applied))) => schema_check(&migrate::MIGRATOR, &applied),
             Ok(Ok(None)) => (
                 false,
                 "schema not migrated: run `kybctl migrate up`".to_owned(),
@@ -134,4 +152,43 @@ pub async fn metrics(axum::extract::State(state): State) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::SqlSafeStr;
+
+    #[test]
+    fn ready_with_newer_migrations_and_held_contract_steps_not_with_missing_ones() {
+        let m = |v, sql: &'static str| {
+            Migration::new(
+                v,
+                "m".into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        };
+        let migrator = Migrator::with_migrations(vec![
+            m(1, "CREATE TABLE a (x int)"),
+            m(2, "ALTER TABLE a ADD COLUMN y int"),
+            m(3, "-- contract\nALTER TABLE a DROP COLUMN x"),
+        ]);
+        assert!(
+            schema_check(&migrator, &[1, 2]).0,
+            "contract step 3 may wait"
+        );
+        assert!(
+            schema_check(&migrator, &[1, 2, 3, 4]).0,
+            "4 is a newer release's"
+        );
+        let (ok, detail) = schema_check(&migrator, &[1, 3]);
+        assert!(!ok);
+        assert_eq!(
+            detail,
+            "schema at 3, lacks 2 this binary needs: run `kybctl migrate up`"
+        );
+    }
 }
