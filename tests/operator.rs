@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use cluster::{check, check_with_stdin, cluster, eventually, run};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
 use kybctl::operator::controller;
 use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::metrics::{OperatorMetrics, Outcome};
@@ -25,14 +27,7 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
     let op = Operator::start(&ns).await;
     operator::apply_platform(&ns, "kyb").await;
     operator::wait_ready(&ns, "kyb", "120s").await;
-    for kind in [
-        "deployment",
-        "service",
-        "hpa",
-        "pdb",
-        "configmap/kyb-config",
-        "serviceaccount",
-    ] {
+    for kind in ["deployment", "service", "hpa", "pdb", "serviceaccount"] {
         let target = if kind.contains('/') {
             kind.to_owned()
         } else {
@@ -51,6 +46,80 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
         Some("registry.example.com/kybctl:1")
     );
     assert_eq!(condition(&kp, "MigrationsApplied").unwrap().0, "True");
+    let migrated = status
+        .migrated_schema
+        .clone()
+        .expect("status.migratedSchema");
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let names = |list: Vec<String>| list.into_iter().collect::<std::collections::BTreeSet<_>>();
+    let config_map_names = || async {
+        names(
+            config_maps
+                .list(&ListParams::default().labels("app.kubernetes.io/component=config"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|c| c.metadata.name.unwrap())
+                .collect(),
+        )
+    };
+    let job_names = || async {
+        names(
+            jobs.list(&ListParams::default().labels("kyb.io/migration-phase=expand"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|j| j.metadata.name.unwrap())
+                .collect(),
+        )
+    };
+    // One immutable ConfigMap per configuration, named by it; the Job has a deadline and a TTL.
+    let first_configs = config_map_names().await;
+    assert_eq!(first_configs.len(), 1, "{first_configs:?}");
+    let first_config = first_configs.iter().next().unwrap().clone();
+    assert!(first_config.starts_with("kyb-config-"), "{first_config}");
+    assert_eq!(
+        config_maps.get(&first_config).await.unwrap().immutable,
+        Some(true)
+    );
+    let first_jobs = job_names().await;
+    assert_eq!(first_jobs.len(), 1, "{first_jobs:?}");
+    let job = jobs.get(first_jobs.iter().next().unwrap()).await.unwrap();
+    let job_spec = job.spec.unwrap();
+    assert_eq!(job_spec.active_deadline_seconds, Some(600));
+    assert_eq!(job_spec.ttl_seconds_after_finished, Some(3600));
+    // Fully promoted (every pod on the spec's image, none left over): the contract steps run.
+    eventually(
+        Duration::from_secs(60),
+        "the contract Job to succeed",
+        || async {
+            let kp = kps.get("kyb").await.unwrap();
+            kp.status.unwrap_or_default().contracted_schema.as_deref() == Some(migrated.as_str())
+        },
+    )
+    .await;
+    let contract = jobs
+        .list(&ListParams::default().labels("kyb.io/migration-phase=contract"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(contract.len(), 1);
+    let args = contract[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.iter().any(|a| a == "--contract"), "{args:?}");
     assert_eq!(
         status.endpoint.as_deref(),
         Some(format!("http://kyb.{ns}.svc:80").as_str())
@@ -91,6 +160,62 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
         "a no-op reconcile reads only its Secret"
     );
 
+    // A manual edit of an owned field is drift: undone within one resync (the edit's watch event
+    // triggers it), while fields the operator does not own (an extra label) are left alone.
+    let corrections = op.metrics.drift_corrections.get();
+    check(c.kubectl().args([
+        "set",
+        "image",
+        "-n",
+        &ns,
+        "deployment/kyb",
+        "api=registry.example.com/kybctl:edited",
+    ]));
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "pdb/kyb",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"maxUnavailable":3},"metadata":{"labels":{"team":"payments"}}}"#,
+    ]));
+    eventually(
+        Duration::from_secs(30),
+        "the edits to be undone",
+        || async {
+            let d = deployments.get("kyb").await.unwrap();
+            let image = d.spec.unwrap().template.spec.unwrap().containers[0]
+                .image
+                .clone();
+            let (_, pdb, _) = run(c.kubectl().args([
+                "get",
+                "-n",
+                &ns,
+                "pdb/kyb",
+                "-o",
+                "jsonpath={.spec.maxUnavailable}/{.metadata.labels.team}",
+            ]));
+            image.as_deref() == Some("registry.example.com/kybctl:1") && pdb.trim() == "1/payments"
+        },
+    )
+    .await;
+    assert!(op.metrics.drift_corrections.get() >= corrections + 2);
+    // Corrected, and then quiet again: nothing differs, nothing is written.
+    operator::wait_ready(&ns, "kyb", "60s").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes = op.metrics.writes.get();
+    check(c.kubectl().args([
+        "label",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "touched=again",
+        "--overwrite",
+    ]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(op.metrics.writes.get(), writes, "no writes once converged");
+
     // A configuration change rolls the pods (new config hash on the template).
     let hash = |d: &Deployment| {
         d.spec
@@ -119,6 +244,64 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
         Duration::from_secs(30),
         "the config change to reach the Deployment",
         || async { hash(&deployments.get("kyb").await.unwrap()) != old_hash },
+    )
+    .await;
+    // A new ConfigMap for the new configuration; the old one stays for the old ReplicaSet's pods. No
+    // schema moved, so no migration Job ran.
+    let configs = config_map_names().await;
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert!(configs.contains(&first_config));
+    assert_eq!(
+        job_names().await,
+        first_jobs,
+        "a cache setting migrates nothing"
+    );
+
+    // The finished Job is cleaned up (its TTL, done by hand here): status remembers the migration, so
+    // no new Job is made for the same schema.
+    for j in &first_jobs {
+        check(
+            c.kubectl()
+                .args(["delete", "-n", &ns, "job", j, "--wait=true"]),
+        );
+    }
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cache":{"l1Ttl":"2m"}}}"#,
+    ]));
+    eventually(Duration::from_secs(30), "a third configuration", || async {
+        config_map_names().await.len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        job_names().await.is_empty(),
+        "the migration must not run again"
+    );
+
+    // A new shard is a new migration target: a config-only change that runs a migration Job.
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"database":{"primary":null,"shards":[{"id":"a","primary":{"name":"kyb-db","key":"url"}}]}}}"#,
+    ]));
+    eventually(
+        Duration::from_secs(60),
+        "the new shard migrated",
+        || async {
+            let kp = kps.get("kyb").await.unwrap();
+            let st = kp.status.unwrap_or_default();
+            st.migrated_schema.is_some_and(|m| m != migrated) && !job_names().await.is_empty()
+        },
     )
     .await;
 
@@ -267,6 +450,8 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
         ("watch", "deployments", "", "yes"),
         ("list", "secrets", "", "no"),
         ("delete", "deployments", "", "no"),
+        ("delete", "configmaps", "", "yes"), // configurations past the revision history
+        ("delete", "services", "", "no"),
         ("create", "pods", "", "no"),
     ] {
         let sub = format!("--subresource={subresource}");
@@ -404,7 +589,21 @@ async fn a_restart_mid_reconcile_converges_without_duplicates() {
     let count = |kind: &'static str| {
         let ns = ns.clone();
         move || {
-            let (_, out, _) = run(c.kubectl().args(["get", kind, "-n", &ns, "-o", "name"]));
+            // Jobs: the expand Job of the release (its contract Job follows the rollout).
+            let (_, out, _) = run(c.kubectl().args([
+                "get",
+                kind,
+                "-n",
+                &ns,
+                "-o",
+                "name",
+                "-l",
+                if kind == "jobs" {
+                    "kyb.io/migration-phase!=contract"
+                } else {
+                    "app.kubernetes.io/instance=kyb"
+                },
+            ]));
             out.lines().filter(|l| !l.trim().is_empty()).count()
         }
     };

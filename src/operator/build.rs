@@ -51,10 +51,41 @@ pub struct Children {
     /// Absent when autoscaling is disabled (and then deleted if it exists).
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: PodDisruptionBudget,
-    /// The migration Job for the spec's image; absent when migrations are disabled.
+    /// The migration Job for the spec's image (expand steps); absent when migrations are disabled.
     pub migration_job: Option<Job>,
-    /// Short hash of image and configuration: names the migration Job and marks the revision in status.
+    /// `migrate up --contract`, run once the rollout has fully promoted; absent with migrations off.
+    pub contract_job: Option<Job>,
+    /// Short hash of image and configuration: marks the revision in status and on its pods.
     pub revision: String,
+    /// Short hash of what a migration depends on (the image and the databases it migrates): names the
+    /// migration Job, and `status.migratedSchema` records it once that Job succeeded.
+    pub schema: String,
+}
+
+/// ReplicaSets the Deployment keeps for `kubectl rollout undo`; set explicitly because the number of
+/// configuration ConfigMaps kept follows from it.
+pub const REVISION_HISTORY_LIMIT: i32 = 10;
+
+/// The configuration ConfigMaps of a platform to delete: all but the current one and the newest
+/// `REVISION_HISTORY_LIMIT` others. Every new configuration makes a new ReplicaSet, so the ConfigMap of
+/// any ReplicaSet the Deployment still keeps is among those newest ones. `existing` holds each
+/// ConfigMap's name and creation time (RFC 3339, so it sorts as text).
+pub fn stale_config_maps(current: &str, existing: &[(String, String)]) -> Vec<String> {
+    let mut others: Vec<&(String, String)> =
+        existing.iter().filter(|(n, _)| n != current).collect();
+    // Newest first; the name breaks ties so the answer does not depend on the cache's order.
+    others.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    others
+        .into_iter()
+        .skip(REVISION_HISTORY_LIMIT as usize)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The name of a configuration's ConfigMap: immutable, one per configuration, so a pod of an older
+/// revision that restarts mid-rollout still reads the configuration it was built for.
+fn config_map_name(name: &str, config_hash: &str) -> String {
+    format!("{name}-config-{config_hash}")
 }
 
 fn labels(kp: &KybPlatform, component: &str) -> BTreeMap<String, String> {
@@ -157,7 +188,7 @@ fn pod_security_context() -> PodSecurityContext {
     }
 }
 
-fn volumes(name: &str, rendered: &Rendered) -> Vec<Volume> {
+fn volumes(config_map: &str, rendered: &Rendered) -> Vec<Volume> {
     let mut by_secret: BTreeMap<&str, Vec<KeyToPath>> = BTreeMap::new();
     for m in &rendered.mounts {
         by_secret.entry(&m.secret).or_default().push(KeyToPath {
@@ -181,7 +212,7 @@ fn volumes(name: &str, rendered: &Rendered) -> Vec<Volume> {
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: format!("{name}-config"),
+                name: config_map.to_owned(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -272,6 +303,17 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
     let revision = hash(&[&spec.image, &rendered.config_yaml]);
     let config_hash = hash(&[&rendered.config_yaml, &format!("{:?}", rendered.mounts)]);
+    let config_map_name = config_map_name(&name, &hash(&[&rendered.config_yaml]));
+    let db = &spec.database;
+    let shard_primaries: Vec<(&str, &crate::operator::crd::SecretKeyRef)> = db
+        .shards
+        .iter()
+        .map(|s| (s.id.as_str(), &s.primary))
+        .collect();
+    let schema = hash(&[
+        &spec.image,
+        &format!("{:?}", (&db.primary, shard_primaries)),
+    ]);
 
     let service_account = ServiceAccount {
         metadata: meta(kp, name.clone(), "api")?,
@@ -280,11 +322,12 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         ..Default::default()
     };
     let config_map = ConfigMap {
-        metadata: meta(kp, format!("{name}-config"), "api")?,
+        metadata: meta(kp, config_map_name.clone(), "config")?,
         data: Some(BTreeMap::from([(
             CONFIG_FILE.to_owned(),
             rendered.config_yaml.clone(),
         )])),
+        immutable: Some(true),
         ..Default::default()
     };
 
@@ -316,6 +359,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         metadata: meta(kp, name.clone(), "api")?,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
+            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 ..Default::default()
@@ -341,7 +385,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
                     automount_service_account_token: Some(false),
                     security_context: Some(pod_security_context()),
                     containers: vec![api],
-                    volumes: Some(volumes(&name, &rendered)),
+                    volumes: Some(volumes(&config_map_name, &rendered)),
                     topology_spread_constraints: Some(vec![TopologySpreadConstraint {
                         max_skew: 1,
                         topology_key: "kubernetes.io/hostname".into(),
@@ -438,42 +482,21 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         ..Default::default()
     };
 
-    let migration_job = spec
-        .migrations
-        .enabled
-        .then(|| -> Result<Job, BuildError> {
-            let mut c = container(kp, "migrate", &["migrate", "up", "--config", &config_arg]);
-            c.resources = spec.resources.clone();
-            // Named by everything it runs, so any change to the migration (a new image, a fixed pod
-            // annotation) gets a fresh Job instead of finding the failed one; Jobs are immutable anyway.
-            let job_hash = hash(&[&revision, &format!("{:?}", spec.migrations.pod_annotations)]);
-            Ok(Job {
-                metadata: meta(kp, format!("{name}-migrate-{job_hash}"), "migrations")?,
-                spec: Some(JobSpec {
-                    backoff_limit: Some(2),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(labels(kp, "migrations")),
-                            annotations: (!spec.migrations.pod_annotations.is_empty())
-                                .then(|| spec.migrations.pod_annotations.clone()),
-                            ..Default::default()
-                        }),
-                        spec: Some(PodSpec {
-                            restart_policy: Some("Never".into()),
-                            service_account_name: Some(name.clone()),
-                            automount_service_account_token: Some(false),
-                            security_context: Some(pod_security_context()),
-                            containers: vec![c],
-                            volumes: Some(volumes(&name, &rendered)),
-                            ..Default::default()
-                        }),
-                    },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        })
-        .transpose()?;
+    // Named by what it migrates and how, so a new image, a new shard or a fixed pod annotation gets a
+    // fresh Job instead of finding the failed one (Jobs are immutable anyway), while a change that
+    // moves no schema (a cache TTL) needs none.
+    let job_hash = hash(&[&schema, &format!("{:?}", spec.migrations)]);
+    let job = |phase: MigrationPhase| {
+        migration_job(kp, &name, phase, &job_hash, &config_map_name, &rendered)
+    };
+    let (migration_job, contract_job) = if spec.migrations.enabled {
+        (
+            Some(job(MigrationPhase::Expand)?),
+            Some(job(MigrationPhase::Contract)?),
+        )
+    } else {
+        (None, None)
+    };
 
     Ok(Children {
         service_account,
@@ -483,7 +506,85 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         hpa,
         pdb,
         migration_job,
+        contract_job,
         revision,
+        schema,
+    })
+}
+
+/// The two migration Jobs of a release: expand steps before its pods get traffic, contract steps once
+/// no pod of the previous release is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationPhase {
+    Expand,
+    Contract,
+}
+
+impl MigrationPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationPhase::Expand => "expand",
+            MigrationPhase::Contract => "contract",
+        }
+    }
+}
+
+/// The label that tells the two Jobs apart.
+pub const MIGRATION_PHASE_LABEL: &str = "kyb.io/migration-phase";
+
+fn migration_job(
+    kp: &KybPlatform,
+    name: &str,
+    phase: MigrationPhase,
+    job_hash: &str,
+    config_map: &str,
+    rendered: &Rendered,
+) -> Result<Job, BuildError> {
+    let spec = &kp.spec;
+    let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
+    let mut args = vec!["migrate", "up", "--config", &config_arg];
+    if phase == MigrationPhase::Contract {
+        args.push("--contract");
+    }
+    let mut c = container(kp, "migrate", &args);
+    c.resources = spec.resources.clone();
+    let mut labels = labels(kp, "migrations");
+    labels.insert(MIGRATION_PHASE_LABEL.into(), phase.as_str().into());
+    let job_name = match phase {
+        MigrationPhase::Expand => format!("{name}-migrate-{job_hash}"),
+        MigrationPhase::Contract => format!("{name}-contract-{job_hash}"),
+    };
+    let mut metadata = meta(kp, job_name, "migrations")?;
+    metadata.labels = Some(labels.clone());
+    Ok(Job {
+        metadata,
+        spec: Some(JobSpec {
+            backoff_limit: Some(2),
+            // A migration stuck behind a lock fails the Job (and the rollout says so) rather than
+            // holding the rollout forever.
+            active_deadline_seconds: Some(spec.migrations.active_deadline_seconds),
+            // status.migratedSchema remembers the success, so finished Jobs need not pile up.
+            ttl_seconds_after_finished: Some(spec.migrations.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: (!spec.migrations.pod_annotations.is_empty())
+                        .then(|| spec.migrations.pod_annotations.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some(name.to_owned()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security_context()),
+                    containers: vec![c],
+                    volumes: Some(volumes(config_map, rendered)),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
     })
 }
 
@@ -520,6 +621,7 @@ mod tests {
             &c.hpa.as_ref().unwrap().metadata,
             &c.pdb.metadata,
             &c.migration_job.as_ref().unwrap().metadata,
+            &c.contract_job.as_ref().unwrap().metadata,
         ];
         for m in metas {
             let owner = &m.owner_references.as_ref().unwrap()[0];
@@ -663,15 +765,93 @@ mod tests {
             hash(&b),
             "a config change must change the pod template"
         );
+        let job_name = |c: &Children| c.migration_job.as_ref().unwrap().metadata.name.clone();
+        let volume = |c: &Children| {
+            c.deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .volumes
+                .as_ref()
+                .unwrap()[0]
+                .config_map
+                .as_ref()
+                .unwrap()
+                .name
+                .clone()
+        };
+        assert_ne!(a.config_map.metadata.name, b.config_map.metadata.name);
+        assert_eq!(b.config_map.immutable, Some(true));
+        assert_eq!(volume(&b), b.config_map.metadata.name.clone().unwrap());
+        assert_eq!(a.schema, b.schema, "a cache setting moves no schema");
+        assert_eq!(job_name(&a), job_name(&b));
         let mut kp = minimal();
         kp.spec.image = "registry.example.com/kybctl:0.2.0".into();
         let c = build(&kp).unwrap();
         assert_eq!(hash(&a), hash(&c));
+        assert_eq!(a.config_map, c.config_map);
+        assert_ne!(a.schema, c.schema);
         assert_ne!(
-            a.migration_job.unwrap().metadata.name,
-            c.migration_job.unwrap().metadata.name,
+            job_name(&a),
+            job_name(&c),
             "a new image gets its own migration Job"
         );
+        let mut kp = minimal();
+        kp.spec.database.shards = vec![crate::operator::crd::ShardSpec {
+            id: "a".into(),
+            primary: kp.spec.database.primary.clone().unwrap(),
+            replicas: vec![],
+            range_from: None,
+        }];
+        let d = build(&kp).unwrap();
+        assert_ne!(a.schema, d.schema, "a new shard is a new migration target");
+        assert_ne!(job_name(&a), job_name(&d));
+        let job = d.migration_job.clone().unwrap().spec.unwrap();
+        assert_eq!(job.active_deadline_seconds, Some(600));
+        assert_eq!(job.ttl_seconds_after_finished, Some(3600));
+        let args = |j: &Job| {
+            j.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        assert!(!args(d.migration_job.as_ref().unwrap()).contains(&"--contract".to_owned()));
+        assert!(args(d.contract_job.as_ref().unwrap()).contains(&"--contract".to_owned()));
+    }
+
+    #[test]
+    fn config_maps_beyond_the_revision_history_are_stale() {
+        let at = |n: usize| {
+            (
+                format!("kyb-config-{n:02}"),
+                format!("2026-11-30T10:{n:02}:00Z"),
+            )
+        };
+        let existing: Vec<(String, String)> = (0..14).map(at).collect();
+        // The current one (an old name reused: the configuration went back) is always kept; of the
+        // others the newest ten stay.
+        let stale = stale_config_maps("kyb-config-01", &existing);
+        assert_eq!(
+            stale,
+            vec!["kyb-config-03", "kyb-config-02", "kyb-config-00"]
+        );
+        assert!(stale_config_maps("kyb-config-10", &existing[..11]).is_empty());
+        assert_eq!(
+            stale_config_maps("new", &existing[..11]),
+            vec!["kyb-config-00"]
+        );
+        assert!(stale_config_maps("x", &[]).is_empty());
     }
 
     #[test]
@@ -683,6 +863,7 @@ mod tests {
         let c = build(&kp).unwrap();
         assert!(c.hpa.is_none());
         assert!(c.migration_job.is_none());
+        assert!(c.contract_job.is_none());
         assert_eq!(c.deployment.spec.unwrap().replicas, Some(2));
     }
 

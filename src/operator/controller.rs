@@ -31,6 +31,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::build::{self, Children, FIELD_MANAGER};
+use super::drift;
 use super::metrics::OperatorMetrics;
 use super::render;
 use super::status::{self, Blocker, Migration, Observed, Rollout};
@@ -74,18 +75,19 @@ pub struct Context {
     pub caches: Caches,
 }
 
-/// The children as last seen by the controller's watches. The Deployment and the Job are kept whole
-/// (their status is read); of the others only metadata (the applied hash, existence) is. managedFields
-/// are dropped from all: nothing reads them and they are often the larger part of an object.
+/// The children as last seen by the controller's watches. Those whose fields can be edited are kept
+/// whole, so a drifted field is found by comparing with the cache (see `drift`); ConfigMaps are
+/// immutable, so their metadata is enough. managedFields are dropped from all: nothing reads them and
+/// they are often the larger part of an object.
 #[derive(Clone)]
 pub struct Caches {
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub services: Store<PartialObjectMeta<Service>>,
-    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-    pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
-    pub hpas: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
+    pub services: Store<Service>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub hpas: Store<HorizontalPodAutoscaler>,
 }
 
 impl Caches {
@@ -148,7 +150,8 @@ fn hash_of<T: Serialize>(obj: &T) -> Result<String, Error> {
 }
 
 /// Whether a child must be applied: it is missing, or was last applied from another desired state.
-/// `live` comes from a cache that may lag; at worst that causes an idempotent re-apply.
+/// `live` comes from a cache that may lag; at worst that causes an idempotent re-apply. (Edits of an
+/// object applied from the same desired state are found by [`drift::drift`].)
 fn needs_apply(live: Option<&ObjectMeta>, hash: &str) -> bool {
     let applied = live
         .and_then(|m| m.annotations.as_ref())
@@ -156,13 +159,24 @@ fn needs_apply(live: Option<&ObjectMeta>, hash: &str) -> bool {
     applied.map(String::as_str) != Some(hash)
 }
 
-/// Applies `desired` unless `live` (its cached metadata) already carries its hash. Returns the object
-/// the apiserver answered with, or `None` when nothing was sent.
+/// The cached child as JSON, for the drift comparison.
+fn object<K: Serialize>(cached: &Option<Arc<K>>) -> Result<Option<serde_json::Value>, Error> {
+    cached
+        .as_deref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| Error::Serialise("cached child", e))
+}
+
+/// Applies `desired` unless `live` (its cached metadata) already carries its hash and `live_object`
+/// (the cached object, where the cache keeps it whole) still holds every desired field. Returns the
+/// object the apiserver answered with, or `None` when nothing was sent.
 async fn apply<K>(
     client: &Client,
     ns: &str,
     mut desired: K,
     live: Option<&ObjectMeta>,
+    live_object: Option<serde_json::Value>,
     metrics: &OperatorMetrics,
 ) -> Result<Option<K>, Error>
 where
@@ -173,10 +187,21 @@ where
         + std::fmt::Debug,
 {
     let hash = hash_of(&desired)?;
-    if !needs_apply(live, &hash) {
+    let drifted = match &live_object {
+        Some(live) => {
+            let want = serde_json::to_value(&desired).map_err(|e| Error::Serialise("child", e))?;
+            drift::drift(&want, live)
+        }
+        None => None,
+    };
+    if !needs_apply(live, &hash) && drifted.is_none() {
         return Ok(None);
     }
     let name = desired.name_any();
+    if let Some(path) = drifted {
+        tracing::info!(kind = %K::kind(&()), name = %name, namespace = %ns, field = %path, "undoing an edit of an owned field");
+        metrics.drift_corrections.inc();
+    }
     let api = Api::<K>::namespaced(client.clone(), ns);
     desired.annotations_mut().insert(APPLIED_HASH.into(), hash);
     metrics.writes.inc();
@@ -225,6 +250,46 @@ fn is_migration_job_of(job: &ObjectMeta, ns: &str, instance: &str) -> bool {
             .get("app.kubernetes.io/component")
             .map(String::as_str)
             == Some("migrations")
+}
+
+/// Deletes the configuration ConfigMaps no ReplicaSet the Deployment keeps can still need (see
+/// [`build::stale_config_maps`]), including the single mutable `<name>-config` of older operators.
+async fn prune_config_maps(
+    ctx: &Context,
+    ns: &str,
+    instance: &str,
+    current: &str,
+) -> Result<(), Error> {
+    let prefix = format!("{instance}-config");
+    let existing: Vec<(String, String)> = ctx
+        .caches
+        .config_maps
+        .state_filter(|cm| {
+            let m = &cm.metadata;
+            let name = m.name.as_deref().unwrap_or_default();
+            m.namespace.as_deref() == Some(ns)
+                && (name == prefix || name.starts_with(&format!("{prefix}-")))
+                && m.labels
+                    .as_ref()
+                    .and_then(|l| l.get("app.kubernetes.io/instance"))
+                    .map(String::as_str)
+                    == Some(instance)
+        })
+        .iter()
+        .map(|cm| {
+            let created = cm
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default();
+            (cm.name_any(), created)
+        })
+        .collect();
+    for stale in build::stale_config_maps(current, &existing) {
+        delete::<ConfigMap>(&ctx.client, ns, &stale, &ctx.metrics).await?;
+    }
+    Ok(())
 }
 
 /// Referenced Secret keys that do not exist, as a blocker.
@@ -387,6 +452,9 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         migration: Migration::Disabled,
         rollout: Rollout::default(),
         revision: None,
+        migrated_schema: None,
+        contract: Migration::Disabled,
+        contracted_schema: None,
         selector: build::selector_string(kp),
         endpoint: Some(format!("http://{name}.{ns}.svc:80")),
     };
@@ -434,19 +502,53 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         &ns,
         children.service_account.clone(),
         meta(&sa),
+        object(&sa)?,
         metrics,
     )
     .await?;
     let cm = cached(&caches.config_maps, &ns, &children.config_map.name_any());
-    apply(client, &ns, children.config_map.clone(), meta(&cm), metrics).await?;
+    // Immutable: its data cannot drift, so existence and the hash are all there is to check.
+    apply(
+        client,
+        &ns,
+        children.config_map.clone(),
+        meta(&cm),
+        None,
+        metrics,
+    )
+    .await?;
     let svc = cached(&caches.services, &ns, &children.service.name_any());
-    apply(client, &ns, children.service.clone(), meta(&svc), metrics).await?;
+    apply(
+        client,
+        &ns,
+        children.service.clone(),
+        meta(&svc),
+        object(&svc)?,
+        metrics,
+    )
+    .await?;
     let pdb = cached(&caches.pdbs, &ns, &children.pdb.name_any());
-    apply(client, &ns, children.pdb.clone(), meta(&pdb), metrics).await?;
+    apply(
+        client,
+        &ns,
+        children.pdb.clone(),
+        meta(&pdb),
+        object(&pdb)?,
+        metrics,
+    )
+    .await?;
     let live_hpa = cached(&caches.hpas, &ns, &name);
     match &children.hpa {
         Some(hpa) => {
-            apply(client, &ns, hpa.clone(), meta(&live_hpa), metrics).await?;
+            apply(
+                client,
+                &ns,
+                hpa.clone(),
+                meta(&live_hpa),
+                object(&live_hpa)?,
+                metrics,
+            )
+            .await?;
         }
         None if live_hpa.is_some() => {
             delete::<HorizontalPodAutoscaler>(client, &ns, &name, metrics).await?
@@ -454,7 +556,10 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         None => {}
     }
 
-    let serving = rollout(live.as_deref(), desired_replicas).image;
+    let migrated = kp
+        .status
+        .as_ref()
+        .and_then(|s| s.migrated_schema.as_deref());
     let migration = match &children.migration_job {
         None => {
             let stale = caches
@@ -465,15 +570,14 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
             }
             Migration::Disabled
         }
+        // This image already migrated these databases; its Job may have been cleaned up since.
+        Some(job) if migrated == Some(children.schema.as_str()) => Migration::Succeeded {
+            job: job.name_any(),
+        },
         Some(job) => match cached(&caches.jobs, &ns, &job.name_any()) {
             Some(j) => job_state(&j),
-            // The Job for this revision was never created: run it, unless this image already serves
-            // (then it migrated before, and its Job has been cleaned up).
-            None if serving.as_deref() == Some(kp.spec.image.as_str()) => Migration::Succeeded {
-                job: job.name_any(),
-            },
             // Not cached: create it. (If the cache merely lags, this re-apply changes nothing.)
-            None => match apply(client, &ns, job.clone(), None, metrics).await? {
+            None => match apply(client, &ns, job.clone(), None, None, metrics).await? {
                 Some(created) => job_state(&created),
                 None => Migration::Running {
                     job: job.name_any(),
@@ -489,6 +593,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
             &ns,
             children.deployment.clone(),
             meta(&live),
+            object(&live)?,
             metrics,
         )
         .await?
@@ -499,17 +604,53 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
     } else {
         live
     };
+    if deployment.is_some() {
+        prune_config_maps(ctx, &ns, &name, &children.config_map.name_any()).await?;
+    }
+    let observed_rollout = rollout(deployment.as_deref(), desired_replicas);
+    let contracted = kp
+        .status
+        .as_ref()
+        .and_then(|s| s.contracted_schema.as_deref());
+    let contract = match &children.contract_job {
+        None => Migration::Disabled,
+        Some(job) if contracted == Some(children.schema.as_str()) => Migration::Succeeded {
+            job: job.name_any(),
+        },
+        Some(job)
+            if matches!(migration, Migration::Succeeded { .. })
+                && status::fully_promoted(&observed_rollout, &kp.spec.image) =>
+        {
+            match cached(&caches.jobs, &ns, &job.name_any()) {
+                Some(j) => job_state(&j),
+                None => match apply(client, &ns, job.clone(), None, None, metrics).await? {
+                    Some(created) => job_state(&created),
+                    None => Migration::Running {
+                        job: job.name_any(),
+                    },
+                },
+            }
+        }
+        Some(_) => Migration::Waiting,
+    };
     let obs = Observed {
+        migrated_schema: matches!(migration, Migration::Succeeded { .. })
+            .then(|| children.schema.clone()),
+        contracted_schema: matches!(contract, Migration::Succeeded { .. })
+            .then(|| children.schema.clone()),
+        contract: contract.clone(),
         migration: migration.clone(),
-        rollout: rollout(deployment.as_deref(), desired_replicas),
+        rollout: observed_rollout,
         revision: Some(children.revision.clone()),
         ..base
     };
     write_status(ctx, &ns, kp, &obs).await?;
-    Ok(match migration {
-        Migration::Running { .. } => Action::requeue(WAIT_FOR_JOB),
+    Ok(match (migration, contract) {
+        (Migration::Running { .. }, _) | (_, Migration::Running { .. }) => {
+            Action::requeue(WAIT_FOR_JOB)
+        }
         // A failed migration needs a new spec (image or migrations) to move on.
-        Migration::Failed { .. } => Action::await_change(),
+        (Migration::Failed { .. }, _) => Action::await_change(),
         _ => Action::requeue(RESYNC),
     })
 }
@@ -549,20 +690,18 @@ pub async fn run(
         api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
         owned.clone(),
     ));
-    let (services, service_events) = cache(watcher(
-        api::<PartialObjectMeta<Service>>(&client, &namespace),
-        owned.clone(),
-    ));
+    let (services, service_events) =
+        cache(watcher(api::<Service>(&client, &namespace), owned.clone()));
     let (service_accounts, service_account_events) = cache(watcher(
-        api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace),
+        api::<ServiceAccount>(&client, &namespace),
         owned.clone(),
     ));
     let (pdbs, pdb_events) = cache(watcher(
-        api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &namespace),
+        api::<PodDisruptionBudget>(&client, &namespace),
         owned.clone(),
     ));
     let (hpas, hpa_events) = cache(watcher(
-        api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &namespace),
+        api::<HorizontalPodAutoscaler>(&client, &namespace),
         owned,
     ));
     let ctx = Arc::new(Context {

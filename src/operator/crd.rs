@@ -373,6 +373,12 @@ pub struct MigrationsSpec {
     /// Annotations for the migration Job's pod (sidecar injection switches and the like).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// The migration Job fails (and the rollout with it) when it runs longer than this.
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: i64,
+    /// A finished migration Job is deleted this long after it finished.
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: i32,
 }
 
 impl Default for MigrationsSpec {
@@ -380,6 +386,8 @@ impl Default for MigrationsSpec {
         Self {
             enabled: true,
             pod_annotations: BTreeMap::new(),
+            active_deadline_seconds: 600,
+            ttl_seconds_after_finished: 3600,
         }
     }
 }
@@ -434,6 +442,14 @@ pub struct KybPlatformStatus {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The schema hash (image and databases) whose migration Job last succeeded: the gate's memory
+    /// once that Job has been cleaned up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_schema: Option<String>,
+    /// The schema hash whose contract Job (`migrate up --contract`, after full promotion) last
+    /// succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contracted_schema: Option<String>,
     /// `http://NAME.NAMESPACE.svc:PORT` of the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

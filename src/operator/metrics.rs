@@ -24,6 +24,8 @@ pub struct OperatorMetrics {
     /// GET requests sent by reconciles. Children come from the watch caches, so these are only the
     /// Secret checks (RBAC allows no list/watch of Secrets).
     pub reads: Counter,
+    /// Applies made because a child's owned field had been edited (the applied hash still matched).
+    pub drift_corrections: Counter,
 }
 
 impl Default for OperatorMetrics {
@@ -35,6 +37,7 @@ impl Default for OperatorMetrics {
         ]);
         let writes = Counter::default();
         let reads = Counter::default();
+        let drift_corrections = Counter::default();
         registry.register(
             "reconciles",
             "Reconciliations by result",
@@ -55,12 +58,18 @@ impl Default for OperatorMetrics {
             "Read requests sent to the apiserver by reconciles",
             reads.clone(),
         );
+        registry.register(
+            "drift_corrections",
+            "Children re-applied because an owned field had been edited",
+            drift_corrections.clone(),
+        );
         Self {
             registry,
             reconciles,
             duration,
             writes,
             reads,
+            drift_corrections,
         }
     }
 }

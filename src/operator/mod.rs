@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod drift;
 pub mod leader;
 pub mod metrics;
 pub mod render;

@@ -14,6 +14,8 @@ pub const MIGRATIONS_APPLIED: &str = "MigrationsApplied";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Migration {
     Disabled,
+    /// Not started yet: a contract Job waits for the rollout to fully promote.
+    Waiting,
     /// The Job for the spec's image has not finished.
     Running {
         job: String,
@@ -50,8 +52,29 @@ pub struct Observed {
     pub migration: Migration,
     pub rollout: Rollout,
     pub revision: Option<String>,
+    /// The schema hash whose migration is known to have succeeded (kept from the previous status
+    /// when `None`).
+    pub migrated_schema: Option<String>,
+    /// The contract Job (`migrate up --contract`) of the spec's release.
+    pub contract: Migration,
+    /// The schema hash whose contract Job is known to have succeeded (kept when `None`).
+    pub contracted_schema: Option<String>,
     pub selector: String,
     pub endpoint: Option<String>,
+}
+
+/// Every desired pod runs the spec's image and is ready.
+pub fn rolled_out(r: &Rollout, spec_image: &str) -> bool {
+    r.image.as_deref() == Some(spec_image)
+        && r.updated_replicas >= r.desired
+        && r.ready_replicas >= r.desired
+        && r.desired > 0
+}
+
+/// Rolled out and no pod of an earlier revision left (surge pods gone): the moment contract steps may
+/// run, since nothing that still needs what they remove is serving.
+pub fn fully_promoted(r: &Rollout, spec_image: &str) -> bool {
+    rolled_out(r, spec_image) && r.replicas <= r.desired
 }
 
 fn set(
@@ -90,14 +113,11 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
     let generation = kp.metadata.generation;
     let mut conds = previous.conditions.clone();
     let r = &obs.rollout;
-    let serving_spec_image = r.image.as_deref() == Some(kp.spec.image.as_str());
-    let rolled_out = serving_spec_image
-        && r.updated_replicas >= r.desired
-        && r.ready_replicas >= r.desired
-        && r.desired > 0;
+    let rolled_out = rolled_out(r, &kp.spec.image);
 
     let (migrated, m_reason, m_message) = match &obs.migration {
         Migration::Disabled => (true, "Disabled", "migrations are disabled".to_owned()),
+        Migration::Waiting => (false, "Waiting", "migration not started".to_owned()),
         Migration::Running { job } => (false, "Running", format!("migration Job {job} is running")),
         Migration::Succeeded { job } => {
             (true, "Succeeded", format!("migration Job {job} succeeded"))
@@ -108,12 +128,22 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
             format!("migration Job {job} failed: {message}"),
         ),
     };
+    // The contract steps never gate anything (the release serves without them); they are reported.
+    let contract_note = match &obs.contract {
+        Migration::Disabled => String::new(),
+        Migration::Waiting => "; contract steps wait for the rollout to fully promote".into(),
+        Migration::Running { job } => format!("; contract Job {job} is running"),
+        Migration::Succeeded { job } => format!("; contract Job {job} succeeded"),
+        Migration::Failed { job, message } => format!(
+            "; contract Job {job} failed: {message} (the release serves; fix it and delete the Job to retry)"
+        ),
+    };
     set(
         &mut conds,
         MIGRATIONS_APPLIED,
         migrated,
         m_reason,
-        m_message.clone(),
+        format!("{m_message}{contract_note}"),
         generation,
         now,
     );
@@ -194,6 +224,8 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         selector: Some(obs.selector.clone()),
         image: r.image.clone(),
         revision: obs.revision.clone().or(previous.revision),
+        migrated_schema: obs.migrated_schema.clone().or(previous.migrated_schema),
+        contracted_schema: obs.contracted_schema.clone().or(previous.contracted_schema),
         endpoint: obs.endpoint.clone(),
         phase: Some(phase.into()),
     }
@@ -226,6 +258,9 @@ mod tests {
                 image: Some(image.into()),
             },
             revision: Some("abc".into()),
+            migrated_schema: None,
+            contract: Migration::Disabled,
+            contracted_schema: None,
             selector: "a=b".into(),
             endpoint: None,
         }
