@@ -621,3 +621,91 @@ async fn a_restart_mid_reconcile_converges_without_duplicates() {
     assert_eq!(count("services")(), 1);
     second.stop().await;
 }
+
+/// `kybctl rollout status` as a CI job runs it: the binary, under an identity that may only get, list,
+/// watch and patch KybPlatforms, with its documented exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_reports_each_state_with_its_exit_code() {
+    let c = cluster().await;
+    let ns = operator::platform_namespace("op-status").await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ci}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: rollouts}
+rules:
+- apiGroups: [kyb.io]
+  resources: [kybplatforms]
+  verbs: [get, list, watch, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ci-rollouts}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: rollouts}
+subjects: [{kind: ServiceAccount, name: ci}]
+"#,
+    );
+    let token = check(c.kubectl().args(["create", "token", "ci", "-n", &ns]));
+    let kubeconfig = c.kubeconfig_for_token(token.trim());
+    let status = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"));
+        cmd.args(["rollout", "status", "-n", &ns])
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig);
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    let op = Operator::start(&ns).await;
+    operator::apply_platform(&ns, "kyb").await;
+    let (code, out, err) = status(&["kyb", "--watch", "--timeout", "120s"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("kyb: Healthy: 3/3 pods ready"), "{out}");
+
+    // With no operator to observe it, a new spec is not settled: once (exit 4 at once) and watched
+    // (exit 4 when the timeout passes).
+    op.stop().await;
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cache":{"l1Ttl":"1m"}}}"#,
+    ]));
+    let (code, out, _) = status(&["kyb"]).await;
+    assert_eq!(code, Some(4), "{out}");
+    assert!(
+        out.contains("waiting for the operator to observe generation"),
+        "{out}"
+    );
+    let (code, _, err) = status(&["kyb", "--watch", "--timeout", "2s"]).await;
+    assert_eq!(code, Some(4));
+    assert!(err.contains("still progressing after 2s"), "{err}");
+
+    // A failing migration: Degraded, exit 1, with the reason.
+    let op = Operator::start(&ns).await;
+    check(c.kubectl().args([
+        "patch", "-n", &ns, "kyb/kyb", "--type=merge", "-p",
+        r#"{"spec":{"image":"registry.example.com/kybctl:2","migrations":{"podAnnotations":{"kwok.x-k8s.io/fail":"true"}}}}"#,
+    ]));
+    let (code, out, err) = status(&["kyb", "--watch", "--timeout", "120s"]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("kyb: Degraded: MigrationFailed"), "{out}");
+
+    let (code, _, err) = status(&["nope"]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not found"), "{err}");
+    op.stop().await;
+}

@@ -36,10 +36,15 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
     );
     let op = Operator::start_as(&ns, c.client_with_token(token.trim()).await).await;
 
-    let count = |kind: &str| {
-        let (_, out, _) = run(c.kubectl().args(["get", kind, "-n", &ns, "-o", "name"]));
+    let count_where = |kind: &str, selector: &str| {
+        let mut args = vec!["get", kind, "-n", &ns, "-o", "name"];
+        if !selector.is_empty() {
+            args.extend(["-l", selector]);
+        }
+        let (_, out, _) = run(c.kubectl().args(&args));
         out.lines().filter(|l| !l.trim().is_empty()).count()
     };
+    let count = |kind: &str| count_where(kind, "");
     operator::apply_platform(&ns, "before").await;
     // Mid-reconcile: the first children exist, the migration Job has not completed yet.
     cluster::eventually(Duration::from_secs(30), "the first children", || async {
@@ -84,8 +89,20 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
             panic!("kyb/{name} did not become Ready: {err}\n{state}\n{kyb}");
         }
     }
+    // Each platform's expand Job; its contract Job follows once its rollout has fully promoted.
+    assert_eq!(
+        count_where("jobs", "kyb.io/migration-phase=expand"),
+        2,
+        "expand Jobs: exactly one per platform"
+    );
+    cluster::eventually(
+        Duration::from_secs(60),
+        "one contract Job per platform",
+        || async { count_where("jobs", "kyb.io/migration-phase=contract") == 2 },
+    )
+    .await;
     for (kind, n) in [
-        ("jobs", 2),
+        ("jobs", 4),
         ("deployments", 2),
         ("replicasets", 2),
         ("services", 2),

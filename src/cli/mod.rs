@@ -7,6 +7,7 @@ mod migrate;
 mod operator;
 mod output;
 mod progress;
+mod rollout;
 mod serve;
 mod shard_report;
 mod slo;
@@ -29,6 +30,8 @@ pub mod exit {
     /// The check could not decide (too few samples, a missing metric, a limited load generator) and
     /// nothing failed; CI can tell "not proven" from "broken".
     pub const INCONCLUSIVE: u8 = 3;
+    /// Not settled yet: `rollout status` found the rollout still progressing.
+    pub const NOT_SETTLED: u8 = 4;
 }
 
 #[derive(Debug, Parser)]
@@ -36,7 +39,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  source <(kybctl completions bash)"
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check), 4 not settled yet (rollout status).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  kybctl rollout status kyb -n prod --watch --timeout 10m\n  source <(kybctl completions bash)"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -76,6 +79,9 @@ enum Command {
     Slo(slo::SloCommand),
     /// Load a KYB service with a realistic traffic mix; write the result `slo check` reads.
     Loadtest(loadtest::LoadtestArgs),
+    /// Follow a KybPlatform's rollout.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Print a shell completion script: `source <(kybctl completions bash)`.
     Completions {
         #[arg(value_enum)]
@@ -119,6 +125,7 @@ pub fn main() -> u8 {
             },
             Command::Slo(cmd) => slo::run(cmd),
             Command::Loadtest(args) => loadtest::run(args).await,
+            Command::Rollout(cmd) => rollout::run(cmd).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(
