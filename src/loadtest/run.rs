@@ -9,8 +9,8 @@
 //! `GooseUser::request` (which we bypass, see [`send`]), so our own [`Pacer`] holds the rate.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
@@ -20,6 +20,7 @@ use goose::goose::{
 use goose::GooseAttack;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::Notify;
 
 use super::recorder::{
     effective_due, CacheHit, Outcome, Pacer, Phase, Recorder, Recorders, Sample,
@@ -30,6 +31,9 @@ use crate::slo::result::LoadTestResult;
 
 /// Merchant ids one user keeps for reads and risk assessments; new merchants replace old ones.
 const MAX_MERCHANTS_PER_USER: usize = 64;
+/// How much longer than the window goose runs: its run time starts when it has launched every user,
+/// the window when their set-up is done too.
+const SETUP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -80,16 +84,63 @@ impl RunOutcome {
 /// State every user shares: configuration, the pacer, the run's measurements.
 struct Shared {
     scenario: Scenario,
-    pacer: Option<Pacer>,
     start: Instant,
-    steady_from: Instant,
-    steady_until: Instant,
+    /// The earliest the measured window may open: the end of the ramp-up.
+    ramp_end: Instant,
+    duration: Duration,
+    rate: Option<f64>,
+    users: usize,
+    /// Users whose set-up (on_start) has finished.
+    ready: AtomicUsize,
+    /// Set when the last user is ready (and not before the ramp-up's end).
+    window: OnceLock<Window>,
+    window_open: Notify,
     seed: u64,
     /// Requests finished so far, for the progress bar.
     sent: AtomicU64,
     /// Distinguishes new businesses across users.
     unique: AtomicU64,
     recorders: Recorders,
+}
+
+/// The measured window, and the schedule that starts with it.
+///
+/// It opens once every user has started and finished its set-up, not at a fixed time: goose launches
+/// users one timer tick at a time, so with a short ramp-up the last ones (and their connections) arrive
+/// hundreds of milliseconds late, and slots due meanwhile were served late and judged as steady state
+/// (the start-up stall issue 9 traced: 256 users at 2,000/s had p50 94 ms in the first second and
+/// ~1 ms after).
+struct Window {
+    from: Instant,
+    until: Instant,
+    pacer: Option<Pacer>,
+}
+
+impl Shared {
+    /// Counts a user in; the last one opens the window.
+    fn user_ready(&self) {
+        if self.ready.fetch_add(1, Ordering::AcqRel) + 1 == self.users {
+            let from = Instant::now().max(self.ramp_end);
+            let _ = self.window.set(Window {
+                from,
+                until: from + self.duration,
+                // The schedule starts with the window: nothing due before it is replayed into it.
+                pacer: self.rate.map(|r| Pacer::new(r, from)),
+            });
+            self.window_open.notify_waiters();
+        }
+    }
+
+    /// The window, once open.
+    async fn window(&self) -> &Window {
+        loop {
+            let opened = self.window_open.notified();
+            if let Some(w) = self.window.get() {
+                return w;
+            }
+            opened.await;
+        }
+    }
 }
 
 /// One virtual user's own state (goose session data). (goose requires Clone; it is never cloned
@@ -143,19 +194,19 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
 
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let start = Instant::now();
-    let steady_from = start + cfg.ramp_up;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let shared = Arc::new(Shared {
         scenario: cfg.scenario.clone(),
-        // The schedule starts with the measured window: users that start during the ramp-up make
-        // their set-up requests, then wait for their first slot, so no backlog built up while users
-        // were still arriving is replayed as a burst into the window.
-        pacer: cfg.rate.map(|r| Pacer::new(r, steady_from)),
         start,
-        steady_from,
-        steady_until: steady_from + cfg.duration,
+        ramp_end: start + cfg.ramp_up,
+        duration: cfg.duration,
+        rate: cfg.rate,
+        users: cfg.users,
+        ready: AtomicUsize::new(0),
+        window: OnceLock::new(),
+        window_open: Notify::new(),
         seed: cfg.seed,
         sent: AtomicU64::new(0),
         unique: AtomicU64::new(0),
@@ -175,10 +226,14 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
     outcome.map_err(|e| RunError::Goose(e.to_string()))?;
 
     let recorder = shared.recorders.merged();
-    // The steady window may have been cut short (Ctrl-C).
-    let steady_secs = elapsed
-        .saturating_sub(cfg.ramp_up)
-        .min(cfg.duration)
+    // The window may have been cut short (Ctrl-C, or a set-up longer than the grace below) or never
+    // opened (every user must finish its set-up).
+    let ended = Instant::now();
+    let steady_secs = shared
+        .window
+        .get()
+        .map(|w| w.until.min(ended).saturating_duration_since(w.from))
+        .unwrap_or_default()
         .as_secs_f64()
         .max(1e-9);
     let facts = GeneratorFacts {
@@ -222,9 +277,11 @@ fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goo
             GooseDefault::IncreaseRate,
             format!("{increase_rate}").as_str(),
         )?
+        // goose's run time starts once it has launched every user; the window opens when their set-up
+        // is done too, a little later, so goose runs on for a grace period to let the window close.
         .set_default(
             GooseDefault::RunTime,
-            cfg.duration.as_secs().max(1) as usize,
+            (cfg.duration + SETUP_GRACE).as_secs().max(1) as usize,
         )?
         .set_default(
             GooseDefault::Timeout,
@@ -250,10 +307,17 @@ fn on_start(shared: Arc<Shared>) -> TransactionFunction {
                 merchants: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
             });
+            let mut setup = Ok(());
             for _ in 0..shared.scenario.seed_merchants_per_user {
-                send(user, &shared, RequestType::MerchantCreate, Purpose::SetUp).await?;
+                setup = send(user, &shared, RequestType::MerchantCreate, Purpose::SetUp).await;
+                if setup.is_err() {
+                    break;
+                }
             }
-            Ok(())
+            // Counted whatever happened: a user whose set-up failed still sends (creating merchants
+            // as it goes), and the window must not wait for it forever.
+            shared.user_ready();
+            setup
         })
     })
 }
@@ -332,13 +396,17 @@ async fn send(
         }
     };
 
-    let due = match &shared.pacer {
-        Some(pacer) if purpose == Purpose::Mix => {
+    let window = match purpose {
+        Purpose::Mix => Some(shared.window().await),
+        Purpose::SetUp => None,
+    };
+    let due = match window.and_then(|w| w.pacer.as_ref()) {
+        Some(pacer) => {
             let slot = pacer.next_slot();
             tokio::time::sleep_until(slot.into()).await;
             Some(slot)
         }
-        _ => None,
+        None => None,
     };
     let started = Instant::now();
     let due = due.map_or(started, |slot| effective_due(slot, started));
@@ -367,7 +435,7 @@ async fn send(
         Err(_) => (Outcome::Transport, None),
     };
     let done = Instant::now();
-    let steady = purpose == Purpose::Mix && due >= shared.steady_from && due < shared.steady_until;
+    let steady = window.is_some_and(|w| due >= w.from && due < w.until);
     shared.recorders.record(
         user.weighted_users_index,
         &Sample {
@@ -454,5 +522,53 @@ mod tests {
             "Connection refused (os error 111)",
         );
         assert_eq!(root_cause(&io), "connection refused");
+    }
+
+    fn shared(users: usize, ramp_up: Duration) -> Shared {
+        let start = Instant::now();
+        Shared {
+            scenario: Scenario::load("trivial").unwrap(),
+            start,
+            ramp_end: start + ramp_up,
+            duration: Duration::from_secs(10),
+            rate: Some(1000.0),
+            users,
+            ready: AtomicUsize::new(0),
+            window: OnceLock::new(),
+            window_open: Notify::new(),
+            seed: 1,
+            sent: AtomicU64::new(0),
+            unique: AtomicU64::new(0),
+            recorders: Recorders::new(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_window_and_its_schedule_open_when_the_last_user_is_ready() {
+        let s = Arc::new(shared(3, Duration::ZERO));
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.window().await.from }
+        });
+        s.user_ready();
+        s.user_ready();
+        tokio::task::yield_now().await;
+        assert!(s.window.get().is_none(), "two of three users ready");
+        assert!(!waiter.is_finished());
+        let before = Instant::now();
+        s.user_ready();
+        let from = waiter.await.unwrap();
+        assert!(from >= before);
+        let w = s.window.get().unwrap();
+        assert_eq!(w.until - w.from, Duration::from_secs(10));
+        // The first slot is the window's opening: nothing is due before it.
+        assert_eq!(w.pacer.as_ref().unwrap().next_slot(), w.from);
+    }
+
+    #[tokio::test]
+    async fn the_window_never_opens_before_the_ramp_up_ends() {
+        let s = shared(1, Duration::from_secs(3));
+        s.user_ready();
+        assert_eq!(s.window().await.from, s.ramp_end);
     }
 }
