@@ -96,7 +96,7 @@ pub fn totals(r: &LoadTestResult) -> Vec<(&'static str, String)> {
         out.push((
             "warm-up (not judged)",
             format!(
-                "{} requests, {} failed, p95 {} ms over {:.1} s of ramp-up and set-up",
+                "{} requests, {} failed, p95 {} ms, over {:.1} s outside the window (ramp-up, set-up, tail)",
                 w.requests.total,
                 w.requests.errors,
                 ms(w.latency_us.overall.p95),
