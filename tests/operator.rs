@@ -707,5 +707,62 @@ subjects: [{kind: ServiceAccount, name: ci}]
     let (code, _, err) = status(&["nope"]).await;
     assert_eq!(code, Some(2));
     assert!(err.contains("not found"), "{err}");
+
+    // Pause, as the same limited user: a fixed spec is applied to the Deployment but not rolled out,
+    // status says Paused (exit 3), a second pause changes nothing; resume rolls it out.
+    let rollout = |verb: &'static str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"));
+        cmd.args(["rollout", verb, "kyb", "-n", &ns])
+            .env("KUBECONFIG", &kubeconfig);
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    assert_eq!(rollout("pause").await, (Some(0), "kyb: paused\n".into()));
+    assert_eq!(
+        rollout("pause").await,
+        (Some(0), "kyb: already paused; nothing to do\n".into())
+    );
+    check(c.kubectl().args([
+        "patch",
+        "-n",
+        &ns,
+        "kyb/kyb",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/migrations/podAnnotations"}]"#,
+    ]));
+    let (code, out, err) = status(&["kyb", "--watch", "--timeout", "60s"]).await;
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(out.contains("kyb: Paused: paused with"), "{out}");
+    // Once its migration has run, the fixed spec reaches the Deployment, paused.
+    let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
+    eventually(
+        Duration::from_secs(60),
+        "the new spec on the paused Deployment",
+        || async {
+            let spec = deployments.get("kyb").await.unwrap().spec.unwrap();
+            spec.paused == Some(true)
+                && spec.template.spec.unwrap().containers[0].image.as_deref()
+                    == Some("registry.example.com/kybctl:2")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = deployments.get("kyb").await.unwrap();
+    assert_eq!(
+        d.status.unwrap().updated_replicas.unwrap_or(0),
+        0,
+        "paused: no pod of the new spec"
+    );
+    assert_eq!(rollout("resume").await, (Some(0), "kyb: resumed\n".into()));
+    let (code, out, err) = status(&["kyb", "--watch", "--timeout", "120s"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let d = deployments.get("kyb").await.unwrap();
+    assert!(!d.spec.unwrap().paused.unwrap_or(false), "resumed");
     op.stop().await;
 }

@@ -30,6 +30,9 @@ pub mod exit {
     /// The check could not decide (too few samples, a missing metric, a limited load generator) and
     /// nothing failed; CI can tell "not proven" from "broken".
     pub const INCONCLUSIVE: u8 = 3;
+    /// `rollout status`: the rollout is paused (the same code as INCONCLUSIVE: it is waiting for a
+    /// decision, neither done nor failed).
+    pub const PAUSED: u8 = 3;
     /// Not settled yet: `rollout status` found the rollout still progressing.
     pub const NOT_SETTLED: u8 = 4;
 }
@@ -39,7 +42,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check), 4 not settled yet (rollout status).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  kybctl rollout status kyb -n prod --watch --timeout 10m\n  source <(kybctl completions bash)"
+    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check) or the rollout is paused (rollout status), 4 not settled yet (rollout status).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  kybctl rollout status kyb -n prod --watch --timeout 10m\n  kybctl rollout pause kyb -n prod\n  source <(kybctl completions bash)"
 )]
 pub struct Cli {
     /// Log format on stderr.

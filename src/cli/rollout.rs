@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
@@ -14,8 +15,8 @@ use crate::operator::status::{DEGRADED, PROGRESSING, READY};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {
-    /// Report whether the latest spec has rolled out. Exit codes: 0 Healthy, 1 Degraded, 4 still
-    /// progressing (without --watch, or when --timeout passed), 2 usage or environment error.
+    /// Report whether the latest spec has rolled out. Exit codes: 0 Healthy, 1 Degraded, 3 Paused, 4
+    /// still progressing (without --watch, or when --timeout passed), 2 usage or environment error.
     Status {
         /// The KybPlatform.
         name: String,
@@ -28,6 +29,18 @@ pub enum RolloutCommand {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Hold the rollout: running pods stay, a new spec waits. Already paused is a no-op.
+    Pause {
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Continue a paused rollout. Not paused is a no-op.
+    Resume {
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
 }
 
 /// Where a rollout stands.
@@ -35,6 +48,7 @@ pub enum RolloutCommand {
 pub enum Verdict {
     Healthy(String),
     Progressing(String),
+    Paused(String),
     Degraded(String),
 }
 
@@ -43,6 +57,7 @@ impl Verdict {
         match self {
             Verdict::Healthy(_) => exit::OK,
             Verdict::Degraded(_) => exit::CHECK_FAILED,
+            Verdict::Paused(_) => exit::PAUSED,
             Verdict::Progressing(_) => exit::NOT_SETTLED,
         }
     }
@@ -51,6 +66,7 @@ impl Verdict {
         let (phase, message) = match self {
             Verdict::Healthy(m) => ("Healthy", m),
             Verdict::Progressing(m) => ("Progressing", m),
+            Verdict::Paused(m) => ("Paused", m),
             Verdict::Degraded(m) => ("Degraded", m),
         };
         format!("{name}: {phase}: {message}")
@@ -73,8 +89,15 @@ pub fn verdict(kp: &KybPlatform) -> Verdict {
     if let Some(c) = condition(DEGRADED).filter(|c| c.status == "True") {
         return Verdict::Degraded(format!("{}: {}", c.reason, c.message));
     }
-    let ready = condition(READY).is_some_and(|c| c.status == "True");
     let progressing = condition(PROGRESSING);
+    if status.phase.as_deref() == Some("Paused") {
+        return Verdict::Paused(
+            progressing
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| "paused".into()),
+        );
+    }
+    let ready = condition(READY).is_some_and(|c| c.status == "True");
     match progressing {
         Some(p) if p.status == "False" && ready => Verdict::Healthy(format!(
             "{}/{} pods ready{}",
@@ -99,28 +122,82 @@ pub async fn run(cmd: RolloutCommand) -> u8 {
             watch,
             timeout,
         } => status(&name, &namespace, watch, timeout).await,
+        RolloutCommand::Pause { name, namespace } => set_paused(&name, &namespace, true).await,
+        RolloutCommand::Resume { name, namespace } => set_paused(&name, &namespace, false).await,
+    }
+}
+
+/// Reads the KybPlatform, or prints why not and returns the exit code.
+async fn get(api: &Api<KybPlatform>, ns: &str, name: &str) -> Result<KybPlatform, u8> {
+    match api.get_opt(name).await {
+        Ok(Some(kp)) => Ok(kp),
+        Ok(None) => {
+            eprintln!("error: KybPlatform {ns}/{name} not found");
+            Err(exit::USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: cannot read KybPlatform {ns}/{name}: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+async fn api(ns: &str) -> Result<Api<KybPlatform>, u8> {
+    match Client::try_default().await {
+        Ok(c) => Ok(Api::namespaced(c, ns)),
+        Err(e) => {
+            eprintln!("error: cannot reach the Kubernetes API: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// `pause` and `resume`: one merge patch of `spec.rollout.paused`, sent only when it changes something.
+async fn set_paused(name: &str, ns: &str, paused: bool) -> u8 {
+    let api = match api(ns).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let kp = match get(&api, ns, name).await {
+        Ok(kp) => kp,
+        Err(code) => return code,
+    };
+    let verb = if paused { "paused" } else { "resumed" };
+    if kp.spec.rollout.paused == paused {
+        println!(
+            "{name}: already {}; nothing to do",
+            if paused {
+                "paused"
+            } else {
+                "running (not paused)"
+            }
+        );
+        return exit::OK;
+    }
+    let patch = serde_json::json!({"spec": {"rollout": {"paused": paused}}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            println!("{name}: {verb}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: cannot patch KybPlatform {ns}/{name}: {e}");
+            exit::USAGE
+        }
     }
 }
 
 async fn status(name: &str, ns: &str, watch: bool, timeout: Duration) -> u8 {
-    let client = match Client::try_default().await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot reach the Kubernetes API: {e}");
-            return exit::USAGE;
-        }
+    let api = match api(ns).await {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    let api: Api<KybPlatform> = Api::namespaced(client, ns);
-    let kp = match api.get_opt(name).await {
-        Ok(Some(kp)) => kp,
-        Ok(None) => {
-            eprintln!("error: KybPlatform {ns}/{name} not found");
-            return exit::USAGE;
-        }
-        Err(e) => {
-            eprintln!("error: cannot read KybPlatform {ns}/{name}: {e}");
-            return exit::USAGE;
-        }
+    let kp = match get(&api, ns, name).await {
+        Ok(kp) => kp,
+        Err(code) => return code,
     };
     let mut last = verdict(&kp);
     println!("{}", last.line(name));
@@ -234,6 +311,13 @@ mod tests {
             Verdict::Degraded("MigrationFailed: Degraded is True".into())
         );
         assert_eq!(verdict(&kp(2, 2, &failed)).exit_code(), 1);
+        let mut paused = kp(2, 2, &rolling);
+        paused.status.as_mut().unwrap().phase = Some("Paused".into());
+        assert_eq!(
+            verdict(&paused),
+            Verdict::Paused("Progressing is True".into())
+        );
+        assert_eq!(verdict(&paused).exit_code(), 3);
         let mut none = kp(1, 1, &[]);
         none.status = None;
         assert!(matches!(verdict(&none), Verdict::Progressing(_)));

@@ -360,6 +360,9 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             revision_history_limit: Some(REVISION_HISTORY_LIMIT),
+            // Only when paused: resuming drops the field from the apply, and server-side apply then
+            // takes it off the Deployment.
+            paused: spec.rollout.paused.then_some(true),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 ..Default::default()

@@ -403,6 +403,9 @@ pub struct RolloutSpec {
     pub max_surge: String,
     #[schemars(regex(pattern = r"^([0-9]+|[0-9]{1,3}%)$"))]
     pub max_unavailable: String,
+    /// Hold the rollout where it is: running pods stay, a new spec is applied to the Deployment but
+    /// not rolled out until resumed (`kybctl rollout pause|resume NAME`).
+    pub paused: bool,
 }
 
 impl Default for RolloutSpec {
@@ -411,6 +414,7 @@ impl Default for RolloutSpec {
             strategy: RolloutStrategy::RollingUpdate,
             max_surge: "25%".into(),
             max_unavailable: "0".into(),
+            paused: false,
         }
     }
 }

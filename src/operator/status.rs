@@ -180,19 +180,31 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         ),
     }
 
-    let progressing = degraded.is_none() && !rolled_out;
+    let paused = kp.spec.rollout.paused;
+    let progressing = degraded.is_none() && !rolled_out && !paused;
     let p_message = match &obs.migration {
+        _ if paused => format!(
+            "paused with {}/{} pods ready on the spec's image: `kybctl rollout resume {}` continues",
+            r.ready_replicas,
+            r.desired,
+            kp.metadata.name.as_deref().unwrap_or_default()
+        ),
         Migration::Running { .. } => m_message,
         _ => format!(
             "{}/{} pods ready on the spec's image",
             r.ready_replicas, r.desired
         ),
     };
+    let p_reason = match (progressing, paused) {
+        (true, _) => "RollingOut",
+        (false, true) => "Paused",
+        (false, false) => "Stable",
+    };
     set(
         &mut conds,
         PROGRESSING,
         progressing,
-        if progressing { "RollingOut" } else { "Stable" },
+        p_reason,
         p_message,
         generation,
         now,
@@ -211,6 +223,8 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
 
     let phase = if degraded.is_some() {
         "Degraded"
+    } else if paused {
+        "Paused"
     } else if ready {
         "Ready"
     } else {
