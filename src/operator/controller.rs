@@ -321,6 +321,22 @@ async fn missing_secrets(
     Ok(None)
 }
 
+/// The state of `job` as the cache has it, creating it first when the cache has not seen it. (If the
+/// cache merely lags, the create is an apply that changes nothing.)
+async fn job_run(ctx: &Context, ns: &str, job: &Job) -> Result<Migration, Error> {
+    if let Some(j) = cached(&ctx.caches.jobs, ns, &job.name_any()) {
+        return Ok(job_state(&j));
+    }
+    Ok(
+        match apply(&ctx.client, ns, job.clone(), None, None, &ctx.metrics).await? {
+            Some(created) => job_state(&created),
+            None => Migration::Running {
+                job: job.name_any(),
+            },
+        },
+    )
+}
+
 fn job_state(job: &Job) -> Migration {
     let name = job.name_any();
     let status = job.status.clone().unwrap_or_default();
@@ -574,16 +590,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         Some(job) if migrated == Some(children.schema.as_str()) => Migration::Succeeded {
             job: job.name_any(),
         },
-        Some(job) => match cached(&caches.jobs, &ns, &job.name_any()) {
-            Some(j) => job_state(&j),
-            // Not cached: create it. (If the cache merely lags, this re-apply changes nothing.)
-            None => match apply(client, &ns, job.clone(), None, None, metrics).await? {
-                Some(created) => job_state(&created),
-                None => Migration::Running {
-                    job: job.name_any(),
-                },
-            },
-        },
+        Some(job) => job_run(ctx, &ns, job).await?,
     };
 
     let may_roll_out = matches!(migration, Migration::Disabled | Migration::Succeeded { .. });
@@ -621,15 +628,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
             if matches!(migration, Migration::Succeeded { .. })
                 && status::fully_promoted(&observed_rollout, &kp.spec.image) =>
         {
-            match cached(&caches.jobs, &ns, &job.name_any()) {
-                Some(j) => job_state(&j),
-                None => match apply(client, &ns, job.clone(), None, None, metrics).await? {
-                    Some(created) => job_state(&created),
-                    None => Migration::Running {
-                        job: job.name_any(),
-                    },
-                },
-            }
+            job_run(ctx, &ns, job).await?
         }
         Some(_) => Migration::Waiting,
     };
