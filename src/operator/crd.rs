@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,22 @@ const DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
         description = "Image serving now"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.rollout.strategy"
+    ),
+    printcolumn(
+        name = "Step",
+        type_ = "integer",
+        json_path = ".status.rollout.currentStepIndex"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.rollout.weights.effective",
+        description = "Percent of traffic on the canary or preview"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -84,6 +100,14 @@ pub struct KybPlatformSpec {
     #[serde(default)]
     pub migrations: MigrationsSpec,
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self.strategy == 'BlueGreen' || !has(self.blueGreen)")
+        .message("spec.rollout.blueGreen is only read with strategy BlueGreen"))]
+    #[x_kube(validation = Rule::new("self.strategy == 'Canary' || !has(self.canary)")
+        .message("spec.rollout.canary is only read with strategy Canary"))]
+    #[x_kube(validation = Rule::new("!has(self.canary) || self.canary.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()")
+        .message("spec.rollout.canary.steps: setWeight must not decrease from one step to the next"))]
+    #[x_kube(validation = Rule::new("!has(self.canary) || has(self.canary.trafficRouting) || !self.canary.steps.exists(s, has(s.setCanaryScale))")
+        .message("spec.rollout.canary.steps: setCanaryScale needs trafficRouting (with replica-ratio weights the pod counts are the weights)"))]
     pub rollout: RolloutSpec,
 }
 
@@ -392,8 +416,9 @@ impl Default for MigrationsSpec {
     }
 }
 
-/// How a new revision replaces the old one. Only the Deployment's rolling update exists today;
-/// blue-green and canary strategies (gated by SLO analysis) will join this enum.
+/// How a new revision replaces the old one: the Deployment's own rolling update, or blue-green and
+/// canary rollouts run by the operator over one Deployment per revision. Field names follow Argo
+/// Rollouts where the idea is the same.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RolloutSpec {
@@ -403,9 +428,17 @@ pub struct RolloutSpec {
     pub max_surge: String,
     #[schemars(regex(pattern = r"^([0-9]+|[0-9]{1,3}%)$"))]
     pub max_unavailable: String,
-    /// Hold the rollout where it is: running pods stay, a new spec is applied to the Deployment but
-    /// not rolled out until resumed (`kybctl rollout pause|resume NAME`).
+    /// Hold the rollout where it is: running pods stay, a new spec waits until resumed
+    /// (`kybctl rollout pause|resume NAME`).
     pub paused: bool,
+    /// A step that has not completed this long after it started aborts the rollout (blue-green and
+    /// canary; the Deployment's own deadline for a rolling update). Pauses do not count.
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
 }
 
 impl Default for RolloutSpec {
@@ -415,6 +448,9 @@ impl Default for RolloutSpec {
             max_surge: "25%".into(),
             max_unavailable: "0".into(),
             paused: false,
+            progress_deadline_seconds: 600,
+            blue_green: None,
+            canary: None,
         }
     }
 }
@@ -425,6 +461,223 @@ impl Default for RolloutSpec {
 pub enum RolloutStrategy {
     #[default]
     RollingUpdate,
+    BlueGreen,
+    Canary,
+}
+
+/// Blue-green: the new revision runs beside the active one behind the preview Service `<name>-preview`;
+/// only promotion moves the active Service `<name>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BlueGreenSpec {
+    /// Promote without `kybctl rollout promote` once the preview is ready (after
+    /// `autoPromotionSeconds`).
+    pub auto_promotion_enabled: bool,
+    /// With auto-promotion: how long the ready preview waits before it is promoted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub auto_promotion_seconds: Option<i32>,
+    /// How long the previous revision keeps running after promotion, so switching back is instant.
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: i32,
+    /// Pods of the preview before promotion (default: all); scaled to full before the switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub preview_replica_count: Option<i32>,
+    /// Analysis against the preview before the switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<AnalysisRef>,
+    /// Analysis against the active Service after the switch; failing it switches back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<AnalysisRef>,
+}
+
+impl Default for BlueGreenSpec {
+    fn default() -> Self {
+        Self {
+            auto_promotion_enabled: false,
+            auto_promotion_seconds: None,
+            scale_down_delay_seconds: 30,
+            preview_replica_count: None,
+            pre_promotion_analysis: None,
+            post_promotion_analysis: None,
+        }
+    }
+}
+
+/// Canary: the new revision takes a growing share of the traffic step by step; the stable Service is
+/// `<name>`, the canary Service `<name>-canary`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CanarySpec {
+    #[schemars(length(max = 64))]
+    pub steps: Vec<CanaryStep>,
+    /// Pods above the desired total while weights shift (count or percentage; replica-ratio weights).
+    #[schemars(regex(pattern = r"^([0-9]+|[0-9]{1,3}%)$"))]
+    pub max_surge: String,
+    /// How traffic is split: absent, by the ratio of pods behind `<name>`; `gatewayAPI`, by the
+    /// weights of an HTTPRoute's backend refs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
+    /// Analysis that runs for the whole rollout; failing it aborts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisRef>,
+}
+
+impl Default for CanarySpec {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            max_surge: "25%".into(),
+            traffic_routing: None,
+            analysis: None,
+        }
+    }
+}
+
+/// One canary step: exactly one of its fields.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis)].filter(x, x).size() == 1")
+    .message("a canary step sets exactly one of setWeight, pause, setCanaryScale, analysis"))]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// Percent of traffic to the canary from this step on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub set_weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<SetCanaryScale>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long to wait; without it the rollout waits for `kybctl rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION))]
+    pub duration: Option<String>,
+}
+
+/// Canary pods independent of the traffic weight (with trafficRouting): a fixed count, a percentage of
+/// the total, or back to following the weight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.replicas), has(self.weight), has(self.matchTrafficWeight) && self.matchTrafficWeight].filter(x, x).size() == 1")
+    .message("setCanaryScale sets exactly one of replicas, weight, matchTrafficWeight: true"))]
+#[serde(rename_all = "camelCase")]
+pub struct SetCanaryScale {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_traffic_weight: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    #[serde(rename = "gatewayAPI")]
+    pub gateway_api: GatewayApiRouting,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouting {
+    /// An HTTPRoute in the platform's namespace whose backend refs name the stable Service `<name>` and
+    /// the canary Service `<name>-canary`; the operator owns their weights.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub http_route: String,
+}
+
+/// Which analysis to run (evaluated by rollout analysis; see the README for what runs today).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRef {
+    #[serde(default)]
+    pub templates: Vec<AnalysisTemplateRef>,
+    #[serde(default)]
+    pub args: Vec<AnalysisArg>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateRef {
+    pub template_name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisArg {
+    pub name: String,
+    pub value: String,
+}
+
+/// Where a blue-green or canary rollout stands (also filled for rolling updates, from the Deployment).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// `Healthy`, `Progressing`, `Paused`, `Degraded` or `Aborted`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The step the canary is at (`steps.len()` once every step is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<i32>,
+    /// The revision serving behind `<name>` (active for blue-green).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// The revision being rolled out (preview for blue-green), while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    #[serde(default)]
+    pub weights: Weights,
+    /// When the current step started (pause durations and the progress deadline count from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Why the rollout waits, while it does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pause_conditions: Vec<PauseCondition>,
+    /// Set when the canary revision was aborted; cleared by `kybctl rollout retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortStatus>,
+    /// Blue-green: the revision replaced by the last promotion, kept running until `scaleDownAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_at: Option<Time>,
+}
+
+/// Percent of traffic to the canary: what the step asks for and what the pods or route give.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Weights {
+    pub desired: i32,
+    pub effective: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseCondition {
+    /// `CanaryPauseStep`, `BlueGreenPause`, `AnalysisPending` or `Paused`.
+    pub reason: String,
+    pub start_time: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortStatus {
+    pub revision: String,
+    pub reason: String,
+    pub message: String,
+    pub at: Time,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -459,6 +712,8 @@ pub struct KybPlatformStatus {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// The CustomResourceDefinition as YAML, as `kybctl crd` prints it and `crds/` holds it.

@@ -5,10 +5,13 @@
 
 pub mod backoff;
 pub mod build;
+pub mod commands;
 pub mod controller;
 pub mod crd;
 pub mod drift;
 pub mod leader;
 pub mod metrics;
+pub mod progressive;
 pub mod render;
+pub mod split;
 pub mod status;

@@ -242,6 +242,7 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         contracted_schema: obs.contracted_schema.clone().or(previous.contracted_schema),
         endpoint: obs.endpoint.clone(),
         phase: Some(phase.into()),
+        rollout: previous.rollout,
     }
 }
 
