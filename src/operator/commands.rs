@@ -19,6 +19,18 @@ pub const REVISION_SPEC: &str = "kyb.io/revision-spec";
 /// On each revision's Deployment: its number (1, 2, ...), as `kybctl rollout history` lists them.
 pub const REVISION_NUMBER: &str = "kyb.io/revision-number";
 
+/// The spec fields a revision does not consist of: `undo` leaves them as they are.
+pub const NOT_REVISIONED: &[&str] = &["replicas", "autoscaling", "rollout"];
+
+/// The spec fields that make a revision, as a JSON object (what `undo` restores).
+pub fn revision_spec(spec: &crate::operator::crd::KybPlatformSpec) -> String {
+    let mut value = serde_json::to_value(spec).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|k, _| !NOT_REVISIONED.contains(&k.as_str()));
+    }
+    value.to_string()
+}
+
 pub fn promote_token(revision: &str, step: i32) -> String {
     format!("{revision}:{step}")
 }

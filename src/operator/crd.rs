@@ -654,6 +654,25 @@ pub struct RolloutStatus {
     pub previous_revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_at: Option<Time>,
+    /// Every revision the operator keeps (newest first), with its pods: `kybctl rollout get|history`
+    /// read it, and `undo` restores a revision's spec from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// 1 for the platform's first revision, then counting up.
+    pub number: i64,
+    pub revision: String,
+    pub image: String,
+    /// `stable`, `canary`, `preview`, `previous` (blue-green, until its scale-down) or `old`.
+    pub role: String,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    /// The spec fields this revision was built from (JSON; all but replicas, autoscaling and rollout).
+    pub spec: String,
 }
 
 /// Percent of traffic to the canary: what the step asks for and what the pods or route give.
