@@ -39,8 +39,31 @@ async fn samples_are_accepted_defaulted_and_scalable() {
         "the apiserver applies the plan's defaults"
     );
     let table = check(c.kubectl().args(["get", "-n", &ns, "kyb"]));
-    for column in ["NAME", "READY", "IMAGE", "PHASE", "AGE"] {
+    for column in [
+        "NAME", "READY", "IMAGE", "PHASE", "STRATEGY", "STEP", "WEIGHT", "AGE",
+    ] {
         assert!(table.contains(column), "{table}");
+    }
+    // The plan's two rollout configurations, as shipped.
+    for (sample, strategy) in [("blue-green.yaml", "BlueGreen"), ("canary.yaml", "Canary")] {
+        let ns = c.namespace("crd-rollout").await;
+        check(
+            c.kubectl()
+                .args(["apply", "-n", &ns, "-f", &format!("{SAMPLES}/{sample}")]),
+        );
+        let got = check(c.kubectl().args([
+            "get",
+            "-n",
+            &ns,
+            "kyb/kyb-platform",
+            "-o",
+            "jsonpath={.spec.rollout.strategy} {.spec.replicas} {.spec.rollout.blueGreen.scaleDownDelaySeconds}{.spec.rollout.canary.steps[*].setWeight}",
+        ]));
+        let want = match strategy {
+            "BlueGreen" => "BlueGreen 5 30",
+            _ => "Canary 10 20 40 60 80",
+        };
+        assert_eq!(got.trim(), want, "{sample}");
     }
     check(
         c.kubectl()
@@ -121,7 +144,31 @@ async fn invalid_specs_are_rejected_naming_the_field() {
             "image: x\n  database: {primary: {name: db, key: url}, pool: {minConnections: 50, maxConnections: 10}}".into(),
             "spec.database.pool.minConnections must be <= maxConnections",
         ),
-        (format!("image: x\n  {db}\n  rollout: {{strategy: Canary}}"), "spec.rollout.strategy"),
+        (format!("image: x\n  {db}\n  rollout: {{strategy: Linear}}"), "spec.rollout.strategy"),
+        (
+            format!("image: x\n  {db}\n  rollout: {{strategy: Canary, canary: {{steps: [{{setWeight: 40}}, {{pause: {{}}}}, {{setWeight: 20}}]}}}}"),
+            "setWeight must not decrease",
+        ),
+        (
+            format!("image: x\n  {db}\n  rollout: {{strategy: Canary, canary: {{steps: [{{setWeight: 120}}]}}}}"),
+            "spec.rollout.canary.steps[0].setWeight",
+        ),
+        (
+            format!("image: x\n  {db}\n  rollout: {{strategy: Canary, canary: {{steps: [{{setWeight: 20, pause: {{}}}}]}}}}"),
+            "a canary step sets exactly one of",
+        ),
+        (
+            format!("image: x\n  {db}\n  rollout: {{strategy: Canary, canary: {{steps: [{{setCanaryScale: {{replicas: 2}}}}]}}}}"),
+            "setCanaryScale needs trafficRouting",
+        ),
+        (
+            format!("image: x\n  {db}\n  rollout: {{strategy: Canary, blueGreen: {{}}}}"),
+            "spec.rollout.blueGreen is only read with strategy BlueGreen",
+        ),
+        (
+            format!("image: x\n  {db}\n  rollout: {{strategy: Canary, canary: {{steps: [{{pause: {{duration: soon}}}}]}}}}"),
+            "spec.rollout.canary.steps[0].pause.duration",
+        ),
         (format!("image: x\n  {db}\n  imagePullPolicy: Sometimes"), "spec.imagePullPolicy"),
         ("image: x\n  database: {primary: {name: Bad_Name, key: url}}".into(), "spec.database.primary.name"),
     ];

@@ -4,6 +4,8 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/gateway.rs"]
+mod gateway;
 #[path = "common/operator.rs"]
 mod operator;
 
@@ -435,6 +437,8 @@ async fn a_missing_secret_is_reported_not_retried_hot() {
 async fn shipped_rbac_is_sufficient_and_least_privilege() {
     let c = cluster().await;
     operator::install_crd().await;
+    // kubectl resolves httproutes through discovery.
+    gateway::install_gateway_api_crds().await;
     check(c.kubectl().args([
         "apply",
         "-f",
@@ -449,9 +453,13 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
         ("get", "deployments", "", "no"), // children are read from the watch caches
         ("watch", "deployments", "", "yes"),
         ("list", "secrets", "", "no"),
-        ("delete", "deployments", "", "no"),
-        ("delete", "configmaps", "", "yes"), // configurations past the revision history
-        ("delete", "services", "", "no"),
+        ("delete", "deployments", "", "yes"), // revisions past the history limit
+        ("delete", "configmaps", "", "yes"),  // configurations past the revision history
+        ("delete", "services", "", "yes"),    // a preview or canary Service no strategy uses
+        ("patch", "httproutes.gateway.networking.k8s.io", "", "yes"), // canary weights
+        ("list", "httproutes.gateway.networking.k8s.io", "", "no"),
+        ("delete", "httproutes.gateway.networking.k8s.io", "", "no"),
+        ("patch", "deployments", "scale", "no"),
         ("create", "pods", "", "no"),
     ] {
         let sub = format!("--subresource={subresource}");

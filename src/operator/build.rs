@@ -26,10 +26,13 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use super::render::{self, Rendered, CONFIG_DIR, CONFIG_FILE, HTTP_PORT, SECRETS_DIR};
+use crate::operator::commands::{REVISION_NUMBER, REVISION_SPEC};
 use crate::operator::crd::{KybPlatform, PullPolicy};
 
 pub const FIELD_MANAGER: &str = "kybctl-operator";
 pub const CONFIG_HASH_ANNOTATION: &str = "kyb.io/config-hash";
+/// On every pod (and on each revision Deployment of a blue-green or canary platform): its revision.
+pub const REVISION_LABEL: &str = "kyb.io/revision";
 /// Non-root user of the distroless-style image.
 const RUN_AS_USER: i64 = 65532;
 
@@ -301,7 +304,6 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     let spec = &kp.spec;
     let rendered = render::render(spec);
     let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
-    let revision = hash(&[&spec.image, &rendered.config_yaml]);
     let config_hash = hash(&[&rendered.config_yaml, &format!("{:?}", rendered.mounts)]);
     let config_map_name = config_map_name(&name, &hash(&[&rendered.config_yaml]));
     let db = &spec.database;
@@ -346,8 +348,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     api.resources = spec.resources.clone();
 
     let selector = selector_labels(kp);
-    let mut pod_labels = labels(kp, "api");
-    pod_labels.insert("kyb.io/revision".into(), revision.clone());
+    let pod_labels = labels(kp, "api");
     // While autoscaling, spec.replicas is written by the HPA through the KybPlatform's scale subresource
     // (one source of truth, also for `kubectl scale`); before its first write, start at the minimum.
     let replicas = spec.replicas.unwrap_or(if spec.autoscaling.enabled {
@@ -355,11 +356,49 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     } else {
         1
     });
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.into(),
+                config_hash,
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(name.clone()),
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security_context()),
+            containers: vec![api],
+            volumes: Some(volumes(&config_map_name, &rendered)),
+            topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "kubernetes.io/hostname".into(),
+                when_unsatisfiable: "ScheduleAnyway".into(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    };
+    // A revision is its pod template: anything that changes a pod (image, configuration, resources,
+    // probes) makes a new one, which blue-green and canary then roll out as a whole.
+    let revision = hash(&[&serde_json::to_string(&template).unwrap_or_default()]);
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_LABEL.into(), revision.clone());
     let deployment = Deployment {
         metadata: meta(kp, name.clone(), "api")?,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             revision_history_limit: Some(REVISION_HISTORY_LIMIT),
+            progress_deadline_seconds: Some(spec.rollout.progress_deadline_seconds),
             // Only when paused: resuming drops the field from the apply, and server-side apply then
             // takes it off the Deployment.
             paused: spec.rollout.paused.then_some(true),
@@ -374,34 +413,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
                     max_unavailable: Some(int_or_percent(&spec.rollout.max_unavailable)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.into(),
-                        config_hash,
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.clone()),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(pod_security_context()),
-                    containers: vec![api],
-                    volumes: Some(volumes(&config_map_name, &rendered)),
-                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-                        max_skew: 1,
-                        topology_key: "kubernetes.io/hostname".into(),
-                        when_unsatisfiable: "ScheduleAnyway".into(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(selector.clone()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-            },
+            template,
             ..Default::default()
         }),
         ..Default::default()
@@ -513,6 +525,68 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         revision,
         schema,
     })
+}
+
+/// The name of a revision's Deployment (blue-green and canary platforms).
+pub fn revision_deployment_name(platform: &str, revision: &str) -> String {
+    format!("{platform}-{revision}")
+}
+
+/// The Deployment of one revision of a blue-green or canary platform: the spec's Deployment renamed
+/// `<name>-<revision>`, selecting only that revision's pods, at `replicas`. Its template never
+/// changes (the revision is the template), so it never rolls by itself: the operator only scales it.
+/// `number` and `spec` (the spec fields it was built from) are what `kybctl rollout history|undo`
+/// read back.
+pub fn revision_deployment(
+    base: &Deployment,
+    revision: &str,
+    number: i64,
+    spec: String,
+    replicas: i32,
+) -> Deployment {
+    let mut d = base.clone();
+    let platform = base.metadata.name.clone().unwrap_or_default();
+    d.metadata.name = Some(revision_deployment_name(&platform, revision));
+    d.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_LABEL.into(), revision.into());
+    let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert(REVISION_NUMBER.into(), number.to_string());
+    annotations.insert(REVISION_SPEC.into(), spec);
+    if let Some(s) = d.spec.as_mut() {
+        s.replicas = Some(replicas);
+        // Pausing holds the scales the operator sets; a revision's template has nothing to roll.
+        s.paused = None;
+        s.revision_history_limit = Some(0);
+        s.selector
+            .match_labels
+            .get_or_insert_with(Default::default)
+            .insert(REVISION_LABEL.into(), revision.into());
+    }
+    d
+}
+
+/// The Service `base` narrowed to one revision's pods (`None`: every revision's).
+pub fn pinned_service(base: &Service, revision: Option<&str>) -> Service {
+    let mut svc = base.clone();
+    if let (Some(rev), Some(spec)) = (revision, svc.spec.as_mut()) {
+        spec.selector
+            .get_or_insert_with(Default::default)
+            .insert(REVISION_LABEL.into(), rev.into());
+    }
+    svc
+}
+
+/// `<name>-canary` or `<name>-preview`: the Service `base` renamed, selecting one revision.
+pub fn side_service(base: &Service, suffix: &str, revision: &str) -> Service {
+    let mut svc = pinned_service(base, Some(revision));
+    let name = format!(
+        "{}-{suffix}",
+        base.metadata.name.clone().unwrap_or_default()
+    );
+    svc.metadata.name = Some(name);
+    svc
 }
 
 /// The two migration Jobs of a release: expand steps before its pods get traffic, contract steps once

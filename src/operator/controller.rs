@@ -34,13 +34,15 @@ use super::build::{self, Children, FIELD_MANAGER};
 use super::drift;
 use super::metrics::OperatorMetrics;
 use super::render;
+use super::revisions;
 use super::status::{self, Blocker, Migration, Observed, Rollout};
-use crate::operator::crd::KybPlatform;
+use crate::operator::crd::{KybPlatform, RolloutStrategy};
 
 const APPLIED_HASH: &str = "kyb.io/applied-hash";
 /// Periodic resync: catches drift the watches cannot see (a Secret created later, for example).
 const RESYNC: Duration = Duration::from_secs(300);
 const WAIT_FOR_JOB: Duration = Duration::from_secs(5);
+const WAIT_FOR_PODS: Duration = Duration::from_secs(10);
 const SECRET_RECHECK: Duration = Duration::from_secs(30);
 const RECONCILE_CONCURRENCY: u16 = 16;
 /// How long a reconcile waits for the watch caches' first listing before giving up (and retrying later).
@@ -114,7 +116,7 @@ impl Caches {
 }
 
 /// The cached object `ns/name`, if the watch has seen it.
-fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
+pub(super) fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
 where
     K: Resource + Clone,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -122,7 +124,7 @@ where
     store.get(&ObjectRef::new(name).within(ns))
 }
 
-fn meta<K: Resource>(cached: &Option<Arc<K>>) -> Option<&ObjectMeta> {
+pub(super) fn meta<K: Resource>(cached: &Option<Arc<K>>) -> Option<&ObjectMeta> {
     cached.as_deref().map(Resource::meta)
 }
 
@@ -160,7 +162,9 @@ fn needs_apply(live: Option<&ObjectMeta>, hash: &str) -> bool {
 }
 
 /// The cached child as JSON, for the drift comparison.
-fn object<K: Serialize>(cached: &Option<Arc<K>>) -> Result<Option<serde_json::Value>, Error> {
+pub(super) fn object<K: Serialize>(
+    cached: &Option<Arc<K>>,
+) -> Result<Option<serde_json::Value>, Error> {
     cached
         .as_deref()
         .map(serde_json::to_value)
@@ -171,7 +175,7 @@ fn object<K: Serialize>(cached: &Option<Arc<K>>) -> Result<Option<serde_json::Va
 /// Applies `desired` unless `live` (its cached metadata) already carries its hash and `live_object`
 /// (the cached object, where the cache keeps it whole) still holds every desired field. Returns the
 /// object the apiserver answered with, or `None` when nothing was sent.
-async fn apply<K>(
+pub(super) async fn apply<K>(
     client: &Client,
     ns: &str,
     mut desired: K,
@@ -217,7 +221,7 @@ where
 }
 
 /// Deletes a child the cache says is present. Already gone (the cache lagged) is success.
-async fn delete<K>(
+pub(super) async fn delete<K>(
     client: &Client,
     ns: &str,
     name: &str,
@@ -396,13 +400,28 @@ async fn write_status(
 ) -> Result<(), Error> {
     let (client, metrics) = (&ctx.client, &ctx.metrics);
     let next = status::next_status(kp, obs, &Time(k8s_openapi::jiff::Timestamp::now()));
+    ctx.metrics.observe_rollout(kp, &next);
     if kp.status.as_ref() == Some(&next) {
         return Ok(());
     }
     let previous_phase = kp.status.as_ref().and_then(|s| s.phase.clone());
-    if next.phase != previous_phase {
-        announce(ctx, kp, &next).await;
+    let step = next.rollout.as_ref().and_then(|r| {
+        super::progressive::event(kp.status.as_ref().and_then(|s| s.rollout.as_ref()), r)
+    });
+    match step {
+        // Blue-green and canary: every step, pause, promotion and abort.
+        Some((warning, reason, note)) if obs.progressive.is_some() => {
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            publish(ctx, kp, type_, reason.into(), note).await;
+        }
+        _ if next.phase != previous_phase => announce(ctx, kp, &next).await,
+        _ => {}
     }
+
     metrics.writes.inc();
     let patch = serde_json::json!({
         "apiVersion": "kyb.io/v1alpha1",
@@ -435,6 +454,10 @@ async fn announce(ctx: &Context, kp: &KybPlatform, next: &crate::operator::crd::
             format!("{}/{} pods ready", next.ready_replicas, next.replicas),
         ),
     };
+    publish(ctx, kp, type_, reason, note).await;
+}
+
+async fn publish(ctx: &Context, kp: &KybPlatform, type_: EventType, reason: String, note: String) {
     let event = Event {
         type_,
         reason,
@@ -446,6 +469,36 @@ async fn announce(ctx: &Context, kp: &KybPlatform, next: &crate::operator::crd::
     if let Err(e) = ctx.recorder.publish(&event, &kp.object_ref(&())).await {
         tracing::debug!(error = %e, "event not recorded");
     }
+}
+
+/// The rolling-update strategy: the Deployment `<name>` once the migration gate is open. Returns the
+/// Deployment as now known.
+async fn rolling_update(
+    ctx: &Context,
+    ns: &str,
+    children: &Children,
+    migration: &Migration,
+    live: Option<Arc<Deployment>>,
+) -> Result<Option<Arc<Deployment>>, Error> {
+    let may_roll_out = matches!(migration, Migration::Disabled | Migration::Succeeded { .. });
+    if !may_roll_out {
+        return Ok(live);
+    }
+    Ok(
+        match apply(
+            &ctx.client,
+            ns,
+            children.deployment.clone(),
+            meta(&live),
+            object(&live)?,
+            &ctx.metrics,
+        )
+        .await?
+        {
+            Some(applied) => Some(Arc::new(applied)),
+            None => live,
+        },
+    )
 }
 
 pub async fn reconcile(kp: Arc<KybPlatform>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -473,6 +526,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         contracted_schema: None,
         selector: build::selector_string(kp),
         endpoint: Some(format!("http://{name}.{ns}.svc:80")),
+        progressive: None,
     };
     let live = cached(&caches.deployments, &ns, &name);
 
@@ -533,16 +587,21 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         metrics,
     )
     .await?;
-    let svc = cached(&caches.services, &ns, &children.service.name_any());
-    apply(
-        client,
-        &ns,
-        children.service.clone(),
-        meta(&svc),
-        object(&svc)?,
-        metrics,
-    )
-    .await?;
+    let progressive = kp.spec.rollout.strategy != RolloutStrategy::RollingUpdate;
+    if !progressive {
+        // Blue-green and canary point the Service at revisions once they know which (revisions.rs).
+        let svc = cached(&caches.services, &ns, &children.service.name_any());
+        apply(
+            client,
+            &ns,
+            children.service.clone(),
+            meta(&svc),
+            object(&svc)?,
+            metrics,
+        )
+        .await?;
+        revisions::delete_unused_side_services(ctx, &ns, &name, kp.spec.rollout.strategy).await?;
+    }
     let pdb = cached(&caches.pdbs, &ns, &children.pdb.name_any());
     apply(
         client,
@@ -593,28 +652,33 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         Some(job) => job_run(ctx, &ns, job).await?,
     };
 
-    let may_roll_out = matches!(migration, Migration::Disabled | Migration::Succeeded { .. });
-    let deployment = if may_roll_out {
-        match apply(
-            client,
-            &ns,
-            children.deployment.clone(),
-            meta(&live),
-            object(&live)?,
-            metrics,
+    let (observed_rollout, fully_promoted, progressive_status, requeue, blocker) = if progressive {
+        let outcome =
+            revisions::reconcile(ctx, &ns, kp, &children, &migration, desired_replicas).await?;
+        (
+            outcome.rollout,
+            outcome.fully_promoted,
+            Some(outcome.status),
+            outcome.requeue,
+            outcome.blocker,
         )
-        .await?
-        {
-            Some(applied) => Some(Arc::new(applied)),
-            None => live,
-        }
     } else {
-        live
+        let deployment = rolling_update(ctx, &ns, &children, &migration, live).await?;
+        let observed = rollout(deployment.as_deref(), desired_replicas);
+        let promoted = status::fully_promoted(&observed, &kp.spec.image);
+        if promoted {
+            // Back from blue-green or canary: the revision Deployments go once this one serves.
+            for d in caches.deployments.state_filter(|d| {
+                d.namespace().as_deref() == Some(ns.as_str())
+                    && d.labels().get("app.kubernetes.io/instance") == Some(&name)
+                    && d.labels().contains_key(build::REVISION_LABEL)
+            }) {
+                delete::<Deployment>(client, &ns, &d.name_any(), metrics).await?;
+            }
+        }
+        (observed, promoted, None, None, None)
     };
-    if deployment.is_some() {
-        prune_config_maps(ctx, &ns, &name, &children.config_map.name_any()).await?;
-    }
-    let observed_rollout = rollout(deployment.as_deref(), desired_replicas);
+    prune_config_maps(ctx, &ns, &name, &children.config_map.name_any()).await?;
     let contracted = kp
         .status
         .as_ref()
@@ -624,10 +688,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         Some(job) if contracted == Some(children.schema.as_str()) => Migration::Succeeded {
             job: job.name_any(),
         },
-        Some(job)
-            if matches!(migration, Migration::Succeeded { .. })
-                && status::fully_promoted(&observed_rollout, &kp.spec.image) =>
-        {
+        Some(job) if matches!(migration, Migration::Succeeded { .. }) && fully_promoted => {
             job_run(ctx, &ns, job).await?
         }
         Some(_) => Migration::Waiting,
@@ -641,17 +702,28 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         migration: migration.clone(),
         rollout: observed_rollout,
         revision: Some(children.revision.clone()),
+        blocker,
+        progressive: progressive_status,
         ..base
     };
+    let progressing = obs
+        .progressive
+        .as_ref()
+        .is_some_and(|p| p.phase == super::progressive::PROGRESSING);
     write_status(ctx, &ns, kp, &obs).await?;
-    Ok(match (migration, contract) {
-        (Migration::Running { .. }, _) | (_, Migration::Running { .. }) => {
-            Action::requeue(WAIT_FOR_JOB)
-        }
-        // A failed migration needs a new spec (image or migrations) to move on.
-        (Migration::Failed { .. }, _) => Action::await_change(),
-        _ => Action::requeue(RESYNC),
-    })
+    let wait = match (migration, contract) {
+        (Migration::Running { .. }, _) | (_, Migration::Running { .. }) => WAIT_FOR_JOB,
+        // A failed migration needs a new spec (image or migrations) to move on; a blue-green or
+        // canary platform still has its timers (a scale-down delay).
+        (Migration::Failed { .. }, _) if requeue.is_none() => return Ok(Action::await_change()),
+        // Pods moving: the Deployment watch wakes the reconcile, this is the safety net.
+        _ if progressing => WAIT_FOR_PODS,
+        _ => RESYNC,
+    };
+    // A pause that ends or a delay that expires is due even if nothing else happens.
+    Ok(Action::requeue(requeue.map_or(wait, |r| {
+        r.min(wait).max(Duration::from_millis(100))
+    })))
 }
 
 /// Transient errors back off; they are logged and counted by reason.

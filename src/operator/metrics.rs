@@ -6,8 +6,27 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::operator::crd::{KybPlatform, KybPlatformStatus};
+
+/// One platform's rollout, for the phase and weight gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Platform {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlatformPhase {
+    pub namespace: String,
+    pub name: String,
+    pub phase: String,
+}
+
+const PHASES: [&str; 5] = ["Healthy", "Progressing", "Paused", "Degraded", "Aborted"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -26,6 +45,12 @@ pub struct OperatorMetrics {
     pub reads: Counter,
     /// Applies made because a child's owned field had been edited (the applied hash still matched).
     pub drift_corrections: Counter,
+    /// 1 for the phase each platform's rollout is in, 0 for the others.
+    pub rollout_phase: Family<PlatformPhase, Gauge>,
+    /// Percent of traffic on the canary or preview as the pods or route give it.
+    pub canary_weight: Family<Platform, Gauge>,
+    /// The step each platform's rollout is at (-1 without one).
+    pub rollout_step: Family<Platform, Gauge>,
 }
 
 impl Default for OperatorMetrics {
@@ -63,6 +88,24 @@ impl Default for OperatorMetrics {
             "Children re-applied because an owned field had been edited",
             drift_corrections.clone(),
         );
+        let rollout_phase = Family::<PlatformPhase, Gauge>::default();
+        let canary_weight = Family::<Platform, Gauge>::default();
+        let rollout_step = Family::<Platform, Gauge>::default();
+        registry.register(
+            "rollout_phase",
+            "Rollout phase of each KybPlatform (1 = current)",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "rollout_canary_weight_percent",
+            "Effective percent of traffic on the canary or preview",
+            canary_weight.clone(),
+        );
+        registry.register(
+            "rollout_step",
+            "Canary step index of each KybPlatform (-1: none)",
+            rollout_step.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -70,6 +113,9 @@ impl Default for OperatorMetrics {
             writes,
             reads,
             drift_corrections,
+            rollout_phase,
+            canary_weight,
+            rollout_step,
         }
     }
 }
@@ -82,6 +128,29 @@ impl OperatorMetrics {
                 result: error.unwrap_or("ok").to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the rollout gauges from a status about to be written (or already current).
+    pub fn observe_rollout(&self, kp: &KybPlatform, status: &KybPlatformStatus) {
+        let Some(r) = &status.rollout else { return };
+        let namespace = kp.metadata.namespace.clone().unwrap_or_default();
+        let name = kp.metadata.name.clone().unwrap_or_default();
+        for phase in PHASES {
+            self.rollout_phase
+                .get_or_create(&PlatformPhase {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    phase: phase.into(),
+                })
+                .set(i64::from(r.phase == phase));
+        }
+        let platform = Platform { namespace, name };
+        self.canary_weight
+            .get_or_create(&platform)
+            .set(i64::from(r.weights.effective));
+        self.rollout_step
+            .get_or_create(&platform)
+            .set(r.current_step_index.map_or(-1, i64::from));
     }
 
     pub fn encode(&self) -> String {

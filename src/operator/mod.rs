@@ -13,5 +13,6 @@ pub mod leader;
 pub mod metrics;
 pub mod progressive;
 pub mod render;
+pub mod revisions;
 pub mod split;
 pub mod status;

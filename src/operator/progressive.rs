@@ -631,6 +631,45 @@ impl Planner<'_, '_> {
     }
 }
 
+/// The Event a status change deserves (step, pause, promotion, abort), if any: (warning, reason, note).
+pub fn event(
+    prev: Option<&RolloutStatus>,
+    next: &RolloutStatus,
+) -> Option<(bool, &'static str, String)> {
+    let before = prev.cloned().unwrap_or_default();
+    let key = |s: &RolloutStatus| {
+        (
+            s.phase.clone(),
+            s.current_step_index,
+            s.stable_revision.clone(),
+            s.canary_revision.clone(),
+            s.abort.is_some(),
+        )
+    };
+    if key(&before) == key(next) {
+        return None;
+    }
+    let note = next.message.clone();
+    Some(match next.phase.as_str() {
+        ABORTED => (true, "RolloutAborted", note),
+        DEGRADED => (true, "RolloutDegraded", note),
+        _ if before.stable_revision.is_some() && next.stable_revision != before.stable_revision => {
+            (
+                false,
+                "RolloutPromoted",
+                format!(
+                    "revision {} is stable (was {}); {note}",
+                    next.stable_revision.as_deref().unwrap_or("?"),
+                    before.stable_revision.as_deref().unwrap_or("?")
+                ),
+            )
+        }
+        PAUSED => (false, "RolloutPaused", note),
+        HEALTHY => (false, "RolloutHealthy", note),
+        _ => (false, "RolloutStep", note),
+    })
+}
+
 pub fn plan(input: &Input) -> Plan {
     let prev = input.previous.cloned().unwrap_or_default();
     let plan = Plan {

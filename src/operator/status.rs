@@ -4,7 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::operator::crd::{KybPlatform, KybPlatformStatus};
+use crate::operator::crd::{KybPlatform, KybPlatformStatus, RolloutStatus};
+use crate::operator::progressive;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -61,6 +62,8 @@ pub struct Observed {
     pub contracted_schema: Option<String>,
     pub selector: String,
     pub endpoint: Option<String>,
+    /// A blue-green or canary rollout's own status (see `progressive`); `None` for rolling updates.
+    pub progressive: Option<RolloutStatus>,
 }
 
 /// Every desired pod runs the spec's image and is ready.
@@ -75,6 +78,15 @@ pub fn rolled_out(r: &Rollout, spec_image: &str) -> bool {
 /// run, since nothing that still needs what they remove is serving.
 pub fn fully_promoted(r: &Rollout, spec_image: &str) -> bool {
     rolled_out(r, spec_image) && r.replicas <= r.desired
+}
+
+/// The Degraded condition's reason for an aborted rollout.
+fn abort_reason(reason: &str) -> &'static str {
+    match reason {
+        "ProgressDeadlineExceeded" => "ProgressDeadlineExceeded",
+        "AnalysisFailed" => "AnalysisFailed",
+        _ => "RolloutAborted",
+    }
 }
 
 fn set(
@@ -113,7 +125,11 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
     let generation = kp.metadata.generation;
     let mut conds = previous.conditions.clone();
     let r = &obs.rollout;
-    let rolled_out = rolled_out(r, &kp.spec.image);
+    let progressive = obs.progressive.as_ref();
+    let rolled_out = match progressive {
+        Some(p) => p.phase == progressive::HEALTHY,
+        None => rolled_out(r, &kp.spec.image),
+    };
 
     let (migrated, m_reason, m_message) = match &obs.migration {
         Migration::Disabled => (true, "Disabled", "migrations are disabled".to_owned()),
@@ -157,7 +173,14 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
                 None => m_message.clone(),
             },
         )),
-        _ => None,
+        _ => progressive
+            .and_then(|p| p.abort.as_ref().filter(|_| p.phase == progressive::ABORTED))
+            .map(|a| {
+                (
+                    abort_reason(&a.reason),
+                    progressive.map(|p| p.message.clone()).unwrap_or_default(),
+                )
+            }),
     };
     match &degraded {
         Some((reason, message)) => set(
@@ -180,9 +203,13 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         ),
     }
 
-    let paused = kp.spec.rollout.paused;
+    let paused = match progressive {
+        Some(p) => p.phase == progressive::PAUSED,
+        None => kp.spec.rollout.paused,
+    };
     let progressing = degraded.is_none() && !rolled_out && !paused;
     let p_message = match &obs.migration {
+        _ if progressive.is_some() => progressive.map(|p| p.message.clone()).unwrap_or_default(),
         _ if paused => format!(
             "paused with {}/{} pods ready on the spec's image: `kybctl rollout resume {}` continues",
             r.ready_replicas,
@@ -200,6 +227,7 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         (false, true) => "Paused",
         (false, false) => "Stable",
     };
+    let progressing_message = p_message.clone();
     set(
         &mut conds,
         PROGRESSING,
@@ -210,7 +238,10 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         now,
     );
 
-    let ready = r.desired > 0 && r.ready_replicas >= r.desired && degraded.is_none() && rolled_out;
+    let ready = match progressive {
+        Some(_) => rolled_out && degraded.is_none(),
+        None => r.desired > 0 && r.ready_replicas >= r.desired && degraded.is_none() && rolled_out,
+    };
     set(
         &mut conds,
         READY,
@@ -221,7 +252,10 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         now,
     );
 
-    let phase = if degraded.is_some() {
+    let aborted = progressive.is_some_and(|p| p.phase == progressive::ABORTED);
+    let phase = if aborted {
+        "Aborted"
+    } else if degraded.is_some() {
         "Degraded"
     } else if paused {
         "Paused"
@@ -233,7 +267,9 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
     KybPlatformStatus {
         observed_generation: generation,
         conditions: conds,
-        replicas: r.replicas,
+        // The scale subresource's view: the desired total at most, never surge pods (the autoscaler
+        // would read them as load it caused and scale out).
+        replicas: r.replicas.min(r.desired),
         ready_replicas: r.ready_replicas,
         selector: Some(obs.selector.clone()),
         image: r.image.clone(),
@@ -242,7 +278,24 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         contracted_schema: obs.contracted_schema.clone().or(previous.contracted_schema),
         endpoint: obs.endpoint.clone(),
         phase: Some(phase.into()),
-        rollout: previous.rollout,
+        rollout: Some(match progressive {
+            Some(p) => p.clone(),
+            None => RolloutStatus {
+                phase: match phase {
+                    "Ready" => progressive::HEALTHY,
+                    "Paused" => progressive::PAUSED,
+                    "Degraded" => progressive::DEGRADED,
+                    _ => progressive::PROGRESSING,
+                }
+                .into(),
+                message: degraded
+                    .as_ref()
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_else(|| progressing_message.clone()),
+                stable_revision: ready.then(|| obs.revision.clone()).flatten(),
+                ..Default::default()
+            },
+        }),
     }
 }
 
@@ -278,6 +331,7 @@ mod tests {
             contracted_schema: None,
             selector: "a=b".into(),
             endpoint: None,
+            progressive: None,
         }
     }
 
