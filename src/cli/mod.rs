@@ -8,6 +8,7 @@ mod operator;
 mod output;
 mod progress;
 mod rollout;
+mod rollout_view;
 mod serve;
 mod shard_report;
 mod slo;
@@ -42,7 +43,7 @@ pub mod exit {
     name = "kybctl",
     version,
     about = "Run and operate the KYB platform: API service, operator, migrations, indexes, demo, SLO gate",
-    after_help = "Exit codes: 0 success, 1 the command's check failed, 2 usage or environment error, 3 the check was inconclusive (slo check) or the rollout is paused (rollout status), 4 not settled yet (rollout status).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  kybctl rollout status kyb -n prod --watch --timeout 10m\n  kybctl rollout pause kyb -n prod\n  source <(kybctl completions bash)"
+    after_help = "Exit codes: 0 success, 1 the command's check failed (or, for rollout promote|abort|retry|undo, the rollout's state does not allow it), 2 usage or environment error, 3 the check was inconclusive (slo check) or the rollout is paused (rollout status), 4 not settled yet (rollout status).\n\nExamples:\n  kybctl demo\n  kybctl serve --listen 0.0.0.0:8080 --database-url postgres://kyb@db/kyb --redis-url redis://cache:6379/\n  kybctl migrate up --database-url postgres://kyb@db/kyb\n  kybctl migrate status -o json\n  kybctl db indexes verify --database-url postgres://kyb@db/kyb\n  kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s --out result.json\n  kybctl slo check --result result.json --junit slo.xml\n  kybctl crd | kubectl apply --server-side -f -\n  kybctl operator -n kyb\n  kybctl rollout status kyb -n prod --watch --timeout 10m\n  kybctl rollout pause kyb -n prod\n  kybctl rollout get kyb -n prod\n  kybctl rollout promote kyb -n prod\n  kybctl rollout undo kyb -n prod --to-revision 3\n  source <(kybctl completions bash)"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -82,7 +83,8 @@ enum Command {
     Slo(slo::SloCommand),
     /// Load a KYB service with a realistic traffic mix; write the result `slo check` reads.
     Loadtest(loadtest::LoadtestArgs),
-    /// Follow a KybPlatform's rollout.
+    /// Follow and steer a KybPlatform's rollout: status, get, history, pause, resume, promote, abort,
+    /// retry, undo.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
     /// Print a shell completion script: `source <(kybctl completions bash)`.
