@@ -347,6 +347,35 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
         history.contains("registry.example.com/kybctl:1"),
         "{history}"
     );
+
+    // Settled: a resync with nothing new writes nothing; a scaled revision Deployment is put back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = s.op.metrics.writes.get();
+    check(
+        cluster()
+            .await
+            .kubectl()
+            .args(["label", "-n", &s.ns, "kyb/kyb", "touched=yes"]),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.op.metrics.writes.get(),
+        writes,
+        "a no-op resync writes nothing"
+    );
+    check(cluster().await.kubectl().args([
+        "scale",
+        "-n",
+        &s.ns,
+        &format!("deployment/kyb-{canary}"),
+        "--replicas=3",
+    ]));
+    let deployments = Api::<Deployment>::namespaced(cluster().await.client().await, &s.ns);
+    eventually(Duration::from_secs(30), "the edit undone", || async {
+        let d = deployments.get(&format!("kyb-{canary}")).await.unwrap();
+        d.spec.unwrap().replicas == Some(10) && s.split(&stable, &canary).await == (10, 0)
+    })
+    .await;
     s.op.stop().await;
 }
 
