@@ -8,6 +8,8 @@ mod operator;
 mod output;
 mod progress;
 mod rollout;
+mod rollout_actions;
+mod rollout_status;
 mod rollout_view;
 mod serve;
 mod shard_report;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::output::{self, Format};
-use super::rollout::{no_history_hint, step_kind};
+use super::rollout_actions::{no_history_hint, step_kind};
 use crate::operator::crd::{KybPlatform, RevisionStatus, RolloutStatus, RolloutStrategy};
 
 /// `-o json|yaml` of `rollout get`.
@@ -214,7 +214,7 @@ pub fn render_history(kp: &KybPlatform) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::rollout::tests::{blue_green, canary, settled};
+    use crate::cli::rollout_actions::tests::{blue_green, canary, settled};
 
     #[test]
     fn get_shows_the_canary_step_weights_and_revisions() {
