@@ -179,6 +179,23 @@ impl Setup {
         by
     }
 
+    /// Waits for (canary, stable) ready pods to be `want`. The operator moves on when the Deployments'
+    /// status says so; the pods a scale-down removes may take a moment longer to show as terminating.
+    async fn reaches(&self, stable: &str, canary: &str, want: (usize, usize)) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.split(stable, canary).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ready pods (canary, stable): {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Ready pods of (canary, stable).
     async fn split(&self, stable: &str, canary: &str) -> (usize, usize) {
         let pods = self.ready_pods().await;
@@ -236,7 +253,6 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
     assert_eq!(s.split(&stable, "none").await, (0, 10));
 
     s.set_image("registry.example.com/kybctl:2").await;
-    let mut seen = Vec::new();
     let mut canary = String::new();
     for step in [1, 3, 5] {
         s.paused_at(step).await;
@@ -244,7 +260,12 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
         let r = s.rollout().await;
         assert_eq!(r.current_step_index, Some(step), "{out}");
         canary = r.canary_revision.clone().unwrap();
-        seen.push(s.split(&stable, &canary).await);
+        s.reaches(
+            &stable,
+            &canary,
+            [(2, 8), (4, 6), (6, 4)][step as usize / 2],
+        )
+        .await;
         assert_eq!(r.weights.desired, r.weights.effective);
         assert!(
             !s.selector("kyb").await.contains_key(REVISION),
@@ -260,7 +281,7 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
             assert_eq!(code, 0, "{out}{err}");
         }
     }
-    assert_eq!(seen, [(2, 8), (4, 6), (6, 4)]);
+
     // A promote repeated is a no-op, not a skipped step.
     let (code, out, _) = s.kybctl(&["promote", "kyb"]).await;
     assert_eq!(code, 0, "{out}");
@@ -269,7 +290,7 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
     assert!(again.contains("already"), "{again}");
     s.paused_at(7).await;
     s.settles(3, "step 7").await;
-    assert_eq!(s.split(&stable, &canary).await, (8, 2));
+    s.reaches(&stable, &canary, (8, 2)).await;
 
     // Abort at 80 %: the Service selects stable at once; stable back to 10 with no pod of it
     // recreated; then the canary goes.
@@ -307,6 +328,17 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
     let r = s.rollout().await;
     assert_eq!(r.phase, "Aborted");
     assert_eq!(r.weights.effective, 0);
+    let (code, json, err) = s.kybctl(&["get", "kyb", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let got: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(got["rollout"]["phase"], "Aborted", "{json}");
+    assert_eq!(got["rollout"]["abort"]["reason"], "AbortedByUser", "{json}");
+    let (code, table, _) = s.kybctl(&["get", "kyb"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table.contains(&canary) && table.contains(&stable),
+        "{table}"
+    );
     assert_eq!(
         s.platform().await.spec.image,
         "registry.example.com/kybctl:2",
@@ -318,7 +350,7 @@ async fn canary_by_replica_ratio_steps_aborts_retries_and_promotes() {
     assert_eq!(code, 0, "{out}{err}");
     s.paused_at(1).await;
     s.settles(3, "retried: step 1").await;
-    assert_eq!(s.split(&stable, &canary).await, (2, 8));
+    s.reaches(&stable, &canary, (2, 8)).await;
     let (code, out, err) = s.kybctl(&["promote", "kyb", "--full"]).await;
     assert_eq!(code, 0, "{out}{err}");
     eventually(
@@ -429,16 +461,20 @@ spec:
         let r = s.rollout().await;
         assert_eq!(r.current_step_index, Some(step));
         let canary = r.canary_revision.unwrap();
-        let (c, st) = s.split(&stable, &canary).await;
-        assert_eq!(st, 10, "stable keeps its full size");
-        seen.push((weights().await, c));
+        let want = [(2, 10), (4, 10)][step as usize / 2];
+        s.reaches(&stable, &canary, want).await;
+        seen.push(weights().await);
         assert_eq!(s.selector("kyb").await.get(REVISION), Some(&stable));
         assert_eq!(s.selector("kyb-canary").await.get(REVISION), Some(&canary));
         if step == 1 {
             s.kybctl(&["promote", "kyb"]).await;
         }
     }
-    assert_eq!(seen, [((80, 20), 2), ((60, 40), 4)]);
+    assert_eq!(
+        seen,
+        [(80, 20), (60, 40)],
+        "stable keeps its full size throughout"
+    );
     let started = Instant::now();
     let (code, out, err) = s.kybctl(&["abort", "kyb"]).await;
     assert_eq!(code, 0, "{out}{err}");
