@@ -76,8 +76,12 @@ enum Command {
     Db(db::DbCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
     Demo(demo::DemoArgs),
-    /// Print the KybPlatform CustomResourceDefinition (YAML), for `kubectl apply -f -`.
-    Crd,
+    /// Print the CustomResourceDefinitions (KybPlatform, KybAnalysisTemplate, KybAnalysisRun) as YAML,
+    /// for `kubectl apply -f -`; `--dir DIR` writes them as the files of `crds/` instead.
+    Crd {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Reconcile KybPlatform resources into running, autoscaled API services.
     Operator(operator::OperatorArgs),
     /// Check service level objectives against a load-test result.
@@ -120,16 +124,7 @@ pub fn main() -> u8 {
             Command::Db(cmd) => db::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Operator(args) => operator::run(args).await,
-            Command::Crd => match crate::operator::crd::crd_yaml() {
-                Ok(yaml) => {
-                    print!("{yaml}");
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("error: cannot render the CRD: {e}");
-                    exit::USAGE
-                }
-            },
+            Command::Crd { dir } => crd(dir.as_deref()),
             Command::Slo(cmd) => slo::run(cmd),
             Command::Loadtest(args) => loadtest::run(args).await,
             Command::Rollout(cmd) => rollout::run(cmd).await,
@@ -171,4 +166,28 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// `kybctl crd [--dir DIR]`.
+fn crd(dir: Option<&std::path::Path>) -> u8 {
+    let files = match crate::operator::crd::crd_files() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: cannot render the CRDs: {e}");
+            return exit::USAGE;
+        }
+    };
+    let Some(dir) = dir else {
+        let all: Vec<String> = files.into_iter().map(|(_, y)| y).collect();
+        print!("{}", all.join("---\n"));
+        return exit::OK;
+    };
+    for (file, yaml) in files {
+        let path = dir.join(file);
+        if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return exit::USAGE;
+        }
+    }
+    exit::OK
 }

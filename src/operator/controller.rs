@@ -72,6 +72,8 @@ impl Error {
 
 pub struct Context {
     pub client: Client,
+    /// For analysis measurements (Prometheus, web providers).
+    pub http: reqwest::Client,
     pub metrics: Arc<OperatorMetrics>,
     pub recorder: Recorder,
     pub caches: Caches,
@@ -777,6 +779,7 @@ pub async fn run(
     ));
     let ctx = Arc::new(Context {
         client: client.clone(),
+        http: reqwest::Client::new(),
         metrics,
         recorder: Recorder::new(
             client.clone(),

@@ -598,14 +598,19 @@ pub struct GatewayApiRouting {
     pub http_route: String,
 }
 
-/// Which analysis to run (evaluated by rollout analysis; see the README for what runs today).
+/// Which analysis to run: KybAnalysisTemplates by name, and values for their arguments.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisRef {
-    #[serde(default)]
+    #[schemars(length(min = 1, max = 8))]
     pub templates: Vec<AnalysisTemplateRef>,
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub args: Vec<AnalysisArg>,
+    /// Background analysis (`canary.analysis`) only: the step it starts at (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub starting_step: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -649,6 +654,12 @@ pub struct RolloutStatus {
     /// Set when the canary revision was aborted; cleared by `kybctl rollout retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<AbortStatus>,
+    /// Retries of the canary revision so far (names its analysis runs afresh).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: i32,
+    /// The analysis runs of the current rollout and what they concluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisStatus>,
     /// Blue-green: the revision replaced by the last promotion, kept running until `scaleDownAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_revision: Option<String>,
@@ -673,6 +684,23 @@ pub struct RevisionStatus {
     pub ready_replicas: i32,
     /// The spec fields this revision was built from (JSON; all but replicas, autoscaling and rollout).
     pub spec: String,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// `step-N`, `background`, `pre-promotion` or `post-promotion`.
+    pub purpose: String,
+    /// The KybAnalysisRun.
+    pub run: String,
+    /// `Running`, `Successful`, `Failed`, `Inconclusive` or `Error`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Percent of traffic to the canary: what the step asks for and what the pods or route give.
@@ -735,10 +763,24 @@ pub struct KybPlatformStatus {
     pub rollout: Option<RolloutStatus>,
 }
 
-/// The CustomResourceDefinition as YAML, as `kybctl crd` prints it and `crds/` holds it.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+/// The CustomResourceDefinitions as the files of `crds/`: the KybPlatform, and the two analysis kinds.
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
+    use crate::operator::analysis::crd::{KybAnalysisRun, KybAnalysisTemplate};
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&KybPlatform::crd())
+    Ok(vec![
+        (
+            "kybplatform.yaml",
+            serde_yaml::to_string(&KybPlatform::crd())?,
+        ),
+        (
+            "kybanalysis.yaml",
+            format!(
+                "{}---\n{}",
+                serde_yaml::to_string(&KybAnalysisTemplate::crd())?,
+                serde_yaml::to_string(&KybAnalysisRun::crd())?
+            ),
+        ),
+    ])
 }
 
 #[cfg(test)]
@@ -746,13 +788,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checked_in_crd_matches_the_code() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
-        let on_disk = std::fs::read_to_string(path).expect("crds/kybplatform.yaml");
-        assert!(
-            on_disk == crd_yaml().unwrap(),
-            "crds/kybplatform.yaml is stale: run `cargo run -- crd > crds/kybplatform.yaml`"
-        );
+    fn checked_in_crds_match_the_code() {
+        for (file, yaml) in crd_files().unwrap() {
+            let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
+            let on_disk = std::fs::read_to_string(&path).expect("a file in crds/");
+            assert!(
+                on_disk == yaml,
+                "crds/{file} is stale: run `cargo run -- crd --dir crds`"
+            );
+        }
     }
 
     #[test]

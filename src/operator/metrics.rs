@@ -29,6 +29,14 @@ pub struct PlatformPhase {
 const PHASES: [&str; 5] = ["Healthy", "Progressing", "Paused", "Degraded", "Aborted"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnalysisMeasurement {
+    pub namespace: String,
+    pub platform: String,
+    pub metric: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     /// `ok` or the error reason.
     pub result: String,
@@ -51,6 +59,10 @@ pub struct OperatorMetrics {
     pub canary_weight: Family<Platform, Gauge>,
     /// The step each platform's rollout is at (-1 without one).
     pub rollout_step: Family<Platform, Gauge>,
+    /// Analysis measurements by platform, metric and verdict.
+    pub analysis_measurements: Family<AnalysisMeasurement, Counter>,
+    /// Analysis runs reaching a phase, by platform (the `metric` label is empty).
+    pub analysis_runs: Family<AnalysisMeasurement, Counter>,
 }
 
 impl Default for OperatorMetrics {
@@ -106,8 +118,22 @@ impl Default for OperatorMetrics {
             "Canary step index of each KybPlatform (-1: none)",
             rollout_step.clone(),
         );
+        let analysis_measurements = Family::<AnalysisMeasurement, Counter>::default();
+        let analysis_runs = Family::<AnalysisMeasurement, Counter>::default();
+        registry.register(
+            "analysis_measurements",
+            "Analysis measurements by platform, metric and verdict",
+            analysis_measurements.clone(),
+        );
+        registry.register(
+            "analysis_runs",
+            "Analysis runs reaching a phase, by platform",
+            analysis_runs.clone(),
+        );
         Self {
             registry,
+            analysis_measurements,
+            analysis_runs,
             reconciles,
             duration,
             writes,
@@ -151,6 +177,28 @@ impl OperatorMetrics {
         self.rollout_step
             .get_or_create(&platform)
             .set(r.current_step_index.map_or(-1, i64::from));
+    }
+
+    pub fn observe_measurement(&self, namespace: &str, platform: &str, metric: &str, phase: &str) {
+        self.analysis_measurements
+            .get_or_create(&AnalysisMeasurement {
+                namespace: namespace.into(),
+                platform: platform.into(),
+                metric: metric.into(),
+                phase: phase.into(),
+            })
+            .inc();
+    }
+
+    pub fn observe_run(&self, namespace: &str, platform: &str, phase: &str) {
+        self.analysis_runs
+            .get_or_create(&AnalysisMeasurement {
+                namespace: namespace.into(),
+                platform: platform.into(),
+                metric: String::new(),
+                phase: phase.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

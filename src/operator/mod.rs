@@ -3,6 +3,7 @@
 //! configuration and every child object, so what the operator will apply is unit-tested without a
 //! cluster.
 
+pub mod analysis;
 pub mod backoff;
 pub mod build;
 pub mod commands;

@@ -13,10 +13,11 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use super::analysis::assess::{ERROR, FAILED, INCONCLUSIVE, RUNNING, SUCCESSFUL};
 use super::commands::{self, Commands};
 use super::crd::{
-    AbortStatus, BlueGreenSpec, CanarySpec, CanaryStep, PauseCondition, RolloutSpec, RolloutStatus,
-    RolloutStrategy, Weights,
+    AbortStatus, AnalysisRef, AnalysisStatus, BlueGreenSpec, CanarySpec, CanaryStep,
+    PauseCondition, RolloutSpec, RolloutStatus, RolloutStrategy, Weights,
 };
 use super::split::{self, CanaryScale, Pods, Split};
 
@@ -53,7 +54,19 @@ pub struct Input<'a> {
     pub previous: Option<&'a RolloutStatus>,
     pub gate: Gate,
     pub commands: &'a Commands,
+    /// The analysis runs of this rollout so far, by purpose (see [`Wanted`]).
+    pub analyses: &'a BTreeMap<String, AnalysisStatus>,
     pub now: Timestamp,
+}
+
+/// An analysis run the rollout needs: of `revision`, for `purpose` (`step-N`, `background`,
+/// `pre-promotion`, `post-promotion`), numbered by the rollout's `attempt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub purpose: String,
+    pub revision: String,
+    pub attempt: i32,
+    pub reference: AnalysisRef,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +84,8 @@ pub struct Plan {
     pub requeue: Option<Duration>,
     /// Every pod runs the spec's revision and no other revision has pods: contract steps may run.
     pub fully_promoted: bool,
+    /// The analysis runs to create or keep measuring.
+    pub wanted: Vec<Wanted>,
 }
 
 fn pods(input: &Input, rev: &str) -> Pods {
@@ -104,6 +119,8 @@ struct Planner<'a, 'b> {
     input: &'b Input<'a>,
     prev: RolloutStatus,
     plan: Plan,
+    /// Keep the previous revision whatever its scale-down time (a post-promotion analysis runs).
+    hold_previous: bool,
 }
 
 impl Planner<'_, '_> {
@@ -131,6 +148,43 @@ impl Planner<'_, '_> {
         self.plan.status.phase = PAUSED.into();
     }
 
+    /// Asks for the analysis `purpose` of `revision`; its phase so far (Running until it has one).
+    fn analysis(
+        &mut self,
+        purpose: &str,
+        revision: &str,
+        reference: &AnalysisRef,
+    ) -> AnalysisStatus {
+        self.plan.wanted.push(Wanted {
+            purpose: purpose.into(),
+            revision: revision.into(),
+            attempt: self.plan.status.attempt,
+            reference: reference.clone(),
+        });
+        let known = self.input.analyses.get(purpose).cloned();
+        let status = known.unwrap_or(AnalysisStatus {
+            purpose: purpose.into(),
+            run: String::new(),
+            phase: RUNNING.into(),
+            message: "starting".into(),
+        });
+        self.plan.status.analysis.push(status.clone());
+        status
+    }
+
+    /// The abort an analysis that failed (or could not run) causes.
+    fn analysis_abort(&self, revision: &str, a: &AnalysisStatus) -> AbortStatus {
+        AbortStatus {
+            revision: revision.into(),
+            reason: "AnalysisFailed".into(),
+            message: format!(
+                "{} analysis {} ({}): {}",
+                a.purpose, a.phase, a.run, a.message
+            ),
+            at: Time(self.input.now),
+        }
+    }
+
     fn phase(&mut self, phase: &str, message: String) {
         self.plan.status.phase = phase.into();
         self.plan.status.message = message;
@@ -155,6 +209,14 @@ impl Planner<'_, '_> {
             .map(|(r, l)| (r.clone(), *l))
             .collect();
         for (rev, live) in others {
+            let held =
+                self.hold_previous && self.prev.previous_revision.as_deref() == Some(rev.as_str());
+            if held {
+                self.set(&rev, live.spec);
+                self.plan.status.previous_revision = Some(rev.clone());
+                self.plan.status.scale_down_at = self.prev.scale_down_at.clone();
+                continue;
+            }
             if let Some((_, at)) = delayed.as_ref().filter(|(r, _)| *r == rev) {
                 self.set(&rev, live.spec);
                 self.soonest(until(now, *at));
@@ -196,6 +258,71 @@ impl Planner<'_, '_> {
 
     /// The spec's revision is the stable one.
     fn settled(&mut self, stable: &str) {
+        if let Some(back) = self.post_promotion(stable) {
+            return self.switch_back(stable, &back);
+        }
+        self.settle(stable);
+    }
+
+    /// Blue-green after a promotion: the post-promotion analysis of the new active revision, while the
+    /// previous one still runs. Returns the revision to switch back to when the analysis failed.
+    fn post_promotion(&mut self, stable: &str) -> Option<String> {
+        let input = self.input;
+        let reference = input
+            .rollout
+            .blue_green
+            .as_ref()
+            .and_then(|b| b.post_promotion_analysis.clone())
+            .filter(|_| input.rollout.strategy == RolloutStrategy::BlueGreen)?;
+        let previous = self.prev.previous_revision.clone()?;
+        if previous == stable || !input.revisions.contains_key(&previous) {
+            return None;
+        }
+        // Only after a promotion: not after a switch back or an undo to the previous revision.
+        if self
+            .prev
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.revision == previous)
+        {
+            return None;
+        }
+        let a = self.analysis("post-promotion", stable, &reference);
+        match a.phase.as_str() {
+            FAILED | ERROR => {
+                let abort = self.analysis_abort(stable, &a);
+                self.plan.status.abort = Some(abort);
+                Some(previous)
+            }
+            SUCCESSFUL => None,
+            _ => {
+                // Undecided: the previous revision stays at full size past its delay.
+                self.hold_previous = true;
+                None
+            }
+        }
+    }
+
+    /// The post-promotion analysis failed: the active Service goes back to `back` (still at full size)
+    /// at once; the failed revision is aborted and scaled away.
+    fn switch_back(&mut self, failed: &str, back: &str) {
+        let abort = self.plan.status.abort.clone();
+        self.prev.previous_revision = Some(failed.to_owned());
+        self.prev.scale_down_at = None;
+        self.settle(back);
+        self.plan.status.previous_revision = Some(failed.to_owned());
+        self.plan.status.abort = abort;
+        self.plan.fully_promoted = false;
+        self.phase(
+            ABORTED,
+            format!(
+                "post-promotion analysis of revision {failed} failed: active switched back to revision {back}; {}",
+                self.plan.status.abort.as_ref().map(|a| a.message.clone()).unwrap_or_default()
+            ),
+        );
+    }
+
+    fn settle(&mut self, stable: &str) {
         let input = self.input;
         let s = &mut self.plan.status;
         s.stable_revision = Some(stable.to_owned());
@@ -288,12 +415,16 @@ impl Planner<'_, '_> {
         } else {
             self.prev.current_step_index.unwrap_or(0)
         };
+        if new {
+            self.plan.status.attempt += 1;
+        }
         let mut abort = self.prev.abort.clone().filter(|a| a.revision == desired);
         if let Some(a) = &abort {
             if input.commands.retry.as_deref() == Some(commands::retry_token(a).as_str()) {
                 abort = None;
                 step = 0;
                 self.prev.step_started_at = None;
+                self.plan.status.attempt += 1;
             }
         }
         if abort.is_none() && input.commands.abort.as_deref() == Some(desired) {
@@ -449,6 +580,35 @@ impl Planner<'_, '_> {
         }
         if step == AWAIT_PROMOTION {
             self.set(preview, preview_size);
+            self.plan.status.current_step_index = Some(step);
+            self.plan.status.step_started_at = Some(Time(started));
+            if let Some(reference) = &bg.pre_promotion_analysis {
+                let a = self.analysis("pre-promotion", preview, reference);
+                match a.phase.as_str() {
+                    SUCCESSFUL => {}
+                    FAILED | ERROR => {
+                        let abort = self.analysis_abort(preview, &a);
+                        return self.aborted(stable, preview, abort);
+                    }
+                    INCONCLUSIVE => {
+                        self.pause("AnalysisInconclusive");
+                        self.plan.status.message = format!(
+                            "pre-promotion analysis inconclusive ({}): {}; `kybctl rollout promote --full` switches anyway, `abort` stops",
+                            a.run, a.message
+                        );
+                        return;
+                    }
+                    _ => {
+                        return self.phase(
+                            PROGRESSING,
+                            format!(
+                                "pre-promotion analysis of the preview running ({}): {}",
+                                a.run, a.message
+                            ),
+                        )
+                    }
+                }
+            }
             let token = commands::promote_token(preview, AWAIT_PROMOTION);
             let auto_at = bg
                 .auto_promotion_enabled
@@ -461,14 +621,7 @@ impl Planner<'_, '_> {
                 if let Some(at) = auto_at {
                     self.soonest(until(input.now, at));
                 }
-                self.plan.status.current_step_index = Some(step);
-                self.plan.status.step_started_at = Some(Time(started));
-                let reason = if bg.pre_promotion_analysis.is_some() {
-                    "AnalysisPending"
-                } else {
-                    "BlueGreenPause"
-                };
-                self.pause(reason);
+                self.pause("BlueGreenPause");
                 self.plan.status.message = format!(
                     "preview revision {preview} ready ({}/{preview_size}) behind the preview Service; `kybctl rollout promote` switches the active Service",
                     live.ready
@@ -552,6 +705,30 @@ impl Planner<'_, '_> {
         let steps: Vec<CanaryStep> = self.canary_spec().steps;
         let n = steps.len() as i32;
         step = step.min(n);
+        if let Some(bg) = self.canary_spec().analysis {
+            if step >= bg.starting_step.unwrap_or(0) {
+                let a = self.analysis("background", canary, &bg);
+                match a.phase.as_str() {
+                    FAILED | ERROR => {
+                        let abort = self.analysis_abort(canary, &a);
+                        return self.aborted(stable, canary, abort);
+                    }
+                    INCONCLUSIVE => {
+                        let (weight, scale) = self.in_force(step as usize);
+                        self.weigh(stable, weight, scale);
+                        self.plan.status.current_step_index = Some(step);
+                        self.plan.status.step_started_at = Some(Time(started));
+                        self.pause("AnalysisInconclusive");
+                        self.plan.status.message = format!(
+                            "background analysis inconclusive ({}): {}; `kybctl rollout promote` or `abort` decides",
+                            a.run, a.message
+                        );
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
         loop {
             self.plan.status.current_step_index = Some(step);
             self.plan.status.step_started_at = Some(Time(started));
@@ -585,6 +762,34 @@ impl Planner<'_, '_> {
                 self.advance(&mut step, &mut started);
                 continue;
             }
+            if let Some(reference) = &at.analysis {
+                let a = self.analysis(&format!("step-{step}"), canary, reference);
+                match a.phase.as_str() {
+                    SUCCESSFUL => {
+                        self.advance(&mut step, &mut started);
+                        continue;
+                    }
+                    FAILED | ERROR => {
+                        let abort = self.analysis_abort(canary, &a);
+                        return self.aborted(stable, canary, abort);
+                    }
+                    INCONCLUSIVE => {
+                        self.pause("AnalysisInconclusive");
+                        self.plan.status.message = format!(
+                            "step {step}: analysis inconclusive ({}): {}; `kybctl rollout promote` continues, `abort` stops",
+                            a.run, a.message
+                        );
+                    }
+                    _ => self.phase(
+                        PROGRESSING,
+                        format!(
+                            "step {step}: analysis running at {weight} % ({}): {}",
+                            a.run, a.message
+                        ),
+                    ),
+                }
+                return;
+            }
             if let Some(d) = at.pause.as_ref().and_then(|p| p.duration.as_deref()) {
                 let d = humantime::parse_duration(d).unwrap_or_default();
                 let end = after(started, d.as_secs() as i64);
@@ -600,17 +805,9 @@ impl Planner<'_, '_> {
                 );
                 return;
             }
-            let reason = if at.analysis.is_some() {
-                "AnalysisPending"
-            } else {
-                "CanaryPauseStep"
-            };
-            self.pause(reason);
-            self.plan.status.message = if at.analysis.is_some() {
-                format!("step {step}: analysis step at {weight} %: waiting for `kybctl rollout promote` (rollout analysis does not run analysis steps yet)")
-            } else {
-                format!("step {step}: paused at {weight} %; `kybctl rollout promote` continues")
-            };
+            self.pause("CanaryPauseStep");
+            self.plan.status.message =
+                format!("step {step}: paused at {weight} %; `kybctl rollout promote` continues");
             return;
         }
         if !self.deadline(stable, step, started) {
@@ -684,8 +881,16 @@ pub fn plan(input: &Input) -> Plan {
         status: RolloutStatus::default(),
         requeue: None,
         fully_promoted: false,
+        wanted: Vec::new(),
     };
-    let mut p = Planner { input, prev, plan };
+    let mut p = Planner {
+        input,
+        prev,
+        plan,
+        hold_previous: false,
+    };
+    // Never reset: every rollout and every retry names its analysis runs afresh.
+    p.plan.status.attempt = p.prev.attempt;
     let stable = p
         .prev
         .stable_revision

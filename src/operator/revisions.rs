@@ -13,10 +13,11 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use super::analysis::runs;
 use super::build::{self, Children, FIELD_MANAGER, REVISION_HISTORY_LIMIT, REVISION_LABEL};
 use super::commands::{self, Commands, REVISION_NUMBER, REVISION_SPEC};
 use super::controller::{apply, cached, delete, meta, object, Context, Error};
-use super::crd::{KybPlatform, RevisionStatus, RolloutStatus, RolloutStrategy};
+use super::crd::{AnalysisStatus, KybPlatform, RevisionStatus, RolloutStatus, RolloutStrategy};
 use super::progressive::{self, Gate, Live};
 use super::split::Pods;
 use super::status::{Blocker, Migration, Rollout};
@@ -277,16 +278,29 @@ pub async fn reconcile(
     let desired = children.revision.as_str();
     let commands = Commands::from_annotations(kp.metadata.annotations.as_ref());
     let previous = kp.status.as_ref().and_then(|s| s.rollout.as_ref());
-    let plan = progressive::plan(&progressive::Input {
-        rollout: &kp.spec.rollout,
-        total,
-        desired,
-        revisions: &revisions,
-        previous,
-        gate: gate(migration),
-        commands: &commands,
-        now: k8s_openapi::jiff::Timestamp::now(),
-    });
+    let gate = gate(migration);
+    let plan_with = |analyses: &BTreeMap<String, AnalysisStatus>| {
+        progressive::plan(&progressive::Input {
+            rollout: &kp.spec.rollout,
+            total,
+            desired,
+            revisions: &revisions,
+            previous,
+            gate: gate.clone(),
+            commands: &commands,
+            analyses,
+            now: k8s_openapi::jiff::Timestamp::now(),
+        })
+    };
+    // Plan once to learn which analysis runs the rollout needs, drive them (create, measure), then
+    // plan again with what they concluded.
+    let first = plan_with(&BTreeMap::new());
+    let (analyses, measure_again) = runs::drive(ctx, ns, kp, &first.wanted).await?;
+    let mut plan = plan_with(&analyses);
+    plan.requeue = match (plan.requeue, measure_again) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
 
     // 1. Traffic: the stable Service, the canary or preview Service, the route's weights.
     apply_service(

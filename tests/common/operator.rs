@@ -10,17 +10,19 @@ use kybctl::operator::metrics::OperatorMetrics;
 
 use crate::cluster::{check, check_with_stdin, cluster};
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/kybplatform.yaml");
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 
-/// Installs the KybPlatform CRD (idempotent) and waits until it is served.
+/// Installs the project's CRDs (idempotent) and waits until they are served.
 pub async fn install_crd() {
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "--server-side", "-f", CRD]));
+    check(c.kubectl().args(["apply", "--server-side", "-f", CRDS]));
     check(c.kubectl().args([
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/kybplatforms.kyb.io",
+        "crd/kybanalysistemplates.kyb.io",
+        "crd/kybanalysisruns.kyb.io",
     ]));
 }
 

@@ -11,6 +11,7 @@ struct Sim {
     status: Option<RolloutStatus>,
     commands: Commands,
     gate: Gate,
+    analyses: BTreeMap<String, AnalysisStatus>,
     now: Timestamp,
     /// Pods of these revisions never become ready.
     stuck: Vec<String>,
@@ -72,6 +73,7 @@ impl Sim {
             status: None,
             commands: Commands::default(),
             gate: Gate::Open,
+            analyses: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).unwrap(),
             stuck: Vec::new(),
             peak: 0,
@@ -90,6 +92,7 @@ impl Sim {
             previous: self.status.as_ref(),
             gate: self.gate.clone(),
             commands: &self.commands,
+            analyses: &self.analyses,
             now: self.now,
         });
         for (rev, n) in &plan.scale {
@@ -426,4 +429,167 @@ fn three_replicas_report_the_weight_they_really_give() {
     assert_eq!(sim.status().weights.desired, 20);
     assert_eq!(sim.status().weights.effective, 33);
     assert_eq!((sim.pods("b"), sim.pods("a")), (1, 2));
+}
+
+fn analysis_ref() -> AnalysisRef {
+    AnalysisRef {
+        templates: vec![crate::operator::crd::AnalysisTemplateRef {
+            template_name: "success-rate".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn concluded(purpose: &str, phase: &str) -> (String, AnalysisStatus) {
+    (
+        purpose.to_owned(),
+        AnalysisStatus {
+            purpose: purpose.into(),
+            run: format!("kyb-b-{purpose}-1"),
+            phase: phase.into(),
+            message: format!("success-rate: {phase}"),
+        },
+    )
+}
+
+fn with_analysis_step() -> Vec<CanaryStep> {
+    vec![
+        weight(20),
+        CanaryStep {
+            analysis: Some(analysis_ref()),
+            ..Default::default()
+        },
+        weight(50),
+        pause(None),
+    ]
+}
+
+#[test]
+fn an_analysis_step_waits_for_its_run_and_goes_on_when_it_succeeds() {
+    let mut sim = Sim::canary(10, with_analysis_step());
+    let plan = sim.settle("b");
+    assert_eq!(sim.step(), Some(1));
+    assert_eq!(sim.status().phase, PROGRESSING, "analysis running");
+    assert_eq!(plan.wanted.len(), 1);
+    assert_eq!(plan.wanted[0].purpose, "step-1");
+    assert_eq!(plan.wanted[0].revision, "b");
+    assert_eq!(plan.requeue, None, "no deadline while analysis runs");
+    sim.analyses.extend([concluded("step-1", SUCCESSFUL)]);
+    sim.settle("b");
+    assert_eq!(sim.step(), Some(3));
+    assert_eq!((sim.pods("b"), sim.pods("a")), (5, 5));
+}
+
+#[test]
+fn a_failed_analysis_aborts_and_an_inconclusive_one_pauses() {
+    let mut sim = Sim::canary(10, with_analysis_step());
+    sim.settle("b");
+    sim.analyses.extend([concluded("step-1", INCONCLUSIVE)]);
+    sim.settle("b");
+    assert_eq!(sim.status().phase, PAUSED);
+    assert_eq!(
+        sim.status().pause_conditions[0].reason,
+        "AnalysisInconclusive"
+    );
+    sim.analyses.extend([concluded("step-1", FAILED)]);
+    let plan = sim.settle("b");
+    assert_eq!(sim.status().phase, ABORTED);
+    let abort = sim.status().abort.clone().unwrap();
+    assert_eq!(abort.reason, "AnalysisFailed");
+    assert!(
+        abort.message.contains("kyb-b-step-1-1"),
+        "{}",
+        abort.message
+    );
+    assert_eq!((sim.pods("b"), sim.pods("a")), (0, 10));
+    assert!(
+        plan.wanted.is_empty(),
+        "an aborted rollout measures nothing"
+    );
+}
+
+#[test]
+fn background_analysis_from_its_starting_step_aborts_on_failure() {
+    let mut sim = Sim::canary(10, plans_steps(None));
+    sim.rollout.canary.as_mut().unwrap().analysis = Some(AnalysisRef {
+        starting_step: Some(2),
+        ..analysis_ref()
+    });
+    let plan = sim.settle("b");
+    assert_eq!(sim.step(), Some(1));
+    assert!(plan.wanted.is_empty(), "not before step 2");
+    sim.promote("b");
+    let plan = sim.settle("b");
+    assert_eq!(sim.step(), Some(3));
+    assert_eq!(plan.wanted[0].purpose, "background");
+    sim.analyses.extend([concluded("background", FAILED)]);
+    sim.settle("b");
+    assert_eq!(sim.status().phase, ABORTED);
+    assert_eq!(sim.pods("a"), 10);
+}
+
+#[test]
+fn every_rollout_and_retry_names_its_runs_afresh() {
+    let mut sim = Sim::canary(10, with_analysis_step());
+    let first = sim.settle("b").wanted[0].attempt;
+    sim.analyses.extend([concluded("step-1", FAILED)]);
+    sim.settle("b");
+    let token = commands::retry_token(sim.status().abort.as_ref().unwrap());
+    sim.analyses.clear();
+    sim.commands.retry = Some(token);
+    let retried = sim.settle("b").wanted[0].attempt;
+    assert!(retried > first, "{first} -> {retried}");
+}
+
+#[test]
+fn blue_green_pre_promotion_analysis_gates_the_switch() {
+    let mut sim = Sim::blue_green(5);
+    sim.rollout
+        .blue_green
+        .as_mut()
+        .unwrap()
+        .pre_promotion_analysis = Some(analysis_ref());
+    let plan = sim.settle("b");
+    assert_eq!(sim.status().phase, PROGRESSING);
+    assert_eq!(plan.wanted[0].purpose, "pre-promotion");
+    sim.analyses
+        .extend([concluded("pre-promotion", SUCCESSFUL)]);
+    sim.settle("b");
+    assert_eq!(sim.status().phase, PAUSED, "then waits for promotion");
+    sim.analyses.extend([concluded("pre-promotion", FAILED)]);
+    sim.settle("b");
+    assert_eq!(sim.status().phase, ABORTED);
+    assert_eq!(sim.pods("b"), 0);
+}
+
+#[test]
+fn blue_green_failing_post_promotion_analysis_switches_back() {
+    let mut sim = Sim::blue_green(5);
+    sim.rollout
+        .blue_green
+        .as_mut()
+        .unwrap()
+        .post_promotion_analysis = Some(analysis_ref());
+    sim.settle("b");
+    sim.promote("b");
+    let plan = sim.settle("b");
+    assert_eq!(plan.stable_pin.as_deref(), Some("b"));
+    assert_eq!(plan.wanted[0].purpose, "post-promotion");
+    assert!(!plan.fully_promoted);
+    // Past the scale-down delay, the previous revision stays while the analysis runs.
+    sim.wait(60);
+    sim.settle("b");
+    assert_eq!(sim.pods("a"), 5);
+    sim.analyses.extend([concluded("post-promotion", FAILED)]);
+    let plan = sim.once("b");
+    assert_eq!(
+        plan.stable_pin.as_deref(),
+        Some("a"),
+        "active back on a at once"
+    );
+    assert_eq!(sim.status().phase, ABORTED);
+    sim.settle("b");
+    assert_eq!(sim.status().phase, ABORTED);
+    assert_eq!(sim.stable(), Some("a"));
+    assert_eq!((sim.pods("b"), sim.pods("a")), (0, 5));
 }

@@ -1,0 +1,446 @@
+//! The analysis runs a rollout asks for (`progressive::Wanted`): each becomes a KybAnalysisRun owned by
+//! the KybPlatform, made from its templates, measured by the operator when a measurement is due and
+//! judged by `assess`. Its status holds every measurement, so a promotion or an abort can be traced to
+//! the numbers behind it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::assess::{self, Observation, ERROR, RUNNING};
+use super::crd::{
+    Arg, KybAnalysisRun, KybAnalysisRunSpec, KybAnalysisRunStatus, KybAnalysisTemplate,
+    KybAnalysisTemplateSpec, Measurement, Metric, MetricResult,
+};
+use super::providers;
+use crate::operator::build::FIELD_MANAGER;
+use crate::operator::controller::{Context, Error};
+use crate::operator::crd::{AnalysisRef, AnalysisStatus, KybPlatform};
+use crate::operator::progressive::Wanted;
+
+/// `<platform>-<revision>-<purpose>-<attempt>`: one run per rollout attempt and purpose.
+pub fn run_name(platform: &str, w: &Wanted) -> String {
+    format!("{platform}-{}-{}-{}", w.revision, w.purpose, w.attempt)
+}
+
+/// A run's arguments and metrics from its templates: each template's defaults, then the values the
+/// rollout gives. An argument left without a value, or two metrics of one name, is an error.
+pub fn resolve(
+    templates: &[(String, KybAnalysisTemplateSpec)],
+    reference: &AnalysisRef,
+) -> Result<(Vec<Arg>, Vec<Metric>), String> {
+    let mut args: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut metrics: Vec<Metric> = Vec::new();
+    for (name, t) in templates {
+        for a in &t.args {
+            args.entry(a.name.clone()).or_insert(a.value.clone());
+        }
+        for m in &t.metrics {
+            if metrics.iter().any(|x| x.name == m.name) {
+                return Err(format!("metric {} appears twice (template {name})", m.name));
+            }
+            metrics.push(m.clone());
+        }
+    }
+    for a in &reference.args {
+        if !args.contains_key(&a.name) {
+            return Err(format!(
+                "argument {} is not declared by the templates",
+                a.name
+            ));
+        }
+        args.insert(a.name.clone(), Some(a.value.clone()));
+    }
+    let args = args
+        .into_iter()
+        .map(|(name, value)| match value {
+            Some(v) => Ok(Arg {
+                name,
+                value: Some(v),
+            }),
+            None => Err(format!("argument {name} has no value")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((args, metrics))
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// The run's status at creation: Running with an empty result per metric, or Error saying why it
+/// cannot run.
+fn initial_status(metrics: &[Metric], problem: Option<String>) -> KybAnalysisRunStatus {
+    KybAnalysisRunStatus {
+        phase: if problem.is_some() { ERROR } else { RUNNING }.into(),
+        message: problem.unwrap_or_default(),
+        started_at: Some(Time(now())),
+        metric_results: metrics
+            .iter()
+            .map(|m| MetricResult {
+                name: m.name.clone(),
+                phase: RUNNING.into(),
+                dry_run: m.dry_run,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+async fn templates(
+    ctx: &Context,
+    ns: &str,
+    reference: &AnalysisRef,
+) -> Result<Result<Vec<(String, KybAnalysisTemplateSpec)>, String>, Error> {
+    let api = Api::<KybAnalysisTemplate>::namespaced(ctx.client.clone(), ns);
+    let mut out = Vec::new();
+    for t in &reference.templates {
+        ctx.metrics.reads.inc();
+        match api.get_opt(&t.template_name).await? {
+            Some(found) => out.push((t.template_name.clone(), found.spec)),
+            None => {
+                return Ok(Err(format!(
+                    "KybAnalysisTemplate {} not found in namespace {ns}",
+                    t.template_name
+                )))
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+async fn create(
+    ctx: &Context,
+    ns: &str,
+    kp: &KybPlatform,
+    name: &str,
+    w: &Wanted,
+) -> Result<KybAnalysisRun, Error> {
+    let resolved = match templates(ctx, ns, &w.reference).await? {
+        Ok(t) => resolve(&t, &w.reference),
+        Err(e) => Err(e),
+    };
+    let (args, metrics, problem) = match resolved {
+        Ok((a, m)) => (a, m, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e)),
+    };
+    let platform = kp.name_any();
+    let run = KybAnalysisRun {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/instance".into(), platform.clone()),
+                ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+                ("kyb.io/revision".into(), w.revision.clone()),
+                ("kyb.io/analysis-purpose".into(), w.purpose.clone()),
+            ])),
+            owner_references: kp.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: KybAnalysisRunSpec {
+            platform,
+            revision: w.revision.clone(),
+            purpose: w.purpose.clone(),
+            templates: w
+                .reference
+                .templates
+                .iter()
+                .map(|t| t.template_name.clone())
+                .collect(),
+            args,
+            metrics: metrics.clone(),
+        },
+        status: None,
+    };
+    let api = Api::<KybAnalysisRun>::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.writes.inc();
+    let mut created = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&run),
+        )
+        .await?;
+    let status = initial_status(&metrics, problem);
+    write_status(ctx, &api, name, &status).await?;
+    created.status = Some(status);
+    Ok(created)
+}
+
+async fn write_status(
+    ctx: &Context,
+    api: &Api<KybAnalysisRun>,
+    name: &str,
+    status: &KybAnalysisRunStatus,
+) -> Result<(), Error> {
+    ctx.metrics.writes.inc();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Header values of a web metric, resolved from Secrets here and never written anywhere.
+async fn headers(
+    ctx: &Context,
+    ns: &str,
+    metric: &Metric,
+) -> Result<Result<BTreeMap<String, String>, String>, Error> {
+    let mut out = BTreeMap::new();
+    let Some(web) = &metric.provider.web else {
+        return Ok(Ok(out));
+    };
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    for h in &web.headers {
+        let value = match (&h.value, &h.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(r)) => {
+                ctx.metrics.reads.inc();
+                let found = secrets.get_opt(&r.name).await?;
+                let bytes = found
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get(&r.key).cloned());
+                match bytes.map(|b| String::from_utf8(b.0)) {
+                    Some(Ok(v)) => v,
+                    _ => {
+                        return Ok(Err(format!(
+                            "header {}: Secret {} has no UTF-8 key {}",
+                            h.name, r.name, r.key
+                        )))
+                    }
+                }
+            }
+            (None, None) => String::new(),
+        };
+        out.insert(h.name.clone(), value);
+    }
+    Ok(Ok(out))
+}
+
+async fn observe(
+    ctx: &Context,
+    ns: &str,
+    metric: &Metric,
+    args: &[Arg],
+) -> Result<(String, Observation), Error> {
+    let p = &metric.provider;
+    Ok(match (&p.prometheus, &p.web) {
+        (Some(prom), _) => providers::prometheus(&ctx.http, prom, args).await,
+        (None, Some(web)) => match headers(ctx, ns, metric).await? {
+            Ok(h) => providers::web(&ctx.http, web, args, &h).await,
+            Err(e) => (web.url.clone(), Observation::Error(e)),
+        },
+        (None, None) => (String::new(), Observation::Error("no provider".into())),
+    })
+}
+
+/// Takes every measurement that is due, judges it, and returns the run's new status (unchanged when
+/// nothing was due) and when the next measurement is due.
+async fn measure(
+    ctx: &Context,
+    ns: &str,
+    run: &KybAnalysisRun,
+) -> Result<(KybAnalysisRunStatus, Option<Timestamp>), Error> {
+    let mut status = run.status.clone().unwrap_or_default();
+    let started = status.started_at.as_ref().map_or_else(now, |t| t.0);
+    let mut next: Option<Timestamp> = None;
+    for metric in &run.spec.metrics {
+        let Some(i) = status
+            .metric_results
+            .iter()
+            .position(|r| r.name == metric.name)
+        else {
+            continue;
+        };
+        let Some(due) = assess::due(metric, &status.metric_results[i], started) else {
+            continue;
+        };
+        if due > now() {
+            next = Some(next.map_or(due, |n| n.min(due)));
+            continue;
+        }
+        let (query, obs) = observe(ctx, ns, metric, &run.spec.args).await?;
+        let (phase, message) = assess::judge(metric, &obs);
+        let (value, samples) = match &obs {
+            Observation::Value { value, samples } => (Some(value.to_string()), *samples),
+            _ => (None, None),
+        };
+        ctx.metrics
+            .observe_measurement(ns, &run.spec.platform, &metric.name, phase);
+        let result = &mut status.metric_results[i];
+        assess::record(
+            metric,
+            result,
+            Measurement {
+                phase: phase.into(),
+                query,
+                value,
+                samples,
+                message,
+                at: Time(now()),
+            },
+        );
+        if let Some(due) = assess::due(metric, result, started) {
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+    }
+    let phase = assess::run_phase(&status.metric_results);
+    if phase != status.phase {
+        ctx.metrics.observe_run(ns, &run.spec.platform, phase);
+    }
+    status.message = status
+        .metric_results
+        .iter()
+        .filter(|r| !r.dry_run && r.phase == phase)
+        .map(|r| format!("{}: {}", r.name, r.message))
+        .next()
+        .unwrap_or_default();
+    status.phase = phase.into();
+    Ok((status, next))
+}
+
+/// Creates the wanted runs that do not exist, measures those that are running, and returns each one's
+/// state by purpose and how soon a measurement is next due.
+pub async fn drive(
+    ctx: &Context,
+    ns: &str,
+    kp: &KybPlatform,
+    wanted: &[Wanted],
+) -> Result<(BTreeMap<String, AnalysisStatus>, Option<Duration>), Error> {
+    let api = Api::<KybAnalysisRun>::namespaced(ctx.client.clone(), ns);
+    let mut out = BTreeMap::new();
+    let mut soonest: Option<Duration> = None;
+    for w in wanted {
+        let name = run_name(&kp.name_any(), w);
+        ctx.metrics.reads.inc();
+        let run = match api.get_opt(&name).await? {
+            Some(run) if run.status.is_some() => run,
+            _ => create(ctx, ns, kp, &name, w).await?,
+        };
+        let mut status = run.status.clone().unwrap_or_default();
+        if status.phase == RUNNING {
+            let (next, due) = measure(ctx, ns, &run).await?;
+            if next != status {
+                write_status(ctx, &api, &name, &next).await?;
+            }
+            status = next;
+            if let Some(due) = due {
+                let wait = due.duration_since(now());
+                let wait = Duration::from_millis(wait.as_millis().max(0) as u64);
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+        }
+        out.insert(
+            w.purpose.clone(),
+            AnalysisStatus {
+                purpose: w.purpose.clone(),
+                run: name,
+                phase: status.phase.clone(),
+                message: status.message.clone(),
+            },
+        );
+    }
+    Ok((out, soonest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::analysis::crd::{NoData, PrometheusProvider, Provider};
+    use crate::operator::crd::{AnalysisArg, AnalysisTemplateRef};
+
+    fn template(args: &[(&str, Option<&str>)], metric: &str) -> KybAnalysisTemplateSpec {
+        KybAnalysisTemplateSpec {
+            args: args
+                .iter()
+                .map(|(n, v)| Arg {
+                    name: (*n).into(),
+                    value: v.map(str::to_owned),
+                })
+                .collect(),
+            metrics: vec![Metric {
+                name: metric.into(),
+                interval: "5s".into(),
+                count: 1,
+                initial_delay: None,
+                success_condition: Some("result < 0.01".into()),
+                failure_condition: None,
+                failure_limit: 0,
+                inconclusive_limit: 0,
+                consecutive_error_limit: 4,
+                dry_run: false,
+                no_data: NoData::Inconclusive,
+                min_samples: None,
+                provider: Provider {
+                    prometheus: Some(PrometheusProvider {
+                        address: "http://p".into(),
+                        query: "q".into(),
+                        samples_query: None,
+                    }),
+                    web: None,
+                },
+            }],
+        }
+    }
+
+    fn reference(args: &[(&str, &str)]) -> AnalysisRef {
+        AnalysisRef {
+            templates: vec![AnalysisTemplateRef {
+                template_name: "t".into(),
+            }],
+            args: args
+                .iter()
+                .map(|(n, v)| AnalysisArg {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            starting_step: None,
+        }
+    }
+
+    #[test]
+    fn arguments_resolve_from_defaults_then_the_rollout() {
+        let t = vec![(
+            "t".to_string(),
+            template(&[("service-name", None), ("window", Some("1m"))], "m"),
+        )];
+        let (args, metrics) = resolve(&t, &reference(&[("service-name", "kyb-canary")])).unwrap();
+        assert_eq!(metrics.len(), 1);
+        let get = |n: &str| args.iter().find(|a| a.name == n).unwrap().value.clone();
+        assert_eq!(get("service-name").as_deref(), Some("kyb-canary"));
+        assert_eq!(get("window").as_deref(), Some("1m"));
+        assert!(resolve(&t, &reference(&[]))
+            .unwrap_err()
+            .contains("service-name has no value"));
+        assert!(resolve(&t, &reference(&[("nope", "x")]))
+            .unwrap_err()
+            .contains("not declared"));
+        let twice = vec![t[0].clone(), ("u".to_string(), template(&[], "m"))];
+        assert!(resolve(&twice, &reference(&[("service-name", "x")]))
+            .unwrap_err()
+            .contains("twice"));
+    }
+
+    #[test]
+    fn run_names_differ_by_attempt() {
+        let w = |attempt| Wanted {
+            purpose: "step-3".into(),
+            revision: "abc".into(),
+            attempt,
+            reference: AnalysisRef::default(),
+        };
+        assert_eq!(run_name("kyb", &w(1)), "kyb-abc-step-3-1");
+        assert_ne!(run_name("kyb", &w(1)), run_name("kyb", &w(2)));
+    }
+}
