@@ -391,6 +391,10 @@ impl Planner<'_, '_> {
         self.retire_others(stable, &[canary], false);
         self.plan.status.weights = Weights::default();
         self.plan.status.pause_conditions.clear();
+        // The runs that led here stay in the status, so the abort can be traced to its numbers.
+        if self.plan.status.analysis.is_empty() {
+            self.plan.status.analysis = self.prev.analysis.clone();
+        }
         self.phase(
             ABORTED,
             format!(
