@@ -19,7 +19,12 @@ async fn installed() -> &'static cluster::Cluster {
 async fn samples_are_accepted_defaulted_and_scalable() {
     let c = installed().await;
     let ns = c.namespace("crd").await;
-    for sample in ["minimal.yaml", "full.yaml"] {
+    for sample in [
+        "minimal.yaml",
+        "full.yaml",
+        "analysis-success-rate.yaml",
+        "analysis-latency.yaml",
+    ] {
         check(
             c.kubectl()
                 .args(["apply", "-n", &ns, "-f", &format!("{SAMPLES}/{sample}")]),

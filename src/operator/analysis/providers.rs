@@ -82,14 +82,15 @@ pub async fn prometheus(
     args: &[Arg],
 ) -> (String, Observation) {
     let query = substitute(&p.query, args);
-    let value = match instant_query(http, &p.address, &query).await {
+    let address = substitute(&p.address, args);
+    let value = match instant_query(http, &address, &query).await {
         Err(e) => return (query, Observation::Error(e)),
         Ok(None) => return (query, Observation::Empty),
         Ok(Some(v)) => v,
     };
     let samples = match &p.samples_query {
         None => None,
-        Some(sq) => match instant_query(http, &p.address, &substitute(sq, args)).await {
+        Some(sq) => match instant_query(http, &address, &substitute(sq, args)).await {
             Err(e) => return (query, Observation::Error(e)),
             // No series behind the count: no samples.
             Ok(None) => Some(0),

@@ -29,13 +29,45 @@ pub fn run_name(platform: &str, w: &Wanted) -> String {
     format!("{platform}-{}-{}-{}", w.revision, w.purpose, w.attempt)
 }
 
-/// A run's arguments and metrics from its templates: each template's defaults, then the values the
-/// rollout gives. An argument left without a value, or two metrics of one name, is an error.
+/// Arguments every run has without declaring them: the KybPlatform's own SLOs, so one SLO spec serves
+/// `kybctl slo check` in CI and the rollout (`result <= {{args.slo-p95-latency-seconds}}`).
+pub fn platform_args(kp: &KybPlatform) -> Vec<Arg> {
+    let slos = &kp.spec.slos;
+    let p95 = humantime::parse_duration(&slos.p95_latency)
+        .map(|d| d.as_secs_f64().to_string())
+        .unwrap_or_default();
+    [
+        ("slo-p95-latency-seconds", p95),
+        (
+            "slo-error-ratio",
+            (slos.error_rate_percent / 100.0).to_string(),
+        ),
+        (
+            "slo-cache-hit-ratio",
+            (slos.cache_hit_rate_percent / 100.0).to_string(),
+        ),
+        ("slo-throughput-rpm", slos.throughput_rpm.to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| Arg {
+        name: name.into(),
+        value: Some(value),
+    })
+    .collect()
+}
+
+/// A run's arguments and metrics from its templates: the platform's arguments, each template's
+/// defaults, then the values the rollout gives; arguments are substituted in the conditions too. An
+/// argument left without a value, or two metrics of one name, is an error.
 pub fn resolve(
     templates: &[(String, KybAnalysisTemplateSpec)],
     reference: &AnalysisRef,
+    implicit: &[Arg],
 ) -> Result<(Vec<Arg>, Vec<Metric>), String> {
-    let mut args: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut args: BTreeMap<String, Option<String>> = implicit
+        .iter()
+        .map(|a| (a.name.clone(), a.value.clone()))
+        .collect();
     let mut metrics: Vec<Metric> = Vec::new();
     for (name, t) in templates {
         for a in &t.args {
@@ -67,6 +99,14 @@ pub fn resolve(
             None => Err(format!("argument {name} has no value")),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for m in &mut metrics {
+        for c in [&mut m.success_condition, &mut m.failure_condition]
+            .into_iter()
+            .flatten()
+        {
+            *c = providers::substitute(c, &args);
+        }
+    }
     Ok((args, metrics))
 }
 
@@ -123,7 +163,7 @@ async fn create(
     w: &Wanted,
 ) -> Result<KybAnalysisRun, Error> {
     let resolved = match templates(ctx, ns, &w.reference).await? {
-        Ok(t) => resolve(&t, &w.reference),
+        Ok(t) => resolve(&t, &w.reference, &platform_args(kp)),
         Err(e) => Err(e),
     };
     let (args, metrics, problem) = match resolved {
@@ -373,7 +413,7 @@ mod tests {
                 interval: "5s".into(),
                 count: 1,
                 initial_delay: None,
-                success_condition: Some("result < 0.01".into()),
+                success_condition: Some("result <= {{args.slo-error-ratio}}".into()),
                 failure_condition: None,
                 failure_limit: 0,
                 inconclusive_limit: 0,
@@ -415,21 +455,41 @@ mod tests {
             "t".to_string(),
             template(&[("service-name", None), ("window", Some("1m"))], "m"),
         )];
-        let (args, metrics) = resolve(&t, &reference(&[("service-name", "kyb-canary")])).unwrap();
+        let implicit = [Arg {
+            name: "slo-error-ratio".into(),
+            value: Some("0.001".into()),
+        }];
+        let (args, metrics) =
+            resolve(&t, &reference(&[("service-name", "kyb-canary")]), &implicit).unwrap();
+        assert_eq!(
+            metrics[0].success_condition.as_deref(),
+            Some("result <= 0.001"),
+            "arguments reach the conditions"
+        );
         assert_eq!(metrics.len(), 1);
         let get = |n: &str| args.iter().find(|a| a.name == n).unwrap().value.clone();
         assert_eq!(get("service-name").as_deref(), Some("kyb-canary"));
         assert_eq!(get("window").as_deref(), Some("1m"));
-        assert!(resolve(&t, &reference(&[]))
+        assert!(resolve(&t, &reference(&[]), &[])
             .unwrap_err()
             .contains("service-name has no value"));
-        assert!(resolve(&t, &reference(&[("nope", "x")]))
+        assert!(resolve(&t, &reference(&[("nope", "x")]), &[])
             .unwrap_err()
             .contains("not declared"));
         let twice = vec![t[0].clone(), ("u".to_string(), template(&[], "m"))];
-        assert!(resolve(&twice, &reference(&[("service-name", "x")]))
+        assert!(resolve(&twice, &reference(&[("service-name", "x")]), &[])
             .unwrap_err()
             .contains("twice"));
+    }
+
+    #[test]
+    fn the_platforms_slos_are_arguments() {
+        let kp: KybPlatform =
+            serde_yaml::from_str(include_str!("../../../manifests/samples/minimal.yaml")).unwrap();
+        let args = platform_args(&kp);
+        let get = |n: &str| args.iter().find(|a| a.name == n).unwrap().value.clone();
+        assert_eq!(get("slo-p95-latency-seconds").as_deref(), Some("0.5"));
+        assert_eq!(get("slo-error-ratio").as_deref(), Some("0.001"));
     }
 
     #[test]
