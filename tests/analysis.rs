@@ -4,9 +4,9 @@
 //! under its shipped ServiceAccount, queries Prometheus through a KybAnalysisTemplate. The canary is
 //! made bad by a real fault: its PostgreSQL is stopped, so it answers 503.
 
-mod common;
 #[path = "common/cluster.rs"]
 mod cluster;
+mod common;
 #[path = "common/operator.rs"]
 mod operator;
 #[path = "common/prometheus.rs"]
@@ -111,8 +111,14 @@ async fn rig(prefix: &str) -> Rig {
     }
     let target = |s: &Service| s.base.strip_prefix("http://").unwrap().to_owned();
     let prom = TempPrometheus::start(&[
-        (&target(&stable), &[("revision", "stable"), ("service", "kyb")]),
-        (&target(&canary), &[("revision", "canary"), ("service", "kyb")]),
+        (
+            &target(&stable),
+            &[("revision", "stable"), ("service", "kyb")],
+        ),
+        (
+            &target(&canary),
+            &[("revision", "canary"), ("service", "kyb")],
+        ),
     ]);
     prom.wait_scraped(Duration::from_secs(30)).await;
 
@@ -161,7 +167,8 @@ impl Rig {
         let start = Instant::now();
         loop {
             let r = self.rollout().await;
-            self.weight.store(i64::from(r.weights.effective), Ordering::Relaxed);
+            self.weight
+                .store(i64::from(r.weights.effective), Ordering::Relaxed);
             if cond(&r) {
                 return;
             }
@@ -233,9 +240,12 @@ async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
         assert_eq!(st.phase, "Successful", "{st:#?}");
         let m = &st.metric_results[0];
         assert_eq!(m.successful, 3);
-        assert!(m.measurements.iter().all(|x| x.query.contains(r#"revision="canary""#)
-            && x.samples.unwrap_or(0) >= 5
-            && x.value.as_deref() == Some("0")));
+        assert!(m
+            .measurements
+            .iter()
+            .all(|x| x.query.contains(r#"revision="canary""#)
+                && x.samples.unwrap_or(0) >= 5
+                && x.value.as_deref() == Some("0")));
     }
 
     // The canary's database stops: it answers 503, and the next rollout is aborted by analysis.
@@ -246,8 +256,10 @@ async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
     })
     .await;
     let started = Instant::now();
-    rig.until(Duration::from_secs(60), "the abort", |r| r.phase == "Aborted")
-        .await;
+    rig.until(Duration::from_secs(60), "the abort", |r| {
+        r.phase == "Aborted"
+    })
+    .await;
     let took = started.elapsed();
     eprintln!("analysis: abort {took:?} after the analysis step began");
     // initialDelay 6 s + interval 2 s × (failureLimit 0 + 1), plus reconciles.
@@ -256,7 +268,11 @@ async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
     let abort = r.abort.clone().unwrap();
     assert_eq!(abort.reason, "AnalysisFailed");
     let run_name = &r.analysis[0].run;
-    assert!(abort.message.contains(run_name.as_str()), "{}", abort.message);
+    assert!(
+        abort.message.contains(run_name.as_str()),
+        "{}",
+        abort.message
+    );
     let run = Api::<KybAnalysisRun>::namespaced(cluster().await.client().await, &rig.ns)
         .get(run_name)
         .await
@@ -269,18 +285,22 @@ async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
         .find(|m| m.phase == "Failed")
         .expect("a failed measurement");
     assert!(failed.value.as_deref().unwrap().parse::<f64>().unwrap() > 0.01);
-    eventually(Duration::from_secs(10), "a RolloutAborted Event", || async {
-        let out = check(cluster().await.kubectl().args([
-            "get",
-            "events",
-            "-n",
-            &rig.ns,
-            "-o",
-            "jsonpath={range .items[*]}{.reason} {.note}{.message}{'\\n'}{end}",
-        ]));
-        out.lines()
-            .any(|l| l.starts_with("RolloutAborted") && l.contains(run_name.as_str()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a RolloutAborted Event",
+        || async {
+            let out = check(cluster().await.kubectl().args([
+                "get",
+                "events",
+                "-n",
+                &rig.ns,
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.note}{.message}{'\\n'}{end}",
+            ]));
+            out.lines()
+                .any(|l| l.starts_with("RolloutAborted") && l.contains(run_name.as_str()))
+        },
+    )
     .await;
     rig.finish().await;
 }
@@ -300,8 +320,7 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
     rig.set_image("registry.example.com/kybctl:2").await;
     rig.until(Duration::from_secs(60), "inconclusive", |r| {
         r.phase == "Paused"
-            && r
-                .pause_conditions
+            && r.pause_conditions
                 .iter()
                 .any(|p| p.reason == "AnalysisInconclusive")
     })
@@ -311,8 +330,7 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
 
     // The same with noData: Fail aborts.
     rig.apply(
-        &success_rate_template(&rig.prom.url(), "Fail", "")
-            .replace("{{args.revision}}", "nobody"),
+        &success_rate_template(&rig.prom.url(), "Fail", "").replace("{{args.revision}}", "nobody"),
     )
     .await;
     rig.set_image("registry.example.com/kybctl:3").await;
@@ -353,5 +371,160 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
             .any(|x| x.phase == "Error" && x.message.contains("Prometheus")),
         "{m:#?}"
     );
+    rig.finish().await;
+}
+
+/// A JSON endpoint whose error rate the test sets; it answers only with the Secret's bearer token.
+async fn score_server(error_rate: Arc<AtomicI64>, authorized: Arc<AtomicI64>) -> String {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/score",
+        axum::routing::get(move |headers: HeaderMap| {
+            let (rate, authorized) = (error_rate.clone(), authorized.clone());
+            async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok())
+                    != Some("Bearer s3cret")
+                {
+                    return Err(StatusCode::UNAUTHORIZED);
+                }
+                authorized.fetch_add(1, Ordering::Relaxed);
+                let rate = rate.load(Ordering::Relaxed) as f64 / 1000.0;
+                Ok(axum::Json(
+                    serde_json::json!({"data": {"errorRate": rate, "requests": 100}}),
+                ))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/score")
+}
+
+fn web_template(name: &str, url: &str, count: i32) -> String {
+    format!(
+        r#"apiVersion: kyb.io/v1alpha1
+kind: KybAnalysisTemplate
+metadata: {{name: {name}}}
+spec:
+  metrics:
+  - name: error-rate
+    interval: 1s
+    count: {count}
+    successCondition: result <= 0.01
+    minSamples: 10
+    provider:
+      web:
+        url: {url}
+        jsonPath: /data/errorRate
+        samplesPath: /data/requests
+        headers: [{{name: Authorization, valueFrom: {{name: score-token, key: header}}}}]
+  - name: never-passes
+    dryRun: true
+    interval: 1s
+    count: {count}
+    successCondition: result < 0.0
+    provider:
+      web:
+        url: {url}
+        jsonPath: /data/errorRate
+        headers: [{{name: Authorization, valueFrom: {{name: score-token, key: header}}}}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_post_promotion_analysis_switches_back_and_dry_run_never_decides() {
+    let rig = rig("analysis-bg").await;
+    let (rate, authorized) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+    let url = score_server(rate.clone(), authorized.clone()).await;
+    check(cluster().await.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "score-token",
+        "-n",
+        &rig.ns,
+        "--from-literal=header=Bearer s3cret",
+    ]));
+    rig.apply(&web_template("web-pre", &url, 2)).await;
+    rig.apply(&web_template("web-post", &url, 6)).await;
+    rig.apply(
+        r#"apiVersion: kyb.io/v1alpha1
+kind: KybPlatform
+metadata: {name: kyb}
+spec:
+  image: registry.example.com/kybctl:1
+  replicas: 5
+  autoscaling: {enabled: false}
+  migrations: {enabled: false}
+  database: {primary: {name: kyb-db, key: url}}
+  rollout:
+    strategy: BlueGreen
+    blueGreen:
+      autoPromotionEnabled: true
+      scaleDownDelaySeconds: 5
+      prePromotionAnalysis: {templates: [{templateName: web-pre}]}
+      postPromotionAnalysis: {templates: [{templateName: web-post}]}
+"#,
+    )
+    .await;
+    rig.until(Duration::from_secs(60), "the first revision", |r| {
+        r.phase == "Healthy"
+    })
+    .await;
+    let blue = rig.rollout().await.stable_revision.unwrap();
+
+    // Pre-promotion passes (the dry-run metric fails and does not count); promotion is automatic.
+    rig.set_image("registry.example.com/kybctl:2").await;
+    rig.until(Duration::from_secs(60), "the switch to green", |r| {
+        r.stable_revision.as_deref() != Some(blue.as_str())
+    })
+    .await;
+    // Green turns bad right after the switch: the post-promotion analysis switches back to blue.
+    rate.store(500, Ordering::Relaxed);
+    rig.until(Duration::from_secs(60), "the switch back", |r| {
+        r.phase == "Aborted"
+    })
+    .await;
+    let r = rig.rollout().await;
+    assert_eq!(r.stable_revision.as_deref(), Some(blue.as_str()));
+    assert_eq!(r.abort.as_ref().unwrap().reason, "AnalysisFailed");
+    let selector = Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+        cluster().await.client().await,
+        &rig.ns,
+    )
+    .get("kyb")
+    .await
+    .unwrap()
+    .spec
+    .unwrap()
+    .selector
+    .unwrap();
+    assert_eq!(
+        selector.get("kyb.io/revision"),
+        Some(&blue),
+        "active is blue again"
+    );
+
+    let runs = rig.runs().await;
+    let by = |purpose: &str| {
+        runs.iter()
+            .find(|r| r.spec.purpose == purpose)
+            .and_then(|r| r.status.clone())
+            .unwrap_or_else(|| panic!("no {purpose} run"))
+    };
+    let pre = by("pre-promotion");
+    assert_eq!(pre.phase, "Successful", "{pre:#?}");
+    let dry = pre
+        .metric_results
+        .iter()
+        .find(|m| m.name == "never-passes")
+        .unwrap();
+    assert!(dry.dry_run && dry.failed > 0, "recorded: {dry:#?}");
+    assert_eq!(by("post-promotion").phase, "Failed");
+    assert!(authorized.load(Ordering::Relaxed) > 0);
+    let all = serde_json::to_string(&runs).unwrap();
+    assert!(!all.contains("s3cret"), "the token is never recorded");
     rig.finish().await;
 }
