@@ -63,6 +63,8 @@ pub struct OperatorMetrics {
     pub analysis_measurements: Family<AnalysisMeasurement, Counter>,
     /// Analysis runs reaching a phase, by platform (the `metric` label is empty).
     pub analysis_runs: Family<AnalysisMeasurement, Counter>,
+    /// Requests sent to analysis providers (Prometheus queries, web GETs).
+    pub analysis_requests: Counter,
 }
 
 impl Default for OperatorMetrics {
@@ -130,10 +132,17 @@ impl Default for OperatorMetrics {
             "Analysis runs reaching a phase, by platform",
             analysis_runs.clone(),
         );
+        let analysis_requests = Counter::default();
+        registry.register(
+            "analysis_requests",
+            "Requests sent to analysis providers (Prometheus queries, web GETs)",
+            analysis_requests.clone(),
+        );
         Self {
             registry,
             analysis_measurements,
             analysis_runs,
+            analysis_requests,
             reconciles,
             duration,
             writes,

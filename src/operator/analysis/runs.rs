@@ -275,9 +275,21 @@ async fn observe(
 ) -> Result<(String, Observation), Error> {
     let p = &metric.provider;
     Ok(match (&p.prometheus, &p.web) {
-        (Some(prom), _) => providers::prometheus(&ctx.http, prom, args).await,
+        (Some(prom), _) => {
+            let (query, obs) = providers::prometheus(&ctx.http, prom, args).await;
+            // The value query, and the sample count's unless the first failed or was empty.
+            let sent = match (&obs, &prom.samples_query) {
+                (Observation::Value { .. }, Some(_)) => 2,
+                _ => 1,
+            };
+            ctx.metrics.analysis_requests.inc_by(sent);
+            (query, obs)
+        }
         (None, Some(web)) => match headers(ctx, ns, metric).await? {
-            Ok(h) => providers::web(&ctx.http, web, args, &h).await,
+            Ok(h) => {
+                ctx.metrics.analysis_requests.inc();
+                providers::web(&ctx.http, web, args, &h).await
+            }
             Err(e) => (web.url.clone(), Observation::Error(e)),
         },
         (None, None) => (String::new(), Observation::Error("no provider".into())),
