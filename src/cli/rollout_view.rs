@@ -4,7 +4,9 @@ use serde::Serialize;
 
 use super::output::{self, Format};
 use super::rollout_actions::{no_history_hint, step_kind};
-use crate::operator::crd::{KybPlatform, RevisionStatus, RolloutStatus, RolloutStrategy};
+use crate::operator::crd::{
+    AnalysisStatus, KybPlatform, RevisionStatus, RolloutStatus, RolloutStrategy,
+};
 
 /// `-o json|yaml` of `rollout get`.
 #[derive(Debug, Serialize)]
@@ -81,6 +83,79 @@ pub fn revisions_table(revisions: &[RevisionStatus]) -> comfy_table::Table {
         ]);
     }
     t
+}
+
+/// The analysis runs as `get` lists them: purpose, run, phase and message in aligned columns, one
+/// run a line (continuation lines indented to the value column).
+fn analysis_lines(analysis: &[AnalysisStatus]) -> String {
+    fn run(a: &AnalysisStatus) -> &str {
+        // Empty until the operator has created the run.
+        if a.run.is_empty() {
+            "-"
+        } else {
+            &a.run
+        }
+    }
+    let width = |column: fn(&AnalysisStatus) -> &str| {
+        analysis
+            .iter()
+            .map(|a| column(a).chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let purpose_w = width(|a| &a.purpose);
+    let run_w = width(run);
+    let phase_w = width(|a| &a.phase);
+    analysis
+        .iter()
+        .map(|a| {
+            format!(
+                "{:purpose_w$}  {:run_w$}  {:phase_w$}  {}",
+                a.purpose,
+                run(a),
+                a.phase,
+                a.message
+            )
+            .trim_end()
+            .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(&format!("\n{:WIDTH$}", ""))
+}
+
+/// What to do about an inconclusive analysis the rollout waits on, as the operator's messages say
+/// it; `None` when there is none (or the rollout is aborted, or past the point where promote helps).
+fn inconclusive_hint(kp: &KybPlatform, r: &RolloutStatus) -> Option<String> {
+    if r.abort.is_some() || r.phase == "Aborted" || r.canary_revision.is_none() {
+        return None;
+    }
+    let name = kp.metadata.name.as_deref().unwrap_or("NAME");
+    let inconclusive = |purpose: &str| {
+        r.analysis
+            .iter()
+            .any(|a| a.phase == "Inconclusive" && a.purpose == purpose)
+    };
+    // The operator checks the background analysis before any step (a promote of the step cannot
+    // pass it), and the pre-promotion analysis before the promotion (only --full skips it).
+    if inconclusive("background") {
+        Some(format!(
+            "`kybctl rollout abort {name}` stops, `retry` starts it again with new analysis runs"
+        ))
+    } else if inconclusive("pre-promotion") {
+        Some(format!(
+            "`kybctl rollout promote --full {name}` switches anyway, `abort` stops"
+        ))
+    } else if r
+        .analysis
+        .iter()
+        .any(|a| a.phase == "Inconclusive" && a.purpose.starts_with("step-"))
+    {
+        Some(format!(
+            "`kybctl rollout promote {name}` continues, `abort` stops"
+        ))
+    } else {
+        None
+    }
 }
 
 /// The `get` tree: one `Key: value` line per fact, then the revisions table.
@@ -167,6 +242,12 @@ pub fn get_text(kp: &KybPlatform, namespace: &str) -> String {
             ),
         ));
     }
+    if !r.analysis.is_empty() {
+        lines.push(("Analysis", analysis_lines(&r.analysis)));
+    }
+    if let Some(hint) = inconclusive_hint(kp, r) {
+        lines.push(("Hint", hint));
+    }
     let mut text = key_values(&lines);
     if r.revisions.is_empty() {
         text.push_str("Revisions:     none reported\n");
@@ -177,8 +258,10 @@ pub fn get_text(kp: &KybPlatform, namespace: &str) -> String {
     text
 }
 
+/// Where `get` values start.
+const WIDTH: usize = 15;
+
 fn key_values(lines: &[(&str, String)]) -> String {
-    const WIDTH: usize = 15;
     lines
         .iter()
         .map(|(k, v)| format!("{:WIDTH$}{v}\n", format!("{k}:")))
@@ -215,6 +298,185 @@ pub fn render_history(kp: &KybPlatform) -> String {
 mod tests {
     use super::*;
     use crate::cli::rollout_actions::tests::{blue_green, canary, settled};
+    use crate::operator::crd::{AbortStatus, AnalysisStatus};
+
+    fn analysis(purpose: &str, run: &str, phase: &str, message: &str) -> AnalysisStatus {
+        AnalysisStatus {
+            purpose: purpose.into(),
+            run: run.into(),
+            phase: phase.into(),
+            message: message.into(),
+        }
+    }
+
+    fn rollout_mut(kp: &mut KybPlatform) -> &mut RolloutStatus {
+        kp.status.as_mut().unwrap().rollout.as_mut().unwrap()
+    }
+
+    /// `canary(4)` with a background analysis, paused at its analysis step (4) because the step's
+    /// run came out inconclusive, as the operator reports it.
+    fn paused_on_inconclusive_analysis() -> KybPlatform {
+        let mut kp = canary(4);
+        kp.spec.rollout.canary.as_mut().unwrap().analysis = Some(Default::default());
+        let r = rollout_mut(&mut kp);
+        r.message = "step 4: analysis inconclusive (kyb-c3-step-4-0): error-ratio: no data: the query returned no series; `kybctl rollout promote` continues, `abort` stops".into();
+        r.weights.desired = 40;
+        r.weights.effective = 40;
+        r.pause_conditions[0].reason = "AnalysisInconclusive".into();
+        r.analysis = vec![
+            analysis(
+                "background",
+                "kyb-c3-background-0",
+                "Running",
+                "error-ratio: 0.01 (3 measurements)",
+            ),
+            analysis(
+                "step-4",
+                "kyb-c3-step-4-0",
+                "Inconclusive",
+                "error-ratio: no data: the query returned no series",
+            ),
+        ];
+        kp
+    }
+
+    /// `canary(4)` on its second attempt, aborted by the failed run of its analysis step.
+    fn aborted_by_failed_analysis() -> KybPlatform {
+        let mut kp = canary(4);
+        let r = rollout_mut(&mut kp);
+        r.phase = "Aborted".into();
+        r.message = "revision c3 aborted: step-4 analysis Failed (kyb-c3-step-4-1): error-ratio: successCondition false for 0.43".into();
+        r.weights.desired = 0;
+        r.weights.effective = 0;
+        r.pause_conditions.clear();
+        r.attempt = 1;
+        r.abort = Some(AbortStatus {
+            revision: "c3".into(),
+            reason: "AnalysisFailed".into(),
+            message: "step-4 analysis Failed (kyb-c3-step-4-1): error-ratio: successCondition false for 0.43".into(),
+            at: r.step_started_at.clone().unwrap(),
+        });
+        r.analysis = vec![analysis(
+            "step-4",
+            "kyb-c3-step-4-1",
+            "Failed",
+            "error-ratio: successCondition false for 0.43",
+        )];
+        kp
+    }
+
+    /// The index of `needle` in `text`, which must contain it.
+    fn at(text: &str, needle: &str) -> usize {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} in\n{text}"))
+    }
+
+    #[test]
+    fn get_lists_the_analysis_a_canary_waits_on_and_what_to_do() {
+        let text = get_text(&paused_on_inconclusive_analysis(), "default");
+        let section = [
+            "Pause:         AnalysisInconclusive since 2027-01-15T08:00:00Z",
+            "Analysis:      background  kyb-c3-background-0  Running       error-ratio: 0.01 (3 measurements)",
+            "               step-4      kyb-c3-step-4-0      Inconclusive  error-ratio: no data: the query returned no series",
+            "Hint:          `kybctl rollout promote kyb` continues, `abort` stops",
+        ]
+        .join("\n");
+        assert!(
+            text.contains(&format!("{section}\n")),
+            "{section}\nin\n{text}"
+        );
+        // After the pause, before the revisions table.
+        assert!(at(&text, "Analysis:") < at(&text, "NUMBER"), "{text}");
+        assert!(!text.contains("Abort:"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "{text:?}");
+    }
+
+    #[test]
+    fn get_shows_the_failed_analysis_an_abort_names_and_no_hint() {
+        let text = get_text(&aborted_by_failed_analysis(), "default");
+        let section = [
+            "Abort:         revision c3 at 2027-01-15T08:00:00Z: AnalysisFailed: step-4 analysis Failed (kyb-c3-step-4-1): error-ratio: successCondition false for 0.43",
+            "Analysis:      step-4  kyb-c3-step-4-1  Failed  error-ratio: successCondition false for 0.43",
+        ]
+        .join("\n");
+        assert!(
+            text.contains(&format!("{section}\n")),
+            "{section}\nin\n{text}"
+        );
+        assert!(at(&text, "Analysis:") < at(&text, "NUMBER"), "{text}");
+        assert!(!text.contains("Pause:"), "{text}");
+        assert!(!text.contains("Hint:"), "{text}");
+        // An inconclusive run left over from before the abort: promote is refused now, so no hint.
+        let mut kp = aborted_by_failed_analysis();
+        rollout_mut(&mut kp).analysis[0].phase = "Inconclusive".into();
+        let text = get_text(&kp, "default");
+        assert!(!text.contains("Hint:"), "{text}");
+    }
+
+    #[test]
+    fn get_omits_the_analysis_section_without_runs() {
+        for kp in [canary(3), settled(), blue_green(1)] {
+            let text = get_text(&kp, "default");
+            assert!(!text.contains("Analysis:"), "{text}");
+            assert!(!text.contains("Hint:"), "{text}");
+        }
+    }
+
+    #[test]
+    fn get_hints_only_what_passes_an_inconclusive_analysis() {
+        // Conclusive or still running: nothing to decide.
+        for phase in ["Running", "Successful"] {
+            let mut kp = paused_on_inconclusive_analysis();
+            rollout_mut(&mut kp).analysis[1].phase = phase.into();
+            let text = get_text(&kp, "default");
+            assert!(!text.contains("Hint:"), "{text}");
+        }
+        // The operator checks the background analysis before any step: a promote cannot pass it.
+        let mut kp = paused_on_inconclusive_analysis();
+        let r = rollout_mut(&mut kp);
+        r.analysis[0].phase = "Inconclusive".into();
+        r.analysis[1].phase = "Running".into();
+        let text = get_text(&kp, "default");
+        assert!(
+            text.contains("Hint:          `kybctl rollout abort kyb` stops, `retry` starts it again with new analysis runs\n"),
+            "{text}"
+        );
+        // Blue-green waits for the pre-promotion analysis before the promotion; --full skips it.
+        let mut kp = blue_green(1);
+        rollout_mut(&mut kp).analysis = vec![analysis(
+            "pre-promotion",
+            "",
+            "Inconclusive",
+            "error-ratio: no data",
+        )];
+        let text = get_text(&kp, "default");
+        assert!(
+            text.contains("Analysis:      pre-promotion  -  Inconclusive  error-ratio: no data\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Hint:          `kybctl rollout promote --full kyb` switches anyway, `abort` stops\n"
+            ),
+            "{text}"
+        );
+        // Post-promotion: the switch is done, nothing to promote; the previous revision is kept.
+        let mut kp = settled();
+        kp.spec.rollout.strategy = RolloutStrategy::BlueGreen;
+        kp.spec.rollout.canary = None;
+        rollout_mut(&mut kp).analysis = vec![analysis(
+            "post-promotion",
+            "kyb-c3-post-promotion-0",
+            "Inconclusive",
+            "",
+        )];
+        let text = get_text(&kp, "default");
+        assert!(
+            text.contains("Analysis:      post-promotion  kyb-c3-post-promotion-0  Inconclusive\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Hint:"), "{text}");
+    }
 
     #[test]
     fn get_shows_the_canary_step_weights_and_revisions() {
@@ -299,6 +561,38 @@ mod tests {
         let yaml: serde_json::Value =
             serde_yaml::from_str(&render_get(&kp, "default", Format::Yaml)).unwrap();
         assert_eq!(yaml, json);
+        assert_eq!(json["rollout"].get("analysis"), None, "no runs, no field");
+        // The analysis runs and the attempt come along with the rest of status.rollout.
+        for kp in [
+            aborted_by_failed_analysis(),
+            paused_on_inconclusive_analysis(),
+        ] {
+            let json: serde_json::Value =
+                serde_json::from_str(&render_get(&kp, "default", Format::Json)).unwrap();
+            let want =
+                serde_json::to_value(&view(&kp, "default").rollout.unwrap().analysis).unwrap();
+            assert_eq!(json["rollout"]["analysis"], want);
+            let yaml: serde_json::Value =
+                serde_yaml::from_str(&render_get(&kp, "default", Format::Yaml)).unwrap();
+            assert_eq!(yaml, json);
+        }
+        let json: serde_json::Value = serde_json::from_str(&render_get(
+            &aborted_by_failed_analysis(),
+            "default",
+            Format::Json,
+        ))
+        .unwrap();
+        assert_eq!(json["rollout"]["attempt"], 1);
+        assert_eq!(json["rollout"]["abort"]["reason"], "AnalysisFailed");
+        assert_eq!(
+            json["rollout"]["analysis"][0],
+            serde_json::json!({
+                "purpose": "step-4",
+                "run": "kyb-c3-step-4-1",
+                "phase": "Failed",
+                "message": "error-ratio: successCondition false for 0.43",
+            })
+        );
         let mut bare = canary(1);
         bare.status = None;
         let json: serde_json::Value =

@@ -724,7 +724,7 @@ impl Planner<'_, '_> {
                         self.plan.status.step_started_at = Some(Time(started));
                         self.pause("AnalysisInconclusive");
                         self.plan.status.message = format!(
-                            "background analysis inconclusive ({}): {}; `kybctl rollout promote` or `abort` decides",
+                            "background analysis inconclusive ({}): {}; `kybctl rollout abort` stops, then `retry` starts again with new analysis runs",
                             a.run, a.message
                         );
                         return;
