@@ -130,8 +130,14 @@ async fn main() {
     }
     let target = |s: &Service| s.base.strip_prefix("http://").unwrap().to_owned();
     let prom = TempPrometheus::start(&[
-        (&target(&stable), &[("revision", "stable"), ("service", "kyb")]),
-        (&target(&canary), &[("revision", "canary"), ("service", "kyb")]),
+        (
+            &target(&stable),
+            &[("revision", "stable"), ("service", "kyb")],
+        ),
+        (
+            &target(&canary),
+            &[("revision", "canary"), ("service", "kyb")],
+        ),
     ]);
     prom.wait_scraped(Duration::from_secs(30)).await;
 
@@ -168,7 +174,10 @@ async fn main() {
     apply(template(&prom.url()));
     apply(platform("registry.example.com/kybctl:0"));
     let api = Api::<KybPlatform>::namespaced(c.client().await, &ns);
-    until(&api, &weight, "the first revision", |r| r.phase == "Healthy").await;
+    until(&api, &weight, "the first revision", |r| {
+        r.phase == "Healthy"
+    })
+    .await;
 
     println!("machine: {} cores; control plane, Prometheus, both services, the operator and the traffic share them", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!("background analysis every {INTERVAL_S} s, failureLimit 0, 10 s rate window, 1 s scrape interval");
@@ -214,7 +223,9 @@ async fn main() {
         took.push(secs);
         from_client.push(from_5xx);
         per_run.push(q);
-        canary_pg.restart().expect("restart the canary's PostgreSQL");
+        canary_pg
+            .restart()
+            .expect("restart the canary's PostgreSQL");
         // Let the 503s leave the 10 s rate window before the next canary is judged.
         tokio::time::sleep(Duration::from_secs(12)).await;
         // Back to stable for the next run.
@@ -244,5 +255,8 @@ async fn main() {
     );
     stop.store(true, Ordering::Relaxed);
     op.stop().await;
-    check(c.kubectl().args(["delete", "namespace", &ns, "--wait=false"]));
+    check(
+        c.kubectl()
+            .args(["delete", "namespace", &ns, "--wait=false"]),
+    );
 }
