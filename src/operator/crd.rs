@@ -10,7 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// Go-style durations as the service's configuration accepts them: `500ms`, `15s`, `10m`, `1h30m`.
-const DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
+pub(crate) const DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
 
 // One `printcolumn(...)` per column is kube's syntax; clippy reads the repeated `type_` keys as duplicates.
 #[allow(clippy::duplicated_attributes)]

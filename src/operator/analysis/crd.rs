@@ -6,9 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::operator::crd::SecretKeyRef;
-
-const DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
+use crate::operator::crd::{SecretKeyRef, DURATION};
 
 /// What to measure and how to judge it; referenced by name from a KybPlatform's rollout.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
