@@ -233,4 +233,15 @@ async fn usage_and_environment_errors_exit_2_with_the_cause() {
         Some(2),
         "neither --target nor --platform"
     );
+    // A bad threshold is refused before any load (the target is not even reached).
+    let out = kybctl(&["loadtest", "--target", &target, "--threshold", "p95<fast"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("p95<fast"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+    let out = kybctl(&["loadtest", "--target", &target, "--min-samples", "5"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--min-samples needs --threshold"
+    );
 }

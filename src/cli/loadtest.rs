@@ -11,6 +11,8 @@ use crate::loadtest::report;
 use crate::loadtest::run::{self, RunConfig, RunError};
 use crate::loadtest::scenario::{Scenario, ScenarioError};
 use crate::loadtest::summary::saturation_reasons;
+use crate::slo::threshold::{self, ThresholdError};
+use crate::slo::{evaluate_all, render, Outcome, Report};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -25,13 +27,19 @@ The run is flagged saturated (a warning, and generator.saturated in the result, 
 turns into an inconclusive throughput check) when the achieved rate fell below 95% of --rate or the
 generator used 90% or more of its CPU: then the numbers measure the generator, not the target.
 
-Exit codes: 0 the run completed (errors and saturation are reported, judging is `slo check`'s job),
-2 usage or environment error (bad flag, unreachable target, unreadable scenario, unwritable file).
+With --threshold the run is also judged, by the same code as `kybctl slo check` on its result (the
+SLO report follows the result; on stderr with -o json or yaml), and the exit code is the verdict.
+
+Exit codes: 0 the run completed (and, with --threshold, every check passed), 1 a check failed, 3 a
+check was inconclusive and none failed, 2 usage or environment error (bad flag or threshold,
+unreachable target, unreadable scenario, unwritable file). Without --threshold errors and saturation
+are reported and judging is `slo check`'s job.
 
 Examples:
   kybctl loadtest --target http://localhost:8080 --users 50 --duration 30s
   kybctl loadtest --target http://localhost:8080 --users 20 --duration 1m --rate 500 --out result.json --html report.html
   kybctl loadtest --target http://localhost:8080 --scenario classify-cached -o json > result.json
+  kybctl loadtest --target http://kyb-canary:8080 --duration 1m --threshold 'p95<500ms' --threshold 'error_rate<0.1%'
   kybctl loadtest --platform kyb -n prod --duration 5m --out result.json && kybctl slo check --result result.json")]
 pub struct LoadtestArgs {
     /// Base URL of the service, such as http://localhost:8080.
@@ -78,6 +86,12 @@ pub struct LoadtestArgs {
     /// Seed of the users' random choices (which business, which merchant).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Judge the run against a threshold as `kybctl slo check --threshold` would; repeat for several.
+    #[arg(long = "threshold", value_name = "EXPR")]
+    thresholds: Vec<String>,
+    /// With --threshold: fewer requests than this (per scope) make a check inconclusive.
+    #[arg(long, default_value_t = 100, value_name = "N", requires = "thresholds")]
+    min_samples: u64,
     /// Result format on stdout: a table, or the result file itself (json, yaml).
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     output: Format,
@@ -96,6 +110,8 @@ enum LoadtestError {
     Platform(#[from] platform::PlatformError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Threshold(#[from] ThresholdError),
     #[error("cannot write {what} file {path}: {source}")]
     Write {
         what: &'static str,
@@ -106,7 +122,8 @@ enum LoadtestError {
 
 pub async fn run(args: LoadtestArgs) -> u8 {
     match loadtest(args).await {
-        Ok(()) => exit::OK,
+        Ok(None) => exit::OK,
+        Ok(Some(outcome)) => exit::of(outcome),
         Err(e) => {
             eprintln!("error: {e}");
             exit::USAGE
@@ -114,8 +131,15 @@ pub async fn run(args: LoadtestArgs) -> u8 {
     }
 }
 
-async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
+/// Runs the load test; with `--threshold`, also judges it and returns the verdict.
+async fn loadtest(args: LoadtestArgs) -> Result<Option<Outcome>, LoadtestError> {
     let scenario = Scenario::load(&args.scenario)?;
+    // Parsed before the run: a typo in a threshold should not cost a whole load test.
+    let gate = args
+        .thresholds
+        .iter()
+        .map(|e| threshold::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
     let (target, thresholds) = match (&args.target, &args.platform) {
         (Some(t), _) => (normalise_target(t)?, None),
         (None, Some(name)) => {
@@ -184,7 +208,16 @@ async fn loadtest(args: LoadtestArgs) -> Result<(), LoadtestError> {
             flags.join(" ")
         );
     }
-    Ok(())
+    if gate.is_empty() {
+        return Ok(None);
+    }
+    let report = Report::new(evaluate_all(&gate, result, args.min_samples));
+    let verdict = render::table(&report, false);
+    match args.output {
+        Format::Table => print!("{verdict}"),
+        Format::Json | Format::Yaml => eprint!("{verdict}"),
+    }
+    Ok(Some(report.outcome))
 }
 
 /// `http://host:port` without a trailing slash; anything but an http(s) URL with a host is refused.

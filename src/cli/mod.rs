@@ -38,6 +38,15 @@ pub mod exit {
     pub const PAUSED: u8 = 3;
     /// Not settled yet: `rollout status` found the rollout still progressing.
     pub const NOT_SETTLED: u8 = 4;
+
+    /// An SLO verdict's code, the same from `slo check` and `loadtest --threshold`.
+    pub fn of(outcome: crate::slo::Outcome) -> u8 {
+        match outcome {
+            crate::slo::Outcome::Pass => OK,
+            crate::slo::Outcome::Fail => CHECK_FAILED,
+            crate::slo::Outcome::Inconclusive => INCONCLUSIVE,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]

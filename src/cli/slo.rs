@@ -96,9 +96,7 @@ enum CheckError {
 pub fn run(cmd: SloCommand) -> u8 {
     let SloCommand::Check(args) = cmd;
     match check(&args) {
-        Ok(Outcome::Pass) => exit::OK,
-        Ok(Outcome::Fail) => exit::CHECK_FAILED,
-        Ok(Outcome::Inconclusive) => exit::INCONCLUSIVE,
+        Ok(outcome) => exit::of(outcome),
         Err(e) => {
             eprintln!("error: {e}");
             exit::USAGE
