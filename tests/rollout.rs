@@ -39,18 +39,7 @@ struct Setup {
 
 async fn setup(prefix: &str) -> Setup {
     let c = cluster().await;
-    operator::install_crd().await;
-    check(c.kubectl().args([
-        "apply",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
-    ]));
-    let ns = operator::platform_namespace(prefix).await;
-    let token = check(
-        c.kubectl()
-            .args(["create", "token", "kybctl-operator", "-n", "kyb-system"]),
-    );
-    let op = Operator::start_as(&ns, c.client_with_token(token.trim()).await).await;
+    let (ns, op) = Operator::start_shipped(prefix).await;
     check_with_stdin(
         c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
         r#"apiVersion: v1
@@ -132,30 +121,15 @@ impl Setup {
     }
 
     async fn set_image(&self, image: &str) {
-        check(cluster().await.kubectl().args([
-            "patch",
-            "-n",
-            &self.ns,
-            "kyb/kyb",
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"spec":{{"image":"{image}"}}}}"#),
-        ]));
+        operator::set_image(&self.ns, "kyb", image).await;
     }
 
     async fn platform(&self) -> KybPlatform {
-        Api::<KybPlatform>::namespaced(cluster().await.client().await, &self.ns)
-            .get("kyb")
-            .await
-            .unwrap()
+        operator::platform(&self.ns, "kyb").await
     }
 
     async fn rollout(&self) -> RolloutStatus {
-        self.platform()
-            .await
-            .status
-            .and_then(|s| s.rollout)
-            .unwrap_or_default()
+        operator::rollout_status(&self.ns, "kyb").await
     }
 
     /// Ready, not terminating pods of the platform by revision.

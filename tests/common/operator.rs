@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kybctl::operator::controller;
-use kybctl::operator::crd::KybPlatform;
+use kybctl::operator::crd::{KybPlatform, RolloutStatus};
 use kybctl::operator::metrics::OperatorMetrics;
 
 use crate::cluster::{check, check_with_stdin, cluster};
@@ -72,6 +72,68 @@ pub async fn platform_namespace(prefix: &str) -> String {
     ns
 }
 
+/// `kubectl apply -n NS -f -` of `yaml`.
+pub async fn apply(ns: &str, yaml: &str) {
+    check_with_stdin(
+        cluster()
+            .await
+            .kubectl()
+            .args(["apply", "-n", ns, "-f", "-"]),
+        yaml,
+    );
+}
+
+/// A new image for KybPlatform `name`, as `kubectl patch` would: a new revision to roll out.
+pub async fn set_image(ns: &str, name: &str, image: &str) {
+    check(cluster().await.kubectl().args([
+        "patch",
+        "-n",
+        ns,
+        &format!("kyb/{name}"),
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"image":"{image}"}}}}"#),
+    ]));
+}
+
+pub async fn platform(ns: &str, name: &str) -> KybPlatform {
+    kube::Api::<KybPlatform>::namespaced(cluster().await.client().await, ns)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+/// The platform's rollout status (the default until the operator has written one).
+pub async fn rollout_status(ns: &str, name: &str) -> RolloutStatus {
+    platform(ns, name)
+        .await
+        .status
+        .and_then(|s| s.rollout)
+        .unwrap_or_default()
+}
+
+/// Polls the rollout status of `name` until `done` holds for it, and returns it.
+pub async fn until_rollout(
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&RolloutStatus) -> bool,
+) -> RolloutStatus {
+    let start = std::time::Instant::now();
+    loop {
+        let r = rollout_status(ns, name).await;
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}: {r:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub fn condition(kp: &KybPlatform, kind: &str) -> Option<(String, String)> {
     kp.status
         .as_ref()?
@@ -90,6 +152,27 @@ pub struct Operator {
 impl Operator {
     pub async fn start(ns: &str) -> Self {
         Self::start_as(ns, cluster().await.client().await).await
+    }
+
+    /// The shipped RBAC applied and the operator started in a new namespace (see
+    /// [`platform_namespace`]) under the token of the shipped ServiceAccount, so every test that uses
+    /// it also proves that RBAC sufficient.
+    pub async fn start_shipped(prefix: &str) -> (String, Self) {
+        let c = cluster().await;
+        install_crd().await;
+        check(c.kubectl().args([
+            "apply",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
+        ]));
+        let ns = platform_namespace(prefix).await;
+        let token =
+            check(
+                c.kubectl()
+                    .args(["create", "token", "kybctl-operator", "-n", "kyb-system"]),
+            );
+        let op = Self::start_as(&ns, c.client_with_token(token.trim()).await).await;
+        (ns, op)
     }
 
     pub async fn start_as(ns: &str, client: kube::Client) -> Self {
