@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{check, check_with_stdin, cluster, eventually};
+use cluster::{check, cluster, eventually};
 use common::{config, migrated_db, migrated_db_on, Service};
 use kube::api::{Api, ListParams};
+use kube::ResourceExt;
 use kybctl::local::TempPostgres;
 use kybctl::operator::analysis::crd::KybAnalysisRun;
-use kybctl::operator::crd::{KybPlatform, RolloutStatus};
+use kybctl::operator::crd::RolloutStatus;
 use operator::Operator;
 use prometheus::TempPrometheus;
 
@@ -89,19 +90,7 @@ struct Rig {
 }
 
 async fn rig(prefix: &str) -> Rig {
-    let c = cluster().await;
-    operator::install_crd().await;
-    check(c.kubectl().args([
-        "apply",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
-    ]));
-    let ns = operator::platform_namespace(prefix).await;
-    let token = check(
-        c.kubectl()
-            .args(["create", "token", "kybctl-operator", "-n", "kyb-system"]),
-    );
-    let op = Operator::start_as(&ns, c.client_with_token(token.trim()).await).await;
+    let (ns, op) = Operator::start_shipped(prefix).await;
 
     let stable = Service::start(config(&migrated_db().await, None)).await;
     let canary_pg = TempPostgres::start().expect("PostgreSQL for the canary");
@@ -153,31 +142,17 @@ async fn rig(prefix: &str) -> Rig {
 
 impl Rig {
     async fn rollout(&self) -> RolloutStatus {
-        Api::<KybPlatform>::namespaced(cluster().await.client().await, &self.ns)
-            .get("kyb")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.rollout)
-            .unwrap_or_default()
+        operator::rollout_status(&self.ns, "kyb").await
     }
 
     /// Keeps the traffic split at the rollout's effective weight until `cond` holds.
     async fn until(&self, timeout: Duration, what: &str, cond: impl Fn(&RolloutStatus) -> bool) {
-        let start = Instant::now();
-        loop {
-            let r = self.rollout().await;
+        operator::until_rollout(&self.ns, "kyb", timeout, what, |r| {
             self.weight
                 .store(i64::from(r.weights.effective), Ordering::Relaxed);
-            if cond(&r) {
-                return;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "timed out waiting for {what}: {r:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            cond(r)
+        })
+        .await;
     }
 
     async fn runs(&self) -> Vec<KybAnalysisRun> {
@@ -189,25 +164,11 @@ impl Rig {
     }
 
     async fn apply(&self, yaml: &str) {
-        check_with_stdin(
-            cluster()
-                .await
-                .kubectl()
-                .args(["apply", "-n", &self.ns, "-f", "-"]),
-            yaml,
-        );
+        operator::apply(&self.ns, yaml).await;
     }
 
     async fn set_image(&self, image: &str) {
-        check(cluster().await.kubectl().args([
-            "patch",
-            "-n",
-            &self.ns,
-            "kyb/kyb",
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"spec":{{"image":"{image}"}}}}"#),
-        ]));
+        operator::set_image(&self.ns, "kyb", image).await;
     }
 
     async fn finish(self) {
@@ -527,4 +488,374 @@ spec:
     let all = serde_json::to_string(&runs).unwrap();
     assert!(!all.contains("s3cret"), "the token is never recorded");
     rig.finish().await;
+}
+
+/// A canary of `replicas` pods gated by one analysis step on the template `check`.
+const GATED: &str = r#"apiVersion: kyb.io/v1alpha1
+kind: KybPlatform
+metadata: {name: kyb}
+spec:
+  image: registry.example.com/kybctl:1
+  replicas: 2
+  autoscaling: {enabled: false}
+  migrations: {enabled: false}
+  database: {primary: {name: kyb-db, key: url}}
+  slos: {p95Latency: 5s, errorRatePercent: 5, throughputRpm: 60, cacheHitRatePercent: 1}
+  rollout:
+    strategy: Canary
+    canary:
+      steps:
+      - setWeight: 50
+      - analysis:
+          templates: [{templateName: check}]
+          args: [{name: service-name, value: kyb-canary}]
+"#;
+
+/// The template `check` with `metrics` (YAML list items, indented by two).
+fn check_template(metrics: &str) -> String {
+    format!(
+        "apiVersion: kyb.io/v1alpha1\nkind: KybAnalysisTemplate\nmetadata: {{name: check}}\nspec:\n  args: [{{name: service-name}}]\n  metrics:\n{metrics}"
+    )
+}
+
+/// A `job` metric whose pod kwok completes, fails (`fail`) or holds running (`hold`).
+fn job_metric(name: &str, annotations: &str, deadline: i64) -> String {
+    format!(
+        r#"  - name: {name}
+    provider:
+      job:
+        deadlineSeconds: {deadline}
+        spec:
+          backoffLimit: 0
+          template:
+            metadata: {{annotations: {{{annotations}}}}}
+            spec:
+              restartPolicy: Never
+              containers:
+              - {{name: smoke, image: curlimages/curl:8, args: [-fsS, "http://{{{{args.service-name}}}}/ready"]}}
+"#
+    )
+}
+
+async fn runs_in(ns: &str) -> Vec<KybAnalysisRun> {
+    Api::<KybAnalysisRun>::namespaced(cluster().await.client().await, ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+/// The status of the run that the rollout's current analysis step names.
+async fn current_run(ns: &str) -> kybctl::operator::analysis::crd::KybAnalysisRunStatus {
+    let r = operator::rollout_status(ns, "kyb").await;
+    let name = &r.analysis.last().expect("an analysis").run;
+    Api::<KybAnalysisRun>::namespaced(cluster().await.client().await, ns)
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+}
+
+async fn analysis_jobs(ns: &str) -> Vec<k8s_openapi::api::batch::v1::Job> {
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(cluster().await.client().await, ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=analysis"))
+        .await
+        .unwrap()
+        .items
+}
+
+/// A JSON endpoint that has no value to give (`errorRate: null`).
+async fn empty_score_server() -> String {
+    let app = axum::Router::new().route(
+        "/score",
+        axum::routing::get(|| async {
+            axum::Json(serde_json::json!({"data": {"errorRate": null}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/score")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_metrics_pass_fail_and_meet_their_deadline_and_web_no_data_pauses() {
+    let (ns, op) = Operator::start_shipped("analysis-jobs").await;
+    let healthy = |r: &RolloutStatus| r.phase == "Healthy" && r.canary_revision.is_none();
+    let aborted = |r: &RolloutStatus| r.phase == "Aborted";
+    operator::apply(&ns, &check_template(&job_metric("smoke", "", 60))).await;
+    operator::apply(&ns, GATED).await;
+    operator::until_rollout(&ns, "kyb", Duration::from_secs(60), "v1", healthy).await;
+
+    // The Job completes: the step passes and the canary is promoted.
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:2").await;
+    operator::until_rollout(&ns, "kyb", Duration::from_secs(90), "promotion", |r| {
+        healthy(r) && r.revisions.len() == 2
+    })
+    .await;
+    let runs = runs_in(&ns).await;
+    let st = runs[0].status.clone().unwrap();
+    assert_eq!(st.phase, "Successful", "{st:#?}");
+    let m = &st.metric_results[0].measurements[0];
+    assert!(
+        m.query
+            .contains("curlimages/curl:8 -fsS http://kyb-canary/ready"),
+        "arguments substituted, the command recorded: {m:#?}"
+    );
+    let jobs = analysis_jobs(&ns).await;
+    assert_eq!(jobs.len(), 1);
+    let owner = &jobs[0].metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("KybAnalysisRun", runs[0].metadata.name.as_deref().unwrap())
+    );
+
+    // One metric's Job fails: the run fails, the rollout aborts, and the other metric's Job, still
+    // running with ten minutes to go, is stopped.
+    operator::apply(
+        &ns,
+        &check_template(&format!(
+            "{}{}",
+            job_metric("fails", r#"kwok.x-k8s.io/fail: "true""#, 60),
+            job_metric("slow", r#"kwok.x-k8s.io/hold: "true""#, 600)
+        )),
+    )
+    .await;
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:3").await;
+    let r = operator::until_rollout(
+        &ns,
+        "kyb",
+        Duration::from_secs(90),
+        "abort on a failed Job",
+        aborted,
+    )
+    .await;
+    assert_eq!(r.abort.as_ref().unwrap().reason, "AnalysisFailed", "{r:#?}");
+    let st = current_run(&ns).await;
+    assert_eq!(st.phase, "Failed", "{st:#?}");
+    let fails = st
+        .metric_results
+        .iter()
+        .find(|m| m.name == "fails")
+        .unwrap();
+    assert_eq!(fails.phase, "Failed");
+    assert!(
+        fails.measurements[0]
+            .message
+            .contains("BackoffLimitExceeded"),
+        "{fails:#?}"
+    );
+    eventually(Duration::from_secs(30), "the slow Job stopped", || {
+        let ns = ns.clone();
+        async move {
+            analysis_jobs(&ns).await.iter().all(|j| {
+                j.labels().get("kyb.io/analysis-metric").map(String::as_str) != Some("slow")
+                    || j.metadata.deletion_timestamp.is_some()
+            })
+        }
+    })
+    .await;
+
+    // A Job that never finishes fails its measurement at its deadline (the Job controller enforces
+    // the activeDeadlineSeconds the operator set from deadlineSeconds).
+    operator::apply(
+        &ns,
+        &check_template(&job_metric("hangs", r#"kwok.x-k8s.io/hold: "true""#, 3)),
+    )
+    .await;
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:4").await;
+    operator::until_rollout(
+        &ns,
+        "kyb",
+        Duration::from_secs(60),
+        "the analysis step",
+        |r| r.abort.is_none() && !r.analysis.is_empty(),
+    )
+    .await;
+    let started = Instant::now();
+    operator::until_rollout(
+        &ns,
+        "kyb",
+        Duration::from_secs(90),
+        "abort at the deadline",
+        aborted,
+    )
+    .await;
+    let st = current_run(&ns).await;
+    let m = &st.metric_results[0].measurements[0];
+    assert_eq!(m.phase, "Failed", "{st:#?}");
+    assert!(m.message.contains("DeadlineExceeded"), "{m:#?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the deadline"
+    );
+
+    // web, with no value in the answer: inconclusive, so the rollout pauses and says why.
+    let url = empty_score_server().await;
+    operator::apply(
+        &ns,
+        &check_template(&format!(
+            "  - name: score\n    interval: 1s\n    successCondition: result < 0.01\n    provider:\n      web: {{url: \"{url}\", jsonPath: /data/errorRate}}\n"
+        )),
+    )
+    .await;
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:5").await;
+    let r = operator::until_rollout(&ns, "kyb", Duration::from_secs(60), "inconclusive", |r| {
+        r.phase == "Paused"
+            && r.pause_conditions
+                .iter()
+                .any(|p| p.reason == "AnalysisInconclusive")
+    })
+    .await;
+    assert!(r.message.contains("no data"), "{}", r.message);
+    op.stop().await;
+}
+
+/// The `slo` Job's `kybctl` arguments pointed at `target` instead of the cluster's Service.
+fn retarget(args: &[String], target: &str) -> Vec<String> {
+    let mut out = args.to_vec();
+    let i = out.iter().position(|a| a == "--target").unwrap();
+    out[i + 1] = target.to_owned();
+    out
+}
+
+/// Runs `kybctl ARGS`; its exit code and output.
+async fn kybctl_async(args: &[String]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The verdict of the Job's command against a real service, and of `kybctl slo check` on the same
+/// run's result with the same thresholds: they must agree.
+async fn same_verdict(job_args: &[String], target: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let result = dir.path().join("result.json");
+    let mut args = retarget(job_args, target);
+    args.extend(["--out".into(), result.display().to_string()]);
+    let (job_code, job_out) = kybctl_async(&args).await;
+    let mut check = vec!["slo".to_owned(), "check".into(), "--result".into()];
+    check.push(result.display().to_string());
+    for pair in job_args.windows(2) {
+        if matches!(pair[0].as_str(), "--threshold" | "--min-samples") {
+            check.extend(pair.iter().cloned());
+        }
+    }
+    let (check_code, check_out) = kybctl_async(&check).await;
+    assert_eq!(
+        job_code, check_code,
+        "the Job's command and `slo check` disagree:\n{job_out}\n---\n{check_out}"
+    );
+    (job_code, job_out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slo_metric_is_the_platforms_slo_check_run_as_a_job() {
+    let (ns, op) = Operator::start_shipped("analysis-slo").await;
+    let slo_template = |annotations: &str| {
+        check_template(&format!(
+            "  - name: slos\n    minSamples: 20\n    provider:\n      slo: {{users: 4, duration: 3s, podAnnotations: {{{annotations}}}}}\n"
+        ))
+    };
+    operator::apply(&ns, &slo_template("")).await;
+    operator::apply(&ns, GATED).await;
+    operator::until_rollout(&ns, "kyb", Duration::from_secs(60), "v1", |r| {
+        r.phase == "Healthy"
+    })
+    .await;
+
+    // kwok completes the load-test Job (exit 0): promoted.
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:2").await;
+    operator::until_rollout(&ns, "kyb", Duration::from_secs(90), "promotion", |r| {
+        r.phase == "Healthy" && r.canary_revision.is_none() && r.revisions.len() == 2
+    })
+    .await;
+    let jobs = analysis_jobs(&ns).await;
+    let pod = jobs[0].spec.clone().unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example.com/kybctl:2"));
+    let args = c.args.clone().unwrap();
+    let provider = kybctl::operator::analysis::crd::SloProvider {
+        users: 4,
+        duration: "3s".into(),
+        ..Default::default()
+    };
+    let kp = operator::platform(&ns, "kyb").await;
+    assert_eq!(
+        args,
+        kybctl::operator::analysis::jobs::slo_command(&kp, &provider, "step-1", Some(20)).unwrap(),
+        "the Job runs what the operator's pure command builder says, thresholds from spec.slos"
+    );
+    assert_eq!(
+        args.iter()
+            .position(|a| a == "--target")
+            .map(|i| args[i + 1].as_str()),
+        Some(format!("http://kyb-canary.{ns}.svc").as_str())
+    );
+    let st = runs_in(&ns).await[0].status.clone().unwrap();
+    assert!(
+        st.metric_results[0].measurements[0]
+            .query
+            .contains("kybctl loadtest --target"),
+        "{st:#?}"
+    );
+
+    // The command itself against real services: the Job judges as `slo check` does, passing a
+    // healthy service and failing one whose database is down (every request a 503).
+    let healthy = Service::start(config(&migrated_db().await, None)).await;
+    healthy.get("/ready").await;
+    let (code, out) = same_verdict(&args, &healthy.base).await;
+    assert_eq!(code, 0, "a healthy service passes these SLOs:\n{out}");
+    let mut broken_pg = TempPostgres::start().expect("PostgreSQL");
+    let mut broken = config(&migrated_db_on(&broken_pg).await, None);
+    // A stopped database answers at once (connection refused); do not wait out the test default.
+    broken.database.pool.acquire_timeout = Duration::from_millis(200);
+    let broken = Service::start(broken).await;
+    broken.get("/ready").await;
+    broken_pg.stop();
+    let (code, out) = same_verdict(&args, &broken.base).await;
+    assert_eq!(code, 1, "a failing service fails them:\n{out}");
+
+    // Through kwok, the Job's exit code is the verdict: 3 (inconclusive) pauses, 1 (failed) aborts.
+    operator::apply(
+        &ns,
+        &slo_template(r#"kwok.x-k8s.io/fail: "true", kwok.x-k8s.io/exit-code: "3""#),
+    )
+    .await;
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:3").await;
+    let r = operator::until_rollout(&ns, "kyb", Duration::from_secs(90), "inconclusive", |r| {
+        r.phase == "Paused"
+            && r.pause_conditions
+                .iter()
+                .any(|p| p.reason == "AnalysisInconclusive")
+    })
+    .await;
+    assert!(r.message.contains("inconclusive"), "{}", r.message);
+    operator::apply(
+        &ns,
+        &slo_template(r#"kwok.x-k8s.io/fail: "true", kwok.x-k8s.io/exit-code: "1""#),
+    )
+    .await;
+    operator::set_image(&ns, "kyb", "registry.example.com/kybctl:4").await;
+    operator::until_rollout(&ns, "kyb", Duration::from_secs(90), "abort", |r| {
+        r.phase == "Aborted"
+    })
+    .await;
+    let st = current_run(&ns).await;
+    let m = &st.metric_results[0].measurements[0];
+    assert_eq!(m.phase, "Failed", "{st:#?}");
+    assert!(
+        m.message.contains("an SLO failed") && m.message.contains("exit code 1"),
+        "{m:#?}"
+    );
+    op.stop().await;
 }

@@ -24,6 +24,8 @@ async fn samples_are_accepted_defaulted_and_scalable() {
         "full.yaml",
         "analysis-success-rate.yaml",
         "analysis-latency.yaml",
+        "analysis-slo.yaml",
+        "analysis-smoke-job.yaml",
     ] {
         check(
             c.kubectl()
@@ -122,6 +124,48 @@ async fn explain_documents_the_spec() {
             .args(["explain", "kybplatform.spec.autoscaling.minReplicas"]),
     );
     assert!(out.contains("integer"), "{out}");
+}
+
+#[tokio::test]
+async fn invalid_analysis_templates_are_rejected_saying_why() {
+    let c = installed().await;
+    let ns = c.namespace("crd-bad-kat").await;
+    let prom = "prometheus: {address: http://p, query: q}";
+    let job = "job: {spec: {template: {spec: {containers: [{name: x, image: y}]}}}}";
+    let cases = [
+        (
+            format!("successCondition: result < 1\n    provider: {{{prom}, {job}}}"),
+            "exactly one of prometheus, web, job, slo",
+        ),
+        (
+            format!("provider: {{{prom}}}"),
+            "needs successCondition or failureCondition",
+        ),
+        (
+            "successCondition: result < 1\n    provider: {slo: {}}".into(),
+            "takes neither",
+        ),
+        (
+            "provider: {job: {spec: {backoffLimit: 0}}}".into(),
+            "spec.template",
+        ),
+        (
+            "provider: {job: {spec: {template: {spec: {containers: []}}}}}".into(),
+            "containers",
+        ),
+        ("provider: {slo: {users: 0}}".into(), "users"),
+        ("provider: {slo: {scenario: everything}}".into(), "scenario"),
+    ];
+    for (metric, want) in cases {
+        let yaml = format!(
+            "apiVersion: kyb.io/v1alpha1\nkind: KybAnalysisTemplate\nmetadata: {{name: bad}}\nspec:\n  metrics:\n  - name: m\n    {metric}\n"
+        );
+        let (ok, _, err) = run_with_stdin(c.kubectl().args(["apply", "-n", &ns, "-f", "-"]), &yaml);
+        assert!(
+            !ok && err.contains(want),
+            "{yaml}\nwanted {want:?}, got: {err}"
+        );
+    }
 }
 
 #[tokio::test]

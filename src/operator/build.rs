@@ -159,7 +159,7 @@ fn hash(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..5])
 }
 
-fn restricted_container_context() -> SecurityContext {
+pub(crate) fn restricted_container_context() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS_USER),
@@ -177,7 +177,7 @@ fn restricted_container_context() -> SecurityContext {
     }
 }
 
-fn pod_security_context() -> PodSecurityContext {
+pub(crate) fn pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS_USER),

@@ -807,7 +807,13 @@ pub async fn run(
     .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
     .trigger_backoff(super::backoff::WatchBackoff::default())
     .owns_stream(deployment_events)
-    .owns_stream(job_events)
+    // Migration Jobs are owned by the KybPlatform, analysis Jobs by their KybAnalysisRun; both carry
+    // the platform's instance label, which maps either to the platform to reconcile.
+    .watches_stream(job_events, |job: Job| {
+        let ns = job.namespace()?;
+        let instance = job.labels().get("app.kubernetes.io/instance")?.clone();
+        Some(ObjectRef::new(&instance).within(&ns))
+    })
     .owns_stream(config_map_events)
     .owns_stream(service_events)
     .owns_stream(service_account_events)

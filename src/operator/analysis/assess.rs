@@ -24,6 +24,17 @@ pub enum Observation {
     Empty,
     /// The provider could not answer (unreachable, bad query, bad JSON).
     Error(String),
+    /// A Job's own verdict (the `job` and `slo` providers), with what it said.
+    Finished(Verdict, String),
+}
+
+/// How a measuring Job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed,
+    /// It ran but could not decide (too few requests for `kybctl slo check`): no data.
+    Undecided,
 }
 
 fn no_data(metric: &Metric, why: String) -> (&'static str, String) {
@@ -49,6 +60,9 @@ fn condition(expr: &str, value: f64, samples: Option<i64>) -> Result<bool, Strin
 pub fn judge(metric: &Metric, obs: &Observation) -> (&'static str, String) {
     let (value, samples) = match obs {
         Observation::Error(e) => return (ERROR, e.clone()),
+        Observation::Finished(Verdict::Passed, why) => return (SUCCESSFUL, why.clone()),
+        Observation::Finished(Verdict::Failed, why) => return (FAILED, why.clone()),
+        Observation::Finished(Verdict::Undecided, why) => return no_data(metric, why.clone()),
         Observation::Empty => return no_data(metric, "the query returned no series".into()),
         Observation::Value { value, samples } => (*value, *samples),
     };

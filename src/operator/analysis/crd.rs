@@ -2,6 +2,8 @@
 //! revision, with every measurement it took). Field names and meanings follow Argo Rollouts'
 //! AnalysisTemplate and AnalysisRun where the idea is the same.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -51,8 +53,9 @@ pub enum NoData {
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition)")
-    .message("a metric needs successCondition or failureCondition"))]
+#[x_kube(validation = Rule::new(
+    "has(self.provider.job) || has(self.provider.slo) ? !has(self.successCondition) && !has(self.failureCondition) : has(self.successCondition) || has(self.failureCondition)"
+).message("a prometheus or web metric needs successCondition or failureCondition; a job or slo metric is judged by its Job's outcome and takes neither"))]
 #[serde(rename_all = "camelCase")]
 pub struct Metric {
     #[schemars(
@@ -96,7 +99,8 @@ pub struct Metric {
     pub dry_run: bool,
     #[serde(default)]
     pub no_data: NoData,
-    /// Fewer samples than this behind a value is no data (the provider's sample count).
+    /// Fewer samples than this behind a value is no data (the provider's sample count; for `slo`,
+    /// the requests per check below which `kybctl slo check` calls it inconclusive, 100 when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub min_samples: Option<i64>,
@@ -113,15 +117,175 @@ fn four() -> i32 {
     4
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.web)].filter(x, x).size() == 1")
-    .message("a metric's provider sets exactly one of prometheus, web"))]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "[has(self.prometheus), has(self.web), has(self.job), has(self.slo)].filter(x, x).size() == 1"
+).message("a metric's provider sets exactly one of prometheus, web, job, slo"))]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloProvider>,
+}
+
+/// A Kubernetes Job per measurement: the Job completing passes it, the Job failing fails it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProvider {
+    /// Labels and annotations of the Job.
+    #[serde(default)]
+    pub metadata: JobMetadata,
+    /// A batch/v1 JobSpec, with `{{args.NAME}}` placeholders in its strings. Only its shape is checked
+    /// here; the apiserver checks the rest when the Job is made (an invalid one ends the run in Error,
+    /// saying why). Kept open rather than embedding the whole JobSpec schema, which would make this CRD
+    /// too large for a client-side `kubectl apply`.
+    #[schemars(schema_with = "job_spec_schema")]
+    pub spec: serde_json::Value,
+    /// The longest one measurement may take. The Job's activeDeadlineSeconds is capped at this, and a
+    /// Job still unfinished a minute past it (its controller down, or the Job suspended) fails the
+    /// measurement and is deleted.
+    #[serde(default = "ten_minutes")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub deadline_seconds: i64,
+}
+
+fn ten_minutes() -> i64 {
+    600
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct JobMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn job_spec_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let open = |extra: serde_json::Value| {
+        let mut o = serde_json::json!({
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true
+        });
+        o.as_object_mut()
+            .expect("an object")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        o
+    };
+    let containers = serde_json::json!({
+        "type": "array",
+        "minItems": 1,
+        "items": open(serde_json::json!({}))
+    });
+    let pod_spec = open(serde_json::json!({
+        "required": ["containers"],
+        "properties": {"containers": containers}
+    }));
+    let template = open(serde_json::json!({
+        "required": ["spec"],
+        "properties": {"spec": pod_spec}
+    }));
+    let spec = open(serde_json::json!({
+        "required": ["template"],
+        "properties": {"template": template}
+    }));
+    schemars::Schema::try_from(spec).expect("a JSON object is a schema")
+}
+
+/// The platform's own `spec.slos`, judged by `kybctl loadtest --threshold` (the code of `kybctl slo
+/// check`) in a Job that loads the revision under analysis through its Service. One SLO spec serves the
+/// CI gate and the rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloProvider {
+    /// The Service to load. Unset: the preview Service before a blue-green promotion, the active one
+    /// after it, the canary Service during a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<SloService>,
+    /// Virtual users.
+    #[serde(default = "ten_users")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub users: i32,
+    /// How long the load runs (whole seconds).
+    #[serde(default = "thirty_seconds")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub duration: String,
+    /// Requests per second for all users together; unset, they go as fast as they can. Set it when the
+    /// throughput SLO should be judged on a requested rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub rate: Option<i32>,
+    /// A built-in traffic mix of `kybctl loadtest`.
+    #[serde(default)]
+    pub scenario: SloScenario,
+    /// The image that runs `kybctl loadtest`; the platform's `spec.image` when unset. Its kybctl must
+    /// know the flags of this operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Annotations of the load-test pod (for instance to keep a mesh sidecar out of it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// The longest one measurement may take; the duration plus two minutes when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub deadline_seconds: Option<i64>,
+}
+
+/// The same values as an empty `slo: {}` in a template.
+impl Default for SloProvider {
+    fn default() -> Self {
+        Self {
+            service: None,
+            users: ten_users(),
+            duration: thirty_seconds(),
+            rate: None,
+            scenario: SloScenario::default(),
+            image: None,
+            pod_annotations: BTreeMap::new(),
+            deadline_seconds: None,
+        }
+    }
+}
+
+fn ten_users() -> i32 {
+    10
+}
+fn thirty_seconds() -> String {
+    "30s".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SloService {
+    Stable,
+    Canary,
+    Preview,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SloScenario {
+    #[default]
+    KybMix,
+    Trivial,
+    ClassifyCached,
+}
+
+impl SloScenario {
+    /// The `kybctl loadtest --scenario` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SloScenario::KybMix => "kyb-mix",
+            SloScenario::Trivial => "trivial",
+            SloScenario::ClassifyCached => "classify-cached",
+        }
+    }
 }
 
 /// An instant query against Prometheus's HTTP API; the result must be one number (a scalar, or a

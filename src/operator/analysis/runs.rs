@@ -3,24 +3,25 @@
 //! judged by `assess`. Its status holds every measurement, so a promotion or an abort can be traced to
 //! the numbers behind it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::assess::{self, Observation, ERROR, RUNNING};
+use super::assess::{self, Observation, Verdict, ERROR, RUNNING};
 use super::crd::{
     Arg, KybAnalysisRun, KybAnalysisRunSpec, KybAnalysisRunStatus, KybAnalysisTemplate,
     KybAnalysisTemplateSpec, Measurement, Metric, MetricResult,
 };
-use super::providers;
+use super::{jobs, providers};
 use crate::operator::build::FIELD_MANAGER;
-use crate::operator::controller::{Context, Error};
+use crate::operator::controller::{cached, delete, Context, Error};
 use crate::operator::crd::{AnalysisRef, AnalysisStatus, KybPlatform};
 use crate::operator::progressive::Wanted;
 
@@ -105,6 +106,9 @@ pub fn resolve(
             .flatten()
         {
             *c = providers::substitute(c, &args);
+        }
+        if let Some(j) = &m.provider.job {
+            jobs::validate(j, &args).map_err(|e| format!("metric {}: {e}", m.name))?;
         }
     }
     Ok((args, metrics))
@@ -267,14 +271,22 @@ async fn headers(
     Ok(Ok(out))
 }
 
+/// How often a running measurement Job is looked at when no event about it arrives first (the Job
+/// watch normally brings the reconcile as soon as it finishes).
+const JOB_POLL: SignedDuration = SignedDuration::from_secs(5);
+
+/// Takes measurement `n` of `metric`. `None`: its Job is still running.
 async fn observe(
     ctx: &Context,
     ns: &str,
+    kp: &KybPlatform,
+    run: &KybAnalysisRun,
     metric: &Metric,
-    args: &[Arg],
-) -> Result<(String, Observation), Error> {
+    n: i32,
+) -> Result<Option<(String, Observation)>, Error> {
     let p = &metric.provider;
-    Ok(match (&p.prometheus, &p.web) {
+    let args = &run.spec.args;
+    Ok(Some(match (&p.prometheus, &p.web) {
         (Some(prom), _) => {
             let (query, obs) = providers::prometheus(&ctx.http, prom, args).await;
             // The value query, and the sample count's unless the first failed or was empty.
@@ -292,8 +304,88 @@ async fn observe(
             }
             Err(e) => (web.url.clone(), Observation::Error(e)),
         },
-        (None, None) => (String::new(), Observation::Error("no provider".into())),
-    })
+        (None, None) => return observe_job(ctx, ns, kp, run, metric, n).await,
+    }))
+}
+
+/// Measurement `n` of a `job` or `slo` metric: its Job is made when first due and read from the
+/// operator's Job cache after that; one past its deadline is deleted and fails the measurement.
+async fn observe_job(
+    ctx: &Context,
+    ns: &str,
+    kp: &KybPlatform,
+    run: &KybAnalysisRun,
+    metric: &Metric,
+    n: i32,
+) -> Result<Option<(String, Observation)>, Error> {
+    let (job, what) = match jobs::build(run, kp, metric, n) {
+        Ok(built) => built,
+        Err(e) => return Ok(Some((String::new(), Observation::Error(e)))),
+    };
+    let name = job.name_any();
+    let live = match cached(&ctx.caches.jobs, ns, &name) {
+        Some(live) => (*live).clone(),
+        None => {
+            let api = Api::<Job>::namespaced(ctx.client.clone(), ns);
+            ctx.metrics.writes.inc();
+            match api.create(&PostParams::default(), &job).await {
+                Ok(created) => {
+                    ctx.metrics.analysis_requests.inc();
+                    created
+                }
+                // Made by an earlier reconcile the cache has not caught up with.
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
+                // Refused (an invalid JobSpec in the template): the apiserver's reason is the record.
+                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                    return Ok(Some((
+                        what,
+                        Observation::Error(format!("Job {name} refused: {}", e.message)),
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if let Some(obs) = jobs::outcome(&live, metric.provider.slo.is_some()) {
+        return Ok(Some((what, obs)));
+    }
+    let deadline = jobs::deadline(metric);
+    if jobs::overdue(&live, deadline, now()) {
+        delete::<Job>(&ctx.client, ns, &name, &ctx.metrics).await?;
+        let why = format!(
+            "Job {name} did not finish within its deadline of {deadline} s (and {} s of grace); deleted",
+            jobs::GRACE_SECONDS
+        );
+        return Ok(Some((what, Observation::Finished(Verdict::Failed, why))));
+    }
+    Ok(None)
+}
+
+/// Deletes the platform's analysis Jobs that are still running for a run that no longer needs them:
+/// decided (another metric failed it), or no longer wanted by the rollout (aborted, promoted).
+async fn stop_unneeded_jobs(
+    ctx: &Context,
+    ns: &str,
+    platform: &str,
+    running: &BTreeSet<String>,
+) -> Result<(), Error> {
+    let unneeded = ctx.caches.jobs.state_filter(|j| {
+        let labels = j.labels();
+        j.namespace().as_deref() == Some(ns)
+            && labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(platform)
+            && labels
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == Some(jobs::COMPONENT)
+            && !jobs::finished(j)
+            && labels
+                .get(jobs::RUN_LABEL)
+                .is_none_or(|run| !running.contains(run))
+    });
+    for job in unneeded {
+        delete::<Job>(&ctx.client, ns, &job.name_any(), &ctx.metrics).await?;
+    }
+    Ok(())
 }
 
 /// Takes every measurement that is due, judges it, and returns the run's new status (unchanged when
@@ -301,6 +393,7 @@ async fn observe(
 async fn measure(
     ctx: &Context,
     ns: &str,
+    kp: &KybPlatform,
     run: &KybAnalysisRun,
 ) -> Result<(KybAnalysisRunStatus, Option<Timestamp>), Error> {
     let mut status = run.status.clone().unwrap_or_default();
@@ -321,7 +414,12 @@ async fn measure(
             next = Some(next.map_or(due, |n| n.min(due)));
             continue;
         }
-        let (query, obs) = observe(ctx, ns, metric, &run.spec.args).await?;
+        let n = status.metric_results[i].count + 1;
+        let Some((query, obs)) = observe(ctx, ns, kp, run, metric, n).await? else {
+            let poll = now().checked_add(JOB_POLL).unwrap_or_else(|_| now());
+            next = Some(next.map_or(poll, |t| t.min(poll)));
+            continue;
+        };
         let (phase, message) = assess::judge(metric, &obs);
         let (value, samples) = match &obs {
             Observation::Value { value, samples } => (Some(value.to_string()), *samples),
@@ -372,6 +470,7 @@ pub async fn drive(
     let api = Api::<KybAnalysisRun>::namespaced(ctx.client.clone(), ns);
     let mut out = BTreeMap::new();
     let mut soonest: Option<Duration> = None;
+    let mut running = BTreeSet::new();
     for w in wanted {
         let name = run_name(&kp.name_any(), w);
         ctx.metrics.reads.inc();
@@ -381,7 +480,7 @@ pub async fn drive(
         };
         let mut status = run.status.clone().unwrap_or_default();
         if status.phase == RUNNING {
-            let (next, due) = measure(ctx, ns, &run).await?;
+            let (next, due) = measure(ctx, ns, kp, &run).await?;
             if next != status {
                 write_status(ctx, &api, &name, &next).await?;
             }
@@ -391,6 +490,9 @@ pub async fn drive(
                 let wait = Duration::from_millis(wait.as_millis().max(0) as u64);
                 soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
             }
+        }
+        if status.phase == RUNNING {
+            running.insert(name.clone());
         }
         out.insert(
             w.purpose.clone(),
@@ -402,6 +504,7 @@ pub async fn drive(
             },
         );
     }
+    stop_unneeded_jobs(ctx, ns, &kp.name_any(), &running).await?;
     Ok((out, soonest))
 }
 
@@ -439,7 +542,7 @@ mod tests {
                         query: "q".into(),
                         samples_query: None,
                     }),
-                    web: None,
+                    ..Default::default()
                 },
             }],
         }

@@ -22,7 +22,7 @@ fn metric(success: Option<&str>, failure: Option<&str>) -> Metric {
                 query: "q".into(),
                 samples_query: None,
             }),
-            web: None,
+            ..Default::default()
         },
     }
 }
@@ -166,4 +166,23 @@ fn measurements_are_due_after_the_delay_then_every_interval() {
     );
     record(&m, &mut r, measurement(FAILED, 1017));
     assert_eq!(due(&m, &r, start), None, "decided");
+}
+
+#[test]
+fn a_jobs_verdict_decides_and_undecided_is_no_data() {
+    let mut m = metric(None, None);
+    let fin = |v, why: &str| Observation::Finished(v, why.into());
+    assert_eq!(judge(&m, &fin(Verdict::Passed, "Complete")).0, SUCCESSFUL);
+    assert_eq!(judge(&m, &fin(Verdict::Failed, "exit code 1")).0, FAILED);
+    let (phase, why) = judge(&m, &fin(Verdict::Undecided, "exit code 3"));
+    assert_eq!(
+        (phase, why.as_str()),
+        (INCONCLUSIVE, "no data: exit code 3")
+    );
+    m.no_data = NoData::Fail;
+    assert_eq!(
+        judge(&m, &fin(Verdict::Undecided, "exit code 3")).0,
+        FAILED,
+        "undecided is never a pass"
+    );
 }
