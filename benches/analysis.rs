@@ -18,17 +18,17 @@ mod common;
 mod operator;
 #[path = "../tests/common/prometheus.rs"]
 mod prometheus;
+#[path = "../tests/common/split.rs"]
+mod split;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::{check, check_with_stdin, cluster};
-use common::{config, migrated_db_on, Service};
+use common::migrated_db_on;
 use kube::api::Api;
 use kybctl::local::TempPostgres;
 use kybctl::operator::crd::{KybPlatform, RolloutStatus};
-use prometheus::TempPrometheus;
+use split::SplitTraffic;
 
 const INTERVAL_S: u64 = 5;
 
@@ -90,14 +90,14 @@ async fn rollout(api: &Api<KybPlatform>) -> RolloutStatus {
 /// Polls every 50 ms, keeping the traffic split at the effective weight, until `cond` holds.
 async fn until(
     api: &Api<KybPlatform>,
-    weight: &AtomicI64,
+    split: &SplitTraffic,
     what: &str,
     cond: impl Fn(&RolloutStatus) -> bool,
 ) -> Instant {
     let start = Instant::now();
     loop {
         let r = rollout(api).await;
-        weight.store(i64::from(r.weights.effective), Ordering::Relaxed);
+        split.set_weight(r.weights.effective);
         if cond(&r) {
             return Instant::now();
         }
@@ -126,60 +126,14 @@ async fn main() {
     let op = operator::Operator::start(&ns).await;
 
     let stable_pg = TempPostgres::start().expect("PostgreSQL");
-    let mut canary_pg = TempPostgres::start().expect("PostgreSQL");
-    let stable = Service::start(config(&migrated_db_on(&stable_pg).await, None)).await;
-    let canary = Service::start(config(&migrated_db_on(&canary_pg).await, None)).await;
-    // Every series exists before the first scrape: rate() ignores a counter's value when first seen.
-    for s in [&stable, &canary] {
-        s.get("/ready").await;
-    }
-    let target = |s: &Service| s.base.strip_prefix("http://").unwrap().to_owned();
-    let prom = TempPrometheus::start(&[
-        (
-            &target(&stable),
-            &[("revision", "stable"), ("service", "kyb")],
-        ),
-        (
-            &target(&canary),
-            &[("revision", "canary"), ("service", "kyb")],
-        ),
-    ]);
-    prom.wait_scraped(Duration::from_secs(30)).await;
-
-    let weight = Arc::new(AtomicI64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    // When a client first saw the canary fail (ms since `epoch`; 0: not yet).
-    let epoch = Instant::now();
-    let first_5xx = Arc::new(AtomicI64::new(0));
-    {
-        let (weight, stop, http) = (weight.clone(), stop.clone(), stable.http.clone());
-        let first_5xx = first_5xx.clone();
-        let (s_url, c_url) = (stable.url("/ready"), canary.url("/ready"));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let to_canary = (weight.load(Ordering::Relaxed) + 5) / 10;
-                for i in 0..10 {
-                    let url = if i < to_canary { &c_url } else { &s_url };
-                    let failed = http
-                        .get(url)
-                        .send()
-                        .await
-                        .map_or(true, |r| r.status().is_server_error());
-                    if failed && url == &c_url && first_5xx.load(Ordering::Relaxed) == 0 {
-                        first_5xx.store(epoch.elapsed().as_millis() as i64, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-    }
+    let mut split = SplitTraffic::start(&migrated_db_on(&stable_pg).await).await;
     let apply = |yaml: String| {
         check_with_stdin(c.kubectl().args(["apply", "-n", &ns, "-f", "-"]), &yaml);
     };
-    apply(template(&prom.url()));
+    apply(template(&split.prom.url()));
     apply(platform("registry.example.com/kybctl:0"));
     let api = Api::<KybPlatform>::namespaced(c.client().await, &ns);
-    until(&api, &weight, "the first revision", |r| {
+    until(&api, &split, "the first revision", |r| {
         r.phase == "Healthy"
     })
     .await;
@@ -192,7 +146,7 @@ async fn main() {
     for i in 1..=runs {
         let q0 = op.metrics.analysis_requests.get();
         apply(platform(&format!("registry.example.com/kybctl:{i}")));
-        until(&api, &weight, "a passed measurement", |r| {
+        until(&api, &split, "a passed measurement", |r| {
             r.phase == "Paused"
                 && r.analysis
                     .iter()
@@ -208,16 +162,16 @@ async fn main() {
             before.phase == "Paused" && before.abort.is_none(),
             "run {i} was decided before the canary turned bad: {before:#?}"
         );
-        first_5xx.store(0, Ordering::Relaxed);
+        split.reset_first_5xx();
         let stopping = Instant::now();
-        canary_pg.stop();
+        split.canary_pg.stop();
         // The canary is bad from here: its database is down (stopping it takes a moment of its own).
         let bad = Instant::now();
         let stop_took = bad - stopping;
-        let aborted = until(&api, &weight, "the abort", |r| r.phase == "Aborted").await;
+        let aborted = until(&api, &split, "the abort", |r| r.phase == "Aborted").await;
         let secs = (aborted - bad).as_secs_f64();
-        let seen = first_5xx.load(Ordering::Relaxed);
-        let from_5xx = (aborted - epoch).as_secs_f64() - seen as f64 / 1000.0;
+        let seen = split.first_canary_5xx().expect("a client saw the canary fail");
+        let from_5xx = (aborted - seen).as_secs_f64();
         let r = rollout(&api).await;
         let q = op.metrics.analysis_requests.get() - q0;
         println!(
@@ -228,14 +182,15 @@ async fn main() {
         took.push(secs);
         from_client.push(from_5xx);
         per_run.push(q);
-        canary_pg
+        split
+            .canary_pg
             .restart()
             .expect("restart the canary's PostgreSQL");
         // Let the 503s leave the 10 s rate window before the next canary is judged.
         tokio::time::sleep(Duration::from_secs(12)).await;
         // Back to stable for the next run.
         apply(platform("registry.example.com/kybctl:0"));
-        until(&api, &weight, "back to stable", |r| {
+        until(&api, &split, "back to stable", |r| {
             r.phase == "Healthy" && r.canary_revision.is_none()
         })
         .await;
@@ -258,7 +213,7 @@ async fn main() {
         per_run[per_run.len() / 2],
         per_run[per_run.len() - 1]
     );
-    stop.store(true, Ordering::Relaxed);
+    split.stop();
     op.stop().await;
     check(
         c.kubectl()

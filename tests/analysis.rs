@@ -11,8 +11,10 @@ mod common;
 mod operator;
 #[path = "common/prometheus.rs"]
 mod prometheus;
+#[path = "common/split.rs"]
+mod split;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use kybctl::local::TempPostgres;
 use kybctl::operator::analysis::crd::KybAnalysisRun;
 use kybctl::operator::crd::RolloutStatus;
 use operator::Operator;
-use prometheus::TempPrometheus;
+use split::SplitTraffic;
 
 /// The plan's `success-rate`: the 5xx share of the revision's requests over 30 s (Prometheus's own
 /// scrapes left out), on at least 5 requests, failing at the first bad measurement.
@@ -82,62 +84,13 @@ spec:
 struct Rig {
     ns: String,
     op: Operator,
-    prom: TempPrometheus,
-    canary_pg: TempPostgres,
-    weight: Arc<AtomicI64>,
-    stop: Arc<AtomicBool>,
-    _services: (Service, Service),
+    split: SplitTraffic,
 }
 
 async fn rig(prefix: &str) -> Rig {
     let (ns, op) = Operator::start_shipped(prefix).await;
-
-    let stable = Service::start(config(&migrated_db().await, None)).await;
-    let canary_pg = TempPostgres::start().expect("PostgreSQL for the canary");
-    let canary = Service::start(config(&migrated_db_on(&canary_pg).await, None)).await;
-    for s in [&stable, &canary] {
-        s.get("/ready").await;
-    }
-    let target = |s: &Service| s.base.strip_prefix("http://").unwrap().to_owned();
-    let prom = TempPrometheus::start(&[
-        (
-            &target(&stable),
-            &[("revision", "stable"), ("service", "kyb")],
-        ),
-        (
-            &target(&canary),
-            &[("revision", "canary"), ("service", "kyb")],
-        ),
-    ]);
-    prom.wait_scraped(Duration::from_secs(30)).await;
-
-    // Ten requests every 100 ms, split by the rollout's effective canary weight.
-    let weight = Arc::new(AtomicI64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let (weight, stop) = (weight.clone(), stop.clone());
-        let http = stable.http.clone();
-        let (s_url, c_url) = (stable.url("/ready"), canary.url("/ready"));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let to_canary = (weight.load(Ordering::Relaxed) + 5) / 10;
-                for i in 0..10 {
-                    let url = if i < to_canary { &c_url } else { &s_url };
-                    let _ = http.get(url).send().await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-    }
-    Rig {
-        ns,
-        op,
-        prom,
-        canary_pg,
-        weight,
-        stop,
-        _services: (stable, canary),
-    }
+    let split = SplitTraffic::start(&migrated_db().await).await;
+    Rig { ns, op, split }
 }
 
 impl Rig {
@@ -148,8 +101,7 @@ impl Rig {
     /// Keeps the traffic split at the rollout's effective weight until `cond` holds.
     async fn until(&self, timeout: Duration, what: &str, cond: impl Fn(&RolloutStatus) -> bool) {
         operator::until_rollout(&self.ns, "kyb", timeout, what, |r| {
-            self.weight
-                .store(i64::from(r.weights.effective), Ordering::Relaxed);
+            self.split.set_weight(r.weights.effective);
             cond(r)
         })
         .await;
@@ -172,7 +124,7 @@ impl Rig {
     }
 
     async fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.split.stop();
         self.op.stop().await;
     }
 }
@@ -180,7 +132,7 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
     let mut rig = rig("analysis").await;
-    rig.apply(&success_rate_template(&rig.prom.url(), "Inconclusive", ""))
+    rig.apply(&success_rate_template(&rig.split.prom.url(), "Inconclusive", ""))
         .await;
     rig.apply(PLATFORM).await;
     rig.until(Duration::from_secs(60), "the first revision", |r| {
@@ -210,7 +162,7 @@ async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
     }
 
     // The canary's database stops: it answers 503, and the next rollout is aborted by analysis.
-    rig.canary_pg.stop();
+    rig.split.canary_pg.stop();
     rig.set_image("registry.example.com/kybctl:3").await;
     rig.until(Duration::from_secs(60), "the analysis step", |r| {
         r.analysis.iter().any(|a| a.purpose == "step-1")
@@ -270,7 +222,7 @@ async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
 async fn no_data_and_a_stopped_prometheus_never_pass() {
     let mut rig = rig("analysis-nodata").await;
     // No traffic at all to a revision nobody serves: an empty vector, and no samples.
-    let template = success_rate_template(&rig.prom.url(), "Inconclusive", "")
+    let template = success_rate_template(&rig.split.prom.url(), "Inconclusive", "")
         .replace("{{args.revision}}", "nobody");
     rig.apply(&template).await;
     rig.apply(PLATFORM).await;
@@ -291,7 +243,7 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
 
     // The same with noData: Fail aborts.
     rig.apply(
-        &success_rate_template(&rig.prom.url(), "Fail", "").replace("{{args.revision}}", "nobody"),
+        &success_rate_template(&rig.split.prom.url(), "Fail", "").replace("{{args.revision}}", "nobody"),
     )
     .await;
     rig.set_image("registry.example.com/kybctl:3").await;
@@ -303,7 +255,7 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
     // Prometheus stops mid-analysis: errors are counted, and past consecutiveErrorLimit the
     // configured verdict (here Fail) decides.
     rig.apply(&success_rate_template(
-        &rig.prom.url(),
+        &rig.split.prom.url(),
         "Fail",
         "    consecutiveErrorLimit: 2\n",
     ))
@@ -314,7 +266,7 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
         r.abort.is_none() && r.analysis.iter().any(|a| a.purpose == "step-1")
     })
     .await;
-    rig.prom.stop();
+    rig.split.prom.stop();
     rig.until(Duration::from_secs(60), "aborted on errors", |r| {
         r.phase == "Aborted"
     })
