@@ -133,10 +133,7 @@ async fn main() {
     apply(template(&split.prom.url()));
     apply(platform("registry.example.com/kybctl:0"));
     let api = Api::<KybPlatform>::namespaced(c.client().await, &ns);
-    until(&api, &split, "the first revision", |r| {
-        r.phase == "Healthy"
-    })
-    .await;
+    until(&api, &split, "the first revision", |r| r.phase == "Healthy").await;
 
     println!("machine: {} cores; control plane, Prometheus, both services, the operator and the traffic share them", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!("background analysis every {INTERVAL_S} s, failureLimit 0, 10 s rate window, 1 s scrape interval");
@@ -170,7 +167,9 @@ async fn main() {
         let stop_took = bad - stopping;
         let aborted = until(&api, &split, "the abort", |r| r.phase == "Aborted").await;
         let secs = (aborted - bad).as_secs_f64();
-        let seen = split.first_canary_5xx().expect("a client saw the canary fail");
+        let seen = split
+            .first_canary_5xx()
+            .expect("a client saw the canary fail");
         let from_5xx = (aborted - seen).as_secs_f64();
         let r = rollout(&api).await;
         let q = op.metrics.analysis_requests.get() - q0;

@@ -132,8 +132,12 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_by_analysis_and_a_failing_one_aborted() {
     let mut rig = rig("analysis").await;
-    rig.apply(&success_rate_template(&rig.split.prom.url(), "Inconclusive", ""))
-        .await;
+    rig.apply(&success_rate_template(
+        &rig.split.prom.url(),
+        "Inconclusive",
+        "",
+    ))
+    .await;
     rig.apply(PLATFORM).await;
     rig.until(Duration::from_secs(60), "the first revision", |r| {
         r.phase == "Healthy"
@@ -243,7 +247,8 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
 
     // The same with noData: Fail aborts.
     rig.apply(
-        &success_rate_template(&rig.split.prom.url(), "Fail", "").replace("{{args.revision}}", "nobody"),
+        &success_rate_template(&rig.split.prom.url(), "Fail", "")
+            .replace("{{args.revision}}", "nobody"),
     )
     .await;
     rig.set_image("registry.example.com/kybctl:3").await;

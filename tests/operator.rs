@@ -636,29 +636,7 @@ async fn a_restart_mid_reconcile_converges_without_duplicates() {
 async fn rollout_status_reports_each_state_with_its_exit_code() {
     let c = cluster().await;
     let ns = operator::platform_namespace("op-status").await;
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {name: ci}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: rollouts}
-rules:
-- apiGroups: [kyb.io]
-  resources: [kybplatforms]
-  verbs: [get, list, watch, patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: ci-rollouts}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: rollouts}
-subjects: [{kind: ServiceAccount, name: ci}]
-"#,
-    );
-    let token = check(c.kubectl().args(["create", "token", "ci", "-n", &ns]));
-    let kubeconfig = c.kubeconfig_for_token(token.trim());
+    let kubeconfig = operator::rollouts_user(&ns, "ci").await;
     let status = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"));
         cmd.args(["rollout", "status", "-n", &ns])

@@ -38,31 +38,8 @@ struct Setup {
 }
 
 async fn setup(prefix: &str) -> Setup {
-    let c = cluster().await;
     let (ns, op) = Operator::start_shipped(prefix).await;
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {name: release}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: rollouts}
-rules:
-- apiGroups: [kyb.io]
-  resources: [kybplatforms]
-  verbs: [get, list, watch, patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: release-rollouts}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: rollouts}
-subjects: [{kind: ServiceAccount, name: release}]
-"#,
-    );
-    let token = check(c.kubectl().args(["create", "token", "release", "-n", &ns]));
-    let user = c.kubeconfig_for_token(token.trim());
+    let user = operator::rollouts_user(&ns, "release").await;
     Setup { ns, op, user }
 }
 

@@ -72,6 +72,37 @@ pub async fn platform_namespace(prefix: &str) -> String {
     ns
 }
 
+/// A kubeconfig for ServiceAccount `name` in `ns`, which may only get, list, watch and patch
+/// KybPlatforms there: what a CI job or a release engineer driving `kybctl rollout` is given.
+pub async fn rollouts_user(ns: &str, name: &str) -> std::path::PathBuf {
+    let c = cluster().await;
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", ns, "-f", "-"]),
+        &format!(
+            r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: rollouts}}
+rules:
+- apiGroups: [kyb.io]
+  resources: [kybplatforms]
+  verbs: [get, list, watch, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {name}-rollouts}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: rollouts}}
+subjects: [{{kind: ServiceAccount, name: {name}}}]
+"#
+        ),
+    );
+    let token = check(c.kubectl().args(["create", "token", name, "-n", ns]));
+    c.kubeconfig_for_token(token.trim())
+}
+
 /// `kubectl apply -n NS -f -` of `yaml`.
 pub async fn apply(ns: &str, yaml: &str) {
     check_with_stdin(
