@@ -107,6 +107,28 @@ pub struct Metric {
     pub provider: Provider,
 }
 
+impl Metric {
+    /// A metric with the defaults an empty template entry gets (30 s interval, one measurement, no
+    /// conditions, four consecutive errors tolerated).
+    pub fn new(name: &str, provider: Provider) -> Self {
+        Self {
+            name: name.into(),
+            interval: default_interval(),
+            count: one(),
+            initial_delay: None,
+            success_condition: None,
+            failure_condition: None,
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            consecutive_error_limit: four(),
+            dry_run: false,
+            no_data: NoData::default(),
+            min_samples: None,
+            provider,
+        }
+    }
+}
+
 fn default_interval() -> String {
     "30s".into()
 }

@@ -511,7 +511,7 @@ pub async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::analysis::crd::{NoData, PrometheusProvider, Provider};
+    use crate::operator::analysis::crd::{PrometheusProvider, Provider};
     use crate::operator::crd::{AnalysisArg, AnalysisTemplateRef};
 
     fn template(args: &[(&str, Option<&str>)], metric: &str) -> KybAnalysisTemplateSpec {
@@ -524,26 +524,19 @@ mod tests {
                 })
                 .collect(),
             metrics: vec![Metric {
-                name: metric.into(),
                 interval: "5s".into(),
-                count: 1,
-                initial_delay: None,
                 success_condition: Some("result <= {{args.slo-error-ratio}}".into()),
-                failure_condition: None,
-                failure_limit: 0,
-                inconclusive_limit: 0,
-                consecutive_error_limit: 4,
-                dry_run: false,
-                no_data: NoData::Inconclusive,
-                min_samples: None,
-                provider: Provider {
-                    prometheus: Some(PrometheusProvider {
-                        address: "http://p".into(),
-                        query: "q".into(),
-                        samples_query: None,
-                    }),
-                    ..Default::default()
-                },
+                ..Metric::new(
+                    metric,
+                    Provider {
+                        prometheus: Some(PrometheusProvider {
+                            address: "http://p".into(),
+                            query: "q".into(),
+                            samples_query: None,
+                        }),
+                        ..Default::default()
+                    },
+                )
             }],
         }
     }

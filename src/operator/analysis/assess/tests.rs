@@ -3,27 +3,24 @@ use crate::operator::analysis::crd::{PrometheusProvider, Provider};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn metric(success: Option<&str>, failure: Option<&str>) -> Metric {
+    let prometheus = PrometheusProvider {
+        address: "http://p".into(),
+        query: "q".into(),
+        samples_query: None,
+    };
     Metric {
-        name: "success-rate".into(),
         interval: "5s".into(),
         count: 3,
-        initial_delay: None,
         success_condition: success.map(str::to_owned),
         failure_condition: failure.map(str::to_owned),
-        failure_limit: 0,
-        inconclusive_limit: 0,
         consecutive_error_limit: 2,
-        dry_run: false,
-        no_data: NoData::Inconclusive,
-        min_samples: None,
-        provider: Provider {
-            prometheus: Some(PrometheusProvider {
-                address: "http://p".into(),
-                query: "q".into(),
-                samples_query: None,
-            }),
-            ..Default::default()
-        },
+        ..Metric::new(
+            "success-rate",
+            Provider {
+                prometheus: Some(prometheus),
+                ..Default::default()
+            },
+        )
     }
 }
 

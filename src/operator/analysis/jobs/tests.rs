@@ -1,5 +1,5 @@
 use super::*;
-use crate::operator::analysis::crd::{KybAnalysisRunSpec, NoData, Provider, SloScenario};
+use crate::operator::analysis::crd::{KybAnalysisRunSpec, Provider, SloScenario};
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
@@ -32,21 +32,7 @@ fn run(purpose: &str) -> KybAnalysisRun {
 }
 
 fn metric(provider: Provider) -> Metric {
-    Metric {
-        name: "smoke".into(),
-        interval: "10s".into(),
-        count: 1,
-        initial_delay: None,
-        success_condition: None,
-        failure_condition: None,
-        failure_limit: 0,
-        inconclusive_limit: 0,
-        consecutive_error_limit: 4,
-        dry_run: false,
-        no_data: NoData::Inconclusive,
-        min_samples: None,
-        provider,
-    }
+    Metric::new("smoke", provider)
 }
 
 fn job_metric(spec: Value, deadline: i64) -> Metric {
