@@ -245,6 +245,61 @@ async fn no_data_and_a_stopped_prometheus_never_pass() {
     let r = rig.rollout().await;
     assert!(r.message.contains("no data"), "{}", r.message);
 
+    // 0/0 (Prometheus answers NaN) and a real sample count below minSamples: inconclusive too.
+    let prom = rig.split.prom.url();
+    let sel = r#"service="kyb",revision="canary",route!="/metrics""#;
+    rig.apply(&format!(
+        r#"apiVersion: kyb.io/v1alpha1
+kind: KybAnalysisTemplate
+metadata: {{name: success-rate}}
+spec:
+  args: [{{name: service-name}}, {{name: revision}}]
+  metrics:
+  - name: zero-by-zero
+    interval: 1s
+    successCondition: result <= 0.01
+    provider: {{prometheus: {{address: "{prom}", query: "vector(0) / vector(0)"}}}}
+  - name: too-few
+    interval: 1s
+    successCondition: result <= 0.01
+    minSamples: 1000000
+    provider:
+      prometheus:
+        address: "{prom}"
+        query: 'sum(rate(kyb_http_requests_total{{{sel},status=~"5.."}}[30s])) or vector(0)'
+        samplesQuery: 'sum(increase(kyb_http_requests_total{{{sel}}}[30s]))'
+"#
+    ))
+    .await;
+    // (Wait for the new revision's run: the one before is Inconclusive too.)
+    let before: Vec<String> = r.analysis.iter().map(|a| a.run.clone()).collect();
+    let new_run = |r: &RolloutStatus| {
+        r.analysis
+            .iter()
+            .find(|a| a.purpose == "step-1" && !before.contains(&a.run))
+            .cloned()
+    };
+    rig.set_image("registry.example.com/kybctl:nan").await;
+    rig.until(
+        Duration::from_secs(60),
+        "inconclusive on NaN and few samples",
+        |r| r.phase == "Paused" && new_run(r).is_some_and(|a| a.phase == "Inconclusive"),
+    )
+    .await;
+    let r = rig.rollout().await;
+    let run = Api::<KybAnalysisRun>::namespaced(cluster().await.client().await, &rig.ns)
+        .get(&new_run(&r).unwrap().run)
+        .await
+        .unwrap();
+    let results = run.status.unwrap().metric_results;
+    let message = |name: &str| {
+        let m = results.iter().find(|m| m.name == name).unwrap();
+        assert_eq!(m.phase, "Inconclusive", "{m:#?}");
+        m.measurements[0].message.clone()
+    };
+    assert!(message("zero-by-zero").contains("NaN"));
+    assert!(message("too-few").contains("fewer than minSamples 1000000"));
+
     // The same with noData: Fail aborts.
     rig.apply(
         &success_rate_template(&rig.split.prom.url(), "Fail", "")
