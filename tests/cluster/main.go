@@ -1,10 +1,11 @@
 // Command kybcluster is ONE multi-call binary holding the real, unmodified upstream components of a
 // Kubernetes control plane for kybctl's tests: kube-apiserver, kube-controller-manager, kube-scheduler
-// (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok).
+// (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok), and the kubelet
+// and kube-proxy of the real node.
 //
 // Linking one binary instead of five saves most of the (heavy) link time and memory of a cold build.
-// The component is chosen by the name the binary is called by (tests/cluster/build makes symlinks
-// kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok) or by the first argument:
+// The component is chosen by the name the binary is called by (tests/cluster/build makes one symlink
+// per component) or by the first argument:
 //
 //	kybcluster kube-apiserver --etcd-servers=... ...
 //	kube-apiserver --etcd-servers=... ...      (symlink)
@@ -28,6 +29,8 @@ var components = map[string]func(){
 	"kube-scheduler":          kubeScheduler,
 	"etcd":                    etcd,
 	"kwok":                    kwok,
+	"kubelet":                 kubeletMain,
+	"kube-proxy":              kubeProxy,
 }
 
 func main() {

@@ -39,7 +39,22 @@ static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// Starts (once per test binary) or returns the shared control plane. Panics when it cannot start.
 pub async fn cluster() -> &'static Cluster {
-    let result = tokio::task::spawn_blocking(|| CLUSTER.get_or_init(start_shared))
+    shared(&CLUSTER, &[]).await
+}
+
+/// The shared control plane with a real node besides the fake ones (`up --real-node`). One test
+/// binary at a time may use it (cargo runs test binaries one after another): the node's bridge and
+/// iptables chains are the machine's.
+pub async fn cluster_with_real_node() -> &'static Cluster {
+    static REAL: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    shared(&REAL, &["--real-node"]).await
+}
+
+async fn shared(
+    cell: &'static OnceLock<Result<Cluster, String>>,
+    extra: &'static [&'static str],
+) -> &'static Cluster {
+    let result = tokio::task::spawn_blocking(move || cell.get_or_init(|| start_shared(extra)))
         .await
         .expect("control-plane start-up task panicked");
     match result {
@@ -61,13 +76,13 @@ fn start_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
-fn start_shared() -> Result<Cluster, String> {
+fn start_shared(extra: &[&str]) -> Result<Cluster, String> {
     // `up` chooses free ports before its components bind them; if another process takes one in
     // between, that component fails with "address already in use". A new attempt picks new ports.
     const ATTEMPTS: usize = 3;
     let mut attempt = 1;
     loop {
-        match start_once() {
+        match start_once(extra) {
             Err(e) if attempt < ATTEMPTS && e.contains("address already in use") => {
                 eprintln!(
                     "control plane: a port was taken during start-up (attempt {attempt}); retrying"
@@ -79,7 +94,7 @@ fn start_shared() -> Result<Cluster, String> {
     }
 }
 
-fn start_once() -> Result<Cluster, String> {
+fn start_once(extra: &[&str]) -> Result<Cluster, String> {
     let dir = tempfile::Builder::new()
         .prefix("kybctl-k8s-")
         .tempdir()
@@ -88,6 +103,7 @@ fn start_once() -> Result<Cluster, String> {
     let keep = std::env::var_os("KYB_CLUSTER_KEEP").is_some_and(|v| v != "0" && !v.is_empty());
     let (tx, rx) = mpsc::channel();
     let thread_dir = dir.clone();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     // The thread that spawns `up` must outlive every test: PR_SET_PDEATHSIG fires when the spawning
     // THREAD exits, and each test runs on a thread of its own. This one lives until the process exits.
     std::thread::Builder::new()
@@ -97,6 +113,7 @@ fn start_once() -> Result<Cluster, String> {
             if !keep {
                 args.push("--rm".into());
             }
+            args.extend(extra);
             match UpProcess::spawn(&thread_dir, &args) {
                 Ok(mut up) => {
                     let pid = up.child.id();

@@ -1,0 +1,123 @@
+//! What tests on the real node need (see `tests/cluster/real-node.sh`): the `kybctl` image built from
+//! this build's binary and imported into the node's containerd, and a PostgreSQL its pods can reach on
+//! the bridge's host address.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use kybctl::local::TempPostgres;
+
+/// The node's address on its bridge: pods reach this machine's services here.
+pub const NODE_IP: &str = "198.18.0.1";
+/// The image tests run; `imagePullPolicy: Never` (there is no registry).
+pub const IMAGE: &str = "kybctl.local/kybctl:test";
+/// Pod spec lines that put a pod on the real node (indented for `spec:` of a Pod).
+pub const ON_REAL_NODE: &str = "  nodeSelector: {kyb.io/real-node: \"true\"}\n  tolerations: [{key: kyb.io/real-node, operator: Exists}]\n";
+
+fn cluster_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster")
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the image from this build's `kybctl` (stripped, with the shared libraries it links and a
+/// passwd entry for uid 65532) and imports it into the node's containerd, once per test binary.
+/// The layout is the release image's: /usr/local/bin/kybctl, run as 65532.
+pub fn kybctl_image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let binary = dir.path().join("kybctl");
+        run(
+            Command::new("strip")
+                .arg("-o")
+                .arg(&binary)
+                .arg(env!("CARGO_BIN_EXE_kybctl")),
+            "strip kybctl",
+        );
+        std::fs::write(
+            dir.path().join("passwd"),
+            "kyb:x:65532:65532:kybctl:/nonexistent:/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("group"), "kyb:x:65532:\n").unwrap();
+        let mut files = vec![
+            format!("{}=/usr/local/bin/kybctl", binary.display()),
+            format!("{}=/etc/passwd:644", dir.path().join("passwd").display()),
+            format!("{}=/etc/group:644", dir.path().join("group").display()),
+        ];
+        // The shared libraries the binary links, at the paths ldd resolves them to.
+        let ldd = Command::new("ldd").arg(&binary).output().expect("run ldd");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = line
+                .split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(str::to_owned);
+            if let Some(p) = path {
+                let real = std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(&p));
+                files.push(format!("{}={p}", real.display()));
+            }
+        }
+        let archive = dir.path().join("kybctl.tar");
+        run(
+            Command::new("python3")
+                .arg(cluster_dir().join("oci-image"))
+                .arg(&archive)
+                .arg(IMAGE)
+                .args(["--entrypoint", "/usr/local/bin/kybctl"])
+                .args(&files),
+            "oci-image",
+        );
+        let bin = Command::new(cluster_dir().join("build"))
+            .arg("--print")
+            .output()
+            .expect("tests/cluster/build --print");
+        let bin = String::from_utf8_lossy(&bin.stdout).trim().to_owned();
+        run(
+            Command::new(Path::new(&bin).join("ctr"))
+                .args([
+                    "--address",
+                    "/run/kybctl-node/containerd.sock",
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                ])
+                .arg(&archive),
+            "ctr images import",
+        );
+    });
+    IMAGE
+}
+
+/// A PostgreSQL that the node's pods reach at `NODE_IP:port` (trust authentication: test only).
+pub fn postgres_for_pods() -> TempPostgres {
+    let hba = std::env::temp_dir().join(format!("kyb-hba-{}.conf", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all 198.18.0.0/16 trust\nhost replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    TempPostgres::start_with(&[
+        &format!("listen_addresses=127.0.0.1,{NODE_IP}"),
+        &format!("hba_file={}", hba.display()),
+    ])
+    .expect("PostgreSQL for the real node's pods")
+}
+
+/// `url` (on 127.0.0.1) as the node's pods reach it.
+pub fn from_pods(url: &str) -> String {
+    url.replace("127.0.0.1", NODE_IP)
+}
