@@ -7,14 +7,20 @@ mod cluster;
 mod common;
 #[path = "common/node.rs"]
 mod node;
+#[path = "common/operator.rs"]
+mod operator;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cluster::{check, check_with_stdin, cluster_with_real_node, eventually};
-use common::migrated_db_on;
+use common::{migrated_db_on, unique};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
+use kybctl::local::TempPostgres;
+use kybctl::slo::LoadTestResult;
+use operator::Operator;
 
 async fn get(url: &str) -> Result<(u16, String), String> {
     let http = reqwest::Client::builder()
@@ -143,4 +149,302 @@ spec:
         },
     )
     .await;
+}
+
+/// A KybPlatform `kyb` of the real image on the real node, on a real PostgreSQL that its migration Job
+/// really migrates, reconciled by the operator under its shipped ServiceAccount.
+struct Platform {
+    ns: String,
+    op: Operator,
+    _pg: TempPostgres,
+    /// The Service's ClusterIP, which this machine reaches through kube-proxy.
+    service_ip: String,
+}
+
+const NEXT_IMAGE: &str = "kybctl.local/kybctl:next";
+
+async fn platform(prefix: &str, rollout: &str) -> Platform {
+    let c = cluster_with_real_node().await;
+    let image = node::kybctl_image();
+    node::tag_image(image, NEXT_IMAGE);
+    let pg = node::postgres_for_pods();
+    let db = unique("t");
+    pg.create_database(&db).unwrap();
+    let (ns, op) = Operator::start_shipped(prefix).await;
+    check(c.kubectl().args(["delete", "secret", "kyb-db", "-n", &ns]));
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-db",
+        "-n",
+        &ns,
+        &format!("--from-literal=url={}", node::from_pods(&pg.url(&db))),
+    ]));
+    operator::apply(
+        &ns,
+        &format!(
+            r#"apiVersion: kyb.io/v1alpha1
+kind: KybPlatform
+metadata: {{name: kyb}}
+spec:
+  image: {image}
+  imagePullPolicy: Never
+  replicas: 2
+  autoscaling: {{enabled: false}}
+  database: {{primary: {{name: kyb-db, key: url}}}}
+  healthCheck: {{interval: 2s, timeout: 1s}}
+  scheduling:
+    nodeSelector: {{kyb.io/real-node: "true"}}
+    tolerations: [{{key: kyb.io/real-node, operator: Exists}}]
+{rollout}"#
+        ),
+    )
+    .await;
+    operator::wait_ready(&ns, "kyb", "180s").await;
+    let service_ip = check(c.kubectl().args([
+        "get",
+        "-n",
+        &ns,
+        "service/kyb",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]));
+    // Ready is the pods'; kube-proxy follows their endpoints within its sync interval.
+    let ready = format!("http://{service_ip}/ready");
+    eventually(Duration::from_secs(30), "the Service to route", || {
+        let url = ready.clone();
+        async move { get(&url).await.is_ok_and(|(s, _)| s == 200) }
+    })
+    .await;
+    Platform {
+        ns,
+        op,
+        _pg: pg,
+        service_ip,
+    }
+}
+
+/// `kybctl loadtest` through the Service at a constant rate, running in the background.
+struct Load {
+    child: tokio::process::Child,
+    result: PathBuf,
+}
+
+impl Load {
+    fn start(p: &Platform, name: &str, seconds: u64) -> Load {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("zero-loss");
+        std::fs::create_dir_all(&dir).unwrap();
+        let result = dir.join(format!("{name}.json"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"))
+            .args(["loadtest", "--target"])
+            .arg(format!("http://{}", p.service_ip))
+            .args(["--users", "20", "--rate", "200", "--no-progress"])
+            .args(["--duration", &format!("{seconds}s"), "--out"])
+            .arg(&result)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Load { child, result }
+    }
+
+    /// Waits for the load test, and asserts that every request it sent succeeded.
+    async fn zero_failures(self) -> LoadTestResult {
+        let out = self.child.wait_with_output().await.unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "the load test failed:\n{text}");
+        let r = LoadTestResult::load(&self.result, "result").unwrap();
+        let warm = r.warmup.as_ref().map_or(0, |w| w.requests.errors);
+        assert_eq!(
+            (r.requests.errors, warm),
+            (0, 0),
+            "failed requests (result in {}):\n{text}",
+            self.result.display()
+        );
+        assert_eq!(
+            r.requests.by_status.values().sum::<u64>(),
+            r.requests.total,
+            "every request is counted by its status"
+        );
+        assert!(r.requests.total > 1000, "{text}");
+        r
+    }
+}
+
+/// Every pod of the platform runs `image` and is ready, and no other is left.
+async fn all_on(ns: &str, image: &str) -> bool {
+    let c = cluster_with_real_node().await;
+    let pods = Api::<Pod>::namespaced(c.client().await, ns)
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/instance=kyb,app.kubernetes.io/component=api"),
+        )
+        .await
+        .unwrap()
+        .items;
+    !pods.is_empty()
+        && pods.iter().all(|p| {
+            let st = p.status.clone().unwrap_or_default();
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image)
+                && st
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// The zero-loss tests one at a time: two cores cannot carry two load tests and two rollouts at once
+/// without measuring the machine instead of the rollout.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long each zero-loss load runs; every change happens inside it.
+const LOAD_SECONDS: u64 = 75;
+
+/// `kybctl rollout ARGS -n NS` as an administrator would run it; fails the test unless it exits 0.
+async fn rollout_cmd(ns: &str, args: &[&str]) {
+    let c = cluster_with_real_node().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"))
+        .arg("rollout")
+        .args(args)
+        .args(["-n", ns])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kybctl rollout {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until every pod runs `image` and is ready, which must happen while the load still runs.
+async fn settles_on(p: &Platform, image: &str, load_started: std::time::Instant) {
+    eventually(
+        Duration::from_secs(120),
+        &format!("every pod on {image}"),
+        || {
+            let ns = p.ns.clone();
+            async move { all_on(&ns, image).await }
+        },
+    )
+    .await;
+    assert!(
+        load_started.elapsed() < Duration::from_secs(LOAD_SECONDS - 5),
+        "the rollout took {:?}, past the load's {LOAD_SECONDS} s: it was not all under load",
+        load_started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_rolling_update() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let p = platform("zl-rolling", "").await;
+    let started = std::time::Instant::now();
+    let load = Load::start(&p, "rolling-update", LOAD_SECONDS);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
+    settles_on(&p, NEXT_IMAGE, started).await;
+    load.zero_failures().await;
+    p.op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_blue_green_with_promotion() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let p = platform(
+        "zl-bluegreen",
+        "  rollout:\n    strategy: BlueGreen\n    blueGreen: {autoPromotionEnabled: false, scaleDownDelaySeconds: 3}\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let load = Load::start(&p, "blue-green", LOAD_SECONDS);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
+    operator::until_rollout(&p.ns, "kyb", Duration::from_secs(60), "the preview", |r| {
+        r.phase == "Paused"
+    })
+    .await;
+    rollout_cmd(&p.ns, &["promote", "kyb"]).await;
+    settles_on(&p, NEXT_IMAGE, started).await;
+    load.zero_failures().await;
+    p.op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_canary_through_all_its_steps_and_undone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let p = platform(
+        "zl-canary",
+        "  rollout:\n    strategy: Canary\n    canary:\n      steps: [{setWeight: 50}, {pause: {duration: 5s}}]\n",
+    )
+    .await;
+    let image = node::kybctl_image();
+    let started = std::time::Instant::now();
+    let load = Load::start(&p, "canary-and-undo", LOAD_SECONDS);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
+    settles_on(&p, NEXT_IMAGE, started).await;
+    // And back through the same steps, as `kybctl rollout undo` asks.
+    rollout_cmd(&p.ns, &["undo", "kyb"]).await;
+    settles_on(&p, image, started).await;
+    load.zero_failures().await;
+    p.op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_canary_aborted_half_way() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let p = platform(
+        "zl-abort",
+        "  rollout:\n    strategy: Canary\n    canary:\n      steps: [{setWeight: 50}, {pause: {}}]\n",
+    )
+    .await;
+    let image = node::kybctl_image();
+    let started = std::time::Instant::now();
+    let load = Load::start(&p, "canary-abort", LOAD_SECONDS);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
+    operator::until_rollout(
+        &p.ns,
+        "kyb",
+        Duration::from_secs(60),
+        "the canary at 50 %",
+        |r| r.phase == "Paused" && r.weights.effective == 50,
+    )
+    .await;
+    rollout_cmd(&p.ns, &["abort", "kyb"]).await;
+    settles_on(&p, image, started).await;
+    load.zero_failures().await;
+    p.op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_when_a_pod_is_deleted() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let p = platform("zl-delete", "").await;
+    let c = cluster_with_real_node().await;
+    let load = Load::start(&p, "pod-deleted", 25);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // As the kubelet does it: the pre-stop sleep, then SIGTERM and the drain.
+    check(c.kubectl().args([
+        "delete",
+        "pod",
+        "-n",
+        &p.ns,
+        "-l",
+        "app.kubernetes.io/component=api",
+        "--wait=false",
+    ]));
+    load.zero_failures().await;
+    p.op.stop().await;
 }

@@ -98,3 +98,35 @@ async fn idle_connections_are_closed() {
         .expect("closed in time");
     assert!(matches!(r, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains("408"));
 }
+
+#[tokio::test]
+async fn a_keep_alive_client_learns_of_the_shutdown_from_a_response_not_a_reset() {
+    let mut s = Service::start(config(&migrated_db().await, None)).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let get = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    c.write_all(get).await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // Shutdown starts while the connection is idle; the client's next request, sent 300 ms later
+    // (a client busy elsewhere), is still answered, and the answer says the connection ends.
+    let handle = s.take_handle();
+    s.shutdown_token().cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.write_all(get).await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed after the answer")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the server stops")
+        .unwrap();
+}

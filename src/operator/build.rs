@@ -14,10 +14,10 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, SeccompProfile, SecretProjection, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeProjection,
+    EnvVar, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecretProjection,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -346,6 +346,19 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     api.liveness_probe = Some(probe(&hc.path, period, timeout, hc.retries));
     api.readiness_probe = Some(probe("/ready", period.min(10), timeout, hc.retries));
     api.resources = spec.resources.clone();
+    // A terminating pod leaves the Service's endpoints while the kubelet already stops it; kube-proxy
+    // and the load balancers learn of it a moment later and keep sending new connections meanwhile.
+    // The kubelet's own sleep (no shell in the image) keeps the pod serving through that moment;
+    // SIGTERM then stops new connections and drains the open ones (server shutdown grace).
+    api.lifecycle = Some(Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: PRE_STOP_SLEEP_SECONDS,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
 
     let selector = selector_labels(kp);
     let pod_labels = labels(kp, "api");
@@ -369,6 +382,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
             service_account_name: Some(name.clone()),
             automount_service_account_token: Some(false),
             security_context: Some(pod_security_context()),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             containers: vec![api],
             volumes: Some(volumes(&config_map_name, &rendered)),
             topology_spread_constraints: Some(vec![TopologySpreadConstraint {
@@ -384,8 +398,11 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
             ..Default::default()
         }),
     };
+    if let Some(pod) = template.spec.as_mut() {
+        spec.scheduling.place(pod);
+    }
     // A revision is its pod template: anything that changes a pod (image, configuration, resources,
-    // probes) makes a new one, which blue-green and canary then roll out as a whole.
+    // probes, placement) makes a new one, which blue-green and canary then roll out as a whole.
     let revision = hash(&[&serde_json::to_string(&template).unwrap_or_default()]);
     template
         .metadata
@@ -606,6 +623,12 @@ impl MigrationPhase {
     }
 }
 
+/// How long a terminating API pod keeps serving before SIGTERM: longer than endpoint removal takes to
+/// reach kube-proxy (about a second here; a few on a loaded cluster).
+const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// The pre-stop sleep, the service's 30 s drain (`server.shutdown_grace`) and a margin.
+const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + 30 + 5;
+
 /// The label that tells the two Jobs apart.
 pub const MIGRATION_PHASE_LABEL: &str = "kyb.io/migration-phase";
 
@@ -649,14 +672,18 @@ fn migration_job(
                         .then(|| spec.migrations.pod_annotations.clone()),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    service_account_name: Some(name.to_owned()),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(pod_security_context()),
-                    containers: vec![c],
-                    volumes: Some(volumes(config_map, rendered)),
-                    ..Default::default()
+                spec: Some({
+                    let mut pod = PodSpec {
+                        restart_policy: Some("Never".into()),
+                        service_account_name: Some(name.to_owned()),
+                        automount_service_account_token: Some(false),
+                        security_context: Some(pod_security_context()),
+                        containers: vec![c],
+                        volumes: Some(volumes(config_map, rendered)),
+                        ..Default::default()
+                    };
+                    spec.scheduling.place(&mut pod);
+                    pod
                 }),
             },
             ..Default::default()
@@ -905,6 +932,34 @@ mod tests {
         };
         assert!(!args(d.migration_job.as_ref().unwrap()).contains(&"--contract".to_owned()));
         assert!(args(d.contract_job.as_ref().unwrap()).contains(&"--contract".to_owned()));
+    }
+
+    #[test]
+    fn scheduling_places_the_api_pods_and_the_migration_jobs() {
+        let mut kp = platform(include_str!("../../manifests/samples/minimal.yaml"));
+        let unplaced = build(&kp).unwrap().deployment.spec.unwrap().template;
+        kp.spec.scheduling = serde_yaml::from_str(
+            "nodeSelector: {kyb.io/real-node: \"true\"}\ntolerations: [{key: kyb.io/real-node, operator: Exists}]",
+        )
+        .unwrap();
+        let d = build(&kp).unwrap();
+        let pods = [
+            d.deployment.spec.clone().unwrap().template,
+            d.migration_job.clone().unwrap().spec.unwrap().template,
+            d.contract_job.clone().unwrap().spec.unwrap().template,
+        ];
+        for pod in pods.map(|t| t.spec.unwrap()) {
+            assert_eq!(pod.node_selector.unwrap()["kyb.io/real-node"], "true");
+            assert_eq!(
+                pod.tolerations.unwrap()[0].key.as_deref(),
+                Some("kyb.io/real-node")
+            );
+        }
+        assert_ne!(
+            unplaced,
+            d.deployment.spec.unwrap().template,
+            "a new placement is a new revision"
+        );
     }
 
     #[test]

@@ -109,6 +109,36 @@ pub struct KybPlatformSpec {
     #[x_kube(validation = Rule::new("!has(self.canary) || has(self.canary.trafficRouting) || !self.canary.steps.exists(s, has(s.setCanaryScale))")
         .message("spec.rollout.canary.steps: setCanaryScale needs trafficRouting (with replica-ratio weights the pod counts are the weights)"))]
     pub rollout: RolloutSpec,
+    /// Which nodes the pods may run on, for the API pods and the migration and analysis Jobs alike.
+    #[serde(default, skip_serializing_if = "Scheduling::is_empty")]
+    pub scheduling: Scheduling,
+}
+
+/// A node selector and tolerations, as on a PodSpec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scheduling {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+}
+
+impl Scheduling {
+    pub fn is_empty(&self) -> bool {
+        self.node_selector.is_empty() && self.tolerations.is_empty()
+    }
+
+    /// Puts a pod where this says.
+    pub fn place(&self, pod: &mut k8s_openapi::api::core::v1::PodSpec) {
+        if !self.node_selector.is_empty() {
+            pod.node_selector = Some(self.node_selector.clone());
+        }
+        if !self.tolerations.is_empty() {
+            pod.tolerations = Some(self.tolerations.clone());
+        }
+    }
 }
 
 #[derive(

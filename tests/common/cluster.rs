@@ -36,18 +36,32 @@ pub struct Cluster {
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+/// Set by [`cluster_with_real_node`] before the first start.
+static WITH_REAL_NODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Starts (once per test binary) or returns the shared control plane. Panics when it cannot start.
 pub async fn cluster() -> &'static Cluster {
-    shared(&CLUSTER, &[]).await
+    let extra: &'static [&'static str] = if WITH_REAL_NODE.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        &["--real-node"]
+    } else {
+        &[]
+    };
+    shared(&CLUSTER, extra).await
 }
 
-/// The shared control plane with a real node besides the fake ones (`up --real-node`). One test
-/// binary at a time may use it (cargo runs test binaries one after another): the node's bridge and
-/// iptables chains are the machine's.
+/// The shared control plane with a real node besides the fake ones (`up --real-node`); every test of
+/// a binary that uses it calls this first, so [`cluster`] then returns the same control plane. One
+/// test binary at a time may use it (cargo runs test binaries one after another): the node's bridge
+/// and iptables chains are the machine's.
 pub async fn cluster_with_real_node() -> &'static Cluster {
-    static REAL: OnceLock<Result<Cluster, String>> = OnceLock::new();
-    shared(&REAL, &["--real-node"]).await
+    WITH_REAL_NODE.store(true, std::sync::atomic::Ordering::SeqCst);
+    let c = cluster().await;
+    assert!(
+        c.dir.join("node").is_dir(),
+        "the control plane was started without --real-node (call cluster_with_real_node first)"
+    );
+    c
 }
 
 async fn shared(

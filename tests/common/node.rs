@@ -80,26 +80,34 @@ pub fn kybctl_image() -> &'static str {
                 .args(&files),
             "oci-image",
         );
-        let bin = Command::new(cluster_dir().join("build"))
-            .arg("--print")
-            .output()
-            .expect("tests/cluster/build --print");
-        let bin = String::from_utf8_lossy(&bin.stdout).trim().to_owned();
         run(
-            Command::new(Path::new(&bin).join("ctr"))
-                .args([
-                    "--address",
-                    "/run/kybctl-node/containerd.sock",
-                    "-n",
-                    "k8s.io",
-                    "images",
-                    "import",
-                ])
-                .arg(&archive),
+            ctr().args(["images", "import"]).arg(&archive),
             "ctr images import",
         );
     });
     IMAGE
+}
+
+fn ctr() -> Command {
+    let bin = Command::new(cluster_dir().join("build"))
+        .arg("--print")
+        .output()
+        .expect("tests/cluster/build --print");
+    let bin = String::from_utf8_lossy(&bin.stdout).trim().to_owned();
+    let mut cmd = Command::new(Path::new(&bin).join("ctr"));
+    cmd.args([
+        "--address",
+        "/run/kybctl-node/containerd.sock",
+        "-n",
+        "k8s.io",
+    ]);
+    cmd
+}
+
+/// Another name for an imported image: a new release to roll out, as far as Kubernetes can tell.
+pub fn tag_image(image: &str, new: &str) {
+    let _ = ctr().args(["images", "rm", new]).output();
+    run(ctr().args(["images", "tag", image, new]), "ctr images tag");
 }
 
 /// A PostgreSQL that the node's pods reach at `NODE_IP:port` (trust authentication: test only).

@@ -279,13 +279,17 @@ fn slo_job_spec(kp: &KybPlatform, s: &SloProvider, args: Vec<String>) -> JobSpec
                 annotations: (!s.pod_annotations.is_empty()).then(|| s.pod_annotations.clone()),
                 ..Default::default()
             }),
-            spec: Some(PodSpec {
-                restart_policy: Some("Never".into()),
-                automount_service_account_token: Some(false),
-                enable_service_links: Some(false),
-                security_context: Some(pod_security_context()),
-                containers: vec![container],
-                ..Default::default()
+            spec: Some({
+                let mut pod = PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context()),
+                    containers: vec![container],
+                    ..Default::default()
+                };
+                kp.spec.scheduling.place(&mut pod);
+                pod
             }),
         },
         ..Default::default()
