@@ -156,17 +156,16 @@ spec:
 struct Platform {
     ns: String,
     op: Operator,
-    _pg: TempPostgres,
+    pg: TempPostgres,
+    db: String,
     /// The Service's ClusterIP, which this machine reaches through kube-proxy.
     service_ip: String,
 }
 
-const NEXT_IMAGE: &str = "kybctl.local/kybctl:next";
-
 async fn platform(prefix: &str, rollout: &str) -> Platform {
     let c = cluster_with_real_node().await;
     let image = node::kybctl_image();
-    node::tag_image(image, NEXT_IMAGE);
+    node::next_release_image();
     let pg = node::postgres_for_pods();
     let db = unique("t");
     pg.create_database(&db).unwrap();
@@ -220,7 +219,8 @@ spec:
     Platform {
         ns,
         op,
-        _pg: pg,
+        pg,
+        db,
         service_ip,
     }
 }
@@ -327,6 +327,20 @@ async fn rollout_cmd(ns: &str, args: &[&str]) {
     );
 }
 
+/// Whether the next release's expand migration is applied (by the platform's migration Job).
+async fn next_migration_applied(p: &Platform) -> bool {
+    let pool = sqlx::PgPool::connect(&p.pg.url(&p.db)).await.unwrap();
+    let applied: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+    )
+    .bind(node::NEXT_MIGRATION)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    applied
+}
+
 /// Waits until every pod runs `image` and is ready, which must happen while the load still runs.
 async fn settles_on(p: &Platform, image: &str, load_started: std::time::Instant) {
     eventually(
@@ -352,8 +366,12 @@ async fn zero_loss_rolling_update() {
     let started = std::time::Instant::now();
     let load = Load::start(&p, "rolling-update", LOAD_SECONDS);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
-    settles_on(&p, NEXT_IMAGE, started).await;
+    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
+    settles_on(&p, node::NEXT_IMAGE, started).await;
+    assert!(
+        next_migration_applied(&p).await,
+        "the upgrade's migration Job applied its expand migration"
+    );
     load.zero_failures().await;
     p.op.stop().await;
 }
@@ -369,13 +387,17 @@ async fn zero_loss_blue_green_with_promotion() {
     let started = std::time::Instant::now();
     let load = Load::start(&p, "blue-green", LOAD_SECONDS);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
+    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
     operator::until_rollout(&p.ns, "kyb", Duration::from_secs(60), "the preview", |r| {
         r.phase == "Paused"
     })
     .await;
     rollout_cmd(&p.ns, &["promote", "kyb"]).await;
-    settles_on(&p, NEXT_IMAGE, started).await;
+    settles_on(&p, node::NEXT_IMAGE, started).await;
+    assert!(
+        next_migration_applied(&p).await,
+        "the upgrade's migration Job applied its expand migration"
+    );
     load.zero_failures().await;
     p.op.stop().await;
 }
@@ -392,11 +414,15 @@ async fn zero_loss_canary_through_all_its_steps_and_undone() {
     let started = std::time::Instant::now();
     let load = Load::start(&p, "canary-and-undo", LOAD_SECONDS);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
-    settles_on(&p, NEXT_IMAGE, started).await;
+    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
+    settles_on(&p, node::NEXT_IMAGE, started).await;
     // And back through the same steps, as `kybctl rollout undo` asks.
     rollout_cmd(&p.ns, &["undo", "kyb"]).await;
     settles_on(&p, image, started).await;
+    assert!(
+        next_migration_applied(&p).await,
+        "the upgrade's migration Job applied its expand migration"
+    );
     load.zero_failures().await;
     p.op.stop().await;
 }
@@ -413,7 +439,7 @@ async fn zero_loss_canary_aborted_half_way() {
     let started = std::time::Instant::now();
     let load = Load::start(&p, "canary-abort", LOAD_SECONDS);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", NEXT_IMAGE).await;
+    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
     operator::until_rollout(
         &p.ns,
         "kyb",
@@ -424,6 +450,10 @@ async fn zero_loss_canary_aborted_half_way() {
     .await;
     rollout_cmd(&p.ns, &["abort", "kyb"]).await;
     settles_on(&p, image, started).await;
+    assert!(
+        next_migration_applied(&p).await,
+        "the upgrade's migration Job applied its expand migration"
+    );
     load.zero_failures().await;
     p.op.stop().await;
 }

@@ -11,7 +11,7 @@ use super::output::{self, Format};
 use super::shard_report::{self, ShardReport};
 use crate::config::Overrides;
 use crate::schema::lint::{self, QueryCorpus};
-use crate::schema::migrate::{self, MigrateError, MigrationStatus, RunOptions, Step, MIGRATOR};
+use crate::schema::migrate::{self, embedded, MigrateError, MigrationStatus, RunOptions, Step};
 use crate::schema::reference;
 use crate::service::db::ShardPools;
 
@@ -136,7 +136,7 @@ where
 async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool) -> u8 {
     let id = &shard.id;
     if dry_run {
-        return match migrate::plan_up(&shard.primary, &MIGRATOR, opts.contract).await {
+        return match migrate::plan_up(&shard.primary, embedded(), opts.contract).await {
             Ok(steps) if steps.is_empty() => {
                 println!("shard {id}: nothing to apply");
                 held_back(&shard, opts).await
@@ -162,7 +162,7 @@ async fn up(shard: std::sync::Arc<ShardPools>, opts: &RunOptions, dry_run: bool)
         };
     }
     let spinner = super::progress::spinner(format!("migrating shard {id}"));
-    let result = migrate::up_with(&shard.primary, &MIGRATOR, opts).await;
+    let result = migrate::up_with(&shard.primary, embedded(), opts).await;
     spinner.finish_and_clear();
     match result {
         Ok(steps) => {
@@ -210,7 +210,7 @@ async fn held_back(shard: &ShardPools, opts: &RunOptions) -> u8 {
     if opts.contract {
         return exit::OK;
     }
-    match migrate::held_back(&shard.primary, &MIGRATOR).await {
+    match migrate::held_back(&shard.primary, embedded()).await {
         Ok(held) => {
             for s in held {
                 println!(
@@ -232,9 +232,9 @@ async fn down(
 ) -> u8 {
     let id = &shard.id;
     let result = if dry_run {
-        migrate::plan_down(&shard.primary, &MIGRATOR, steps).await
+        migrate::plan_down(&shard.primary, embedded(), steps).await
     } else {
-        migrate::down(&shard.primary, &MIGRATOR, steps, opts).await
+        migrate::down(&shard.primary, embedded(), steps, opts).await
     };
     match result {
         Ok(done) if done.is_empty() => {
@@ -297,7 +297,7 @@ impl ShardReport for Status {
         &["VERSION", "DESCRIPTION", "STATE", "CHECKSUM", "NOTE"];
 
     async fn read(&self, shard: &ShardPools) -> Result<Vec<MigrationStatus>, MigrateError> {
-        migrate::status(&shard.primary, &MIGRATOR).await
+        migrate::status(&shard.primary, embedded()).await
     }
     fn problem(&self, m: &MigrationStatus) -> Option<String> {
         m.is_problem()
@@ -347,7 +347,7 @@ fn serde_plain<T: Serialize>(v: &T) -> String {
 
 /// `migrations/<version>_<description>.up.sql`, the file an embedded migration came from.
 fn file_of(version: i64, kind: MigrationType) -> String {
-    MIGRATOR
+    embedded()
         .iter()
         .find(|m| m.version == version && m.migration_type == kind)
         .map(file_name)
@@ -365,7 +365,7 @@ fn file_name(m: &Migration) -> String {
 
 fn lint_files(files: &[PathBuf]) -> u8 {
     let sources: Vec<(String, String)> = if files.is_empty() {
-        MIGRATOR
+        embedded()
             .iter()
             .map(|m| (file_name(m), m.sql.as_str().to_owned()))
             .collect()
@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn embedded_file_names_match_the_migrations_folder() {
         let root = env!("CARGO_MANIFEST_DIR");
-        for m in MIGRATOR.iter() {
+        for m in migrate::MIGRATOR.iter() {
             let path = format!("{root}/{}", file_name(m));
             assert!(std::path::Path::new(&path).exists(), "{path}");
         }

@@ -111,6 +111,13 @@ enum Command {
 
 /// Parses arguments, runs the command and returns its exit code.
 pub fn main() -> u8 {
+    main_with(&crate::schema::migrate::MIGRATOR)
+}
+
+/// [`main`] of a binary built with other migrations than `migrations/` (see
+/// [`crate::schema::migrate::embed`]).
+pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
+    crate::schema::migrate::embed(migrations);
     let cli = Cli::parse();
     output::set_color_allowed(!cli.no_color);
     let color_logs = !cli.no_color && std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -17,9 +17,25 @@ use crate::db_error::{is_connection_error, DbError};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+static EMBEDDED: std::sync::OnceLock<&'static Migrator> = std::sync::OnceLock::new();
+
+/// The migrations this binary applies (`migrate`) and needs before it is ready (`/ready`): the
+/// `migrations/` folder, unless the binary's `main` chose others with [`embed`]. A process-wide value
+/// because it is a property of the build, like the folder `sqlx::migrate!` reads at compile time.
+pub fn embedded() -> &'static Migrator {
+    EMBEDDED.get_or_init(|| &MIGRATOR)
+}
+
+/// Makes `migrator` this binary's migrations; for a `main` built with other ones (the next-release
+/// fixture of the zero-loss tests: `examples/next_release.rs`). Only before anything used
+/// [`embedded`]; false when it was too late.
+pub fn embed(migrator: &'static Migrator) -> bool {
+    EMBEDDED.set(migrator).is_ok()
+}
+
 /// The newest migration embedded in this binary.
 pub fn expected_version() -> i64 {
-    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    embedded().iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// Whether a migration is a contract step (`-- contract`): it runs only once no instance of the
@@ -93,7 +109,7 @@ pub async fn up(pool: &PgPool) -> Result<(), MigrateError> {
         contract: true,
         ..RunOptions::default()
     };
-    up_with(pool, &MIGRATOR, &opts).await?;
+    up_with(pool, embedded(), &opts).await?;
     super::reference::sync(pool).await?;
     Ok(())
 }

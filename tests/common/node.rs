@@ -32,60 +32,86 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-/// Builds the image from this build's `kybctl` (stripped, with the shared libraries it links and a
-/// passwd entry for uid 65532) and imports it into the node's containerd, once per test binary.
-/// The layout is the release image's: /usr/local/bin/kybctl, run as 65532.
+/// The image of this build's `kybctl`, imported into the node's containerd once per test binary.
 pub fn kybctl_image() -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let binary = dir.path().join("kybctl");
-        run(
-            Command::new("strip")
-                .arg("-o")
-                .arg(&binary)
-                .arg(env!("CARGO_BIN_EXE_kybctl")),
-            "strip kybctl",
-        );
-        std::fs::write(
-            dir.path().join("passwd"),
-            "kyb:x:65532:65532:kybctl:/nonexistent:/sbin/nologin\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("group"), "kyb:x:65532:\n").unwrap();
-        let mut files = vec![
-            format!("{}=/usr/local/bin/kybctl", binary.display()),
-            format!("{}=/etc/passwd:644", dir.path().join("passwd").display()),
-            format!("{}=/etc/group:644", dir.path().join("group").display()),
-        ];
-        // The shared libraries the binary links, at the paths ldd resolves them to.
-        let ldd = Command::new("ldd").arg(&binary).output().expect("run ldd");
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            let path = line
-                .split_whitespace()
-                .find(|w| w.starts_with('/'))
-                .map(str::to_owned);
-            if let Some(p) = path {
-                let real = std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(&p));
-                files.push(format!("{}={p}", real.display()));
-            }
-        }
-        let archive = dir.path().join("kybctl.tar");
-        run(
-            Command::new("python3")
-                .arg(cluster_dir().join("oci-image"))
-                .arg(&archive)
-                .arg(IMAGE)
-                .args(["--entrypoint", "/usr/local/bin/kybctl"])
-                .args(&files),
-            "oci-image",
-        );
-        run(
-            ctr().args(["images", "import"]).arg(&archive),
-            "ctr images import",
-        );
-    });
+    DONE.get_or_init(|| import(Path::new(env!("CARGO_BIN_EXE_kybctl")), IMAGE));
     IMAGE
+}
+
+/// The next release the zero-loss tests roll out: this build's binary with one more expand migration
+/// (`tests/fixtures/next_release.rs`, built here when `cargo test` did not build examples).
+pub const NEXT_IMAGE: &str = "kybctl.local/kybctl:next";
+/// The version of the next release's extra migration.
+pub const NEXT_MIGRATION: i64 = 20301201000001;
+
+pub fn next_release_image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let kybctl = Path::new(env!("CARGO_BIN_EXE_kybctl"));
+        let next = kybctl.parent().unwrap().join("examples/next_release");
+        let stale = |p: &Path| {
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            modified(p) < modified(kybctl)
+        };
+        if stale(&next) {
+            run(
+                Command::new(env!("CARGO"))
+                    .args(["build", "--example", "next_release"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR")),
+                "cargo build --example next_release",
+            );
+        }
+        import(&next, NEXT_IMAGE);
+    });
+    NEXT_IMAGE
+}
+
+/// Packs `binary` as the release image does (stripped at /usr/local/bin/kybctl, the shared libraries
+/// it links at the paths ldd resolves them to, a passwd entry for uid 65532) and imports it as `name`.
+fn import(binary: &Path, name: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stripped = dir.path().join("kybctl");
+    run(
+        Command::new("strip").arg("-o").arg(&stripped).arg(binary),
+        "strip",
+    );
+    std::fs::write(
+        dir.path().join("passwd"),
+        "kyb:x:65532:65532:kybctl:/nonexistent:/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("group"), "kyb:x:65532:\n").unwrap();
+    let mut files = vec![
+        format!("{}=/usr/local/bin/kybctl", stripped.display()),
+        format!("{}=/etc/passwd:644", dir.path().join("passwd").display()),
+        format!("{}=/etc/group:644", dir.path().join("group").display()),
+    ];
+    let ldd = Command::new("ldd")
+        .arg(&stripped)
+        .output()
+        .expect("run ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(p) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            let real = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+            files.push(format!("{}={p}", real.display()));
+        }
+    }
+    let archive = dir.path().join("image.tar");
+    run(
+        Command::new("python3")
+            .arg(cluster_dir().join("oci-image"))
+            .arg(&archive)
+            .arg(name)
+            .args(["--entrypoint", "/usr/local/bin/kybctl"])
+            .args(&files),
+        "oci-image",
+    );
+    let _ = ctr().args(["images", "rm", name]).output();
+    run(
+        ctr().args(["images", "import"]).arg(&archive),
+        "ctr images import",
+    );
 }
 
 fn ctr() -> Command {
@@ -102,12 +128,6 @@ fn ctr() -> Command {
         "k8s.io",
     ]);
     cmd
-}
-
-/// Another name for an imported image: a new release to roll out, as far as Kubernetes can tell.
-pub fn tag_image(image: &str, new: &str) {
-    let _ = ctr().args(["images", "rm", new]).output();
-    run(ctr().args(["images", "tag", image, new]), "ctr images tag");
 }
 
 /// A PostgreSQL that the node's pods reach at `NODE_IP:port` (trust authentication: test only).

@@ -77,7 +77,7 @@ pub async fn ready(axum::extract::State(state): State) -> Response {
         )
         .await;
         let (ok, detail) = match applied {
-            Ok(Ok(Some(applied))) => schema_check(&migrate::MIGRATOR, &applied),
+            Ok(Ok(Some(applied))) => schema_check(migrate::embedded(), &applied),
             Ok(Ok(None)) => (
                 false,
                 "schema not migrated: run `kybctl migrate up`".to_owned(),
