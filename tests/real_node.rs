@@ -18,7 +18,7 @@ use common::{migrated_db_on, unique};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use kybctl::local::TempPostgres;
+use kybctl::local::{TempPostgres, TempRedis};
 use kybctl::slo::LoadTestResult;
 use operator::Operator;
 
@@ -158,6 +158,7 @@ struct Platform {
     op: Operator,
     pg: TempPostgres,
     db: String,
+    redis: TempRedis,
     /// The Service's ClusterIP, which this machine reaches through kube-proxy.
     service_ip: String,
 }
@@ -167,6 +168,7 @@ async fn platform(prefix: &str, rollout: &str) -> Platform {
     let image = node::kybctl_image();
     node::next_release_image();
     let pg = node::postgres_for_pods();
+    let redis = TempRedis::start_also_on(node::NODE_IP).expect("Redis for the real node's pods");
     let db = unique("t");
     pg.create_database(&db).unwrap();
     let (ns, op) = Operator::start_shipped(prefix).await;
@@ -180,6 +182,15 @@ async fn platform(prefix: &str, rollout: &str) -> Platform {
         &ns,
         &format!("--from-literal=url={}", node::from_pods(&pg.url(&db))),
     ]));
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-redis",
+        "-n",
+        &ns,
+        &format!("--from-literal=url={}", node::from_pods(&redis.url())),
+    ]));
     operator::apply(
         &ns,
         &format!(
@@ -192,6 +203,7 @@ spec:
   replicas: 2
   autoscaling: {{enabled: false}}
   database: {{primary: {{name: kyb-db, key: url}}}}
+  cache: {{redis: {{name: kyb-redis, key: url}}}}
   healthCheck: {{interval: 2s, timeout: 1s}}
   scheduling:
     nodeSelector: {{kyb.io/real-node: "true"}}
@@ -221,6 +233,7 @@ spec:
         op,
         pg,
         db,
+        redis,
         service_ip,
     }
 }
@@ -366,6 +379,13 @@ async fn zero_loss_rolling_update() {
     let started = std::time::Instant::now();
     let load = Load::start(&p, "rolling-update", LOAD_SECONDS);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut redis = redis::Client::open(p.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: i64 = redis::cmd("DBSIZE").query_async(&mut redis).await.unwrap();
+    assert!(keys > 0, "the pods cache in the real Redis");
     operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
     settles_on(&p, node::NEXT_IMAGE, started).await;
     assert!(

@@ -14,6 +14,8 @@ pub struct TempRedis {
     bin: PathBuf,
     port: u16,
     cluster: bool,
+    /// Addresses it listens on besides loopback.
+    also_on: Option<String>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,12 +38,17 @@ impl TempRedis {
     }
 
     pub fn start() -> Result<Self, LocalError> {
-        Self::start_mode(false)
+        Self::start_mode(false, None)
+    }
+
+    /// Also listening on `address` (a local interface's), for clients elsewhere: the test node's pods.
+    pub fn start_also_on(address: &str) -> Result<Self, LocalError> {
+        Self::start_mode(false, Some(address.to_owned()))
     }
 
     /// A one-node Redis Cluster owning every slot: enough to exercise the cluster client.
     pub fn start_cluster() -> Result<Self, LocalError> {
-        let r = Self::start_mode(true)?;
+        let r = Self::start_mode(true, None)?;
         let failed = |detail: String| LocalError::Failed {
             what: "redis cluster set-up".into(),
             detail,
@@ -71,7 +78,7 @@ impl TempRedis {
         }
     }
 
-    fn start_mode(cluster: bool) -> Result<Self, LocalError> {
+    fn start_mode(cluster: bool, also_on: Option<String>) -> Result<Self, LocalError> {
         let bin = find_bin().ok_or_else(|| LocalError::Missing {
             what: "redis-server".into(),
             hint: "install it (Debian: apt-get install redis-server) or set KYB_REDIS_SERVER"
@@ -83,6 +90,7 @@ impl TempRedis {
             bin,
             port: free_port()?,
             cluster,
+            also_on,
         };
         r.launch()?;
         Ok(r)
@@ -97,13 +105,17 @@ impl TempRedis {
         cmd.args([
             "--port",
             &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
             "--save",
             "",
             "--appendonly",
             "no",
         ])
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .args(self.also_on.iter())
+        // Protected mode refuses every client but loopback when there is no password (test servers
+        // have none); `--bind` already limits where it listens.
+        .args(["--protected-mode", "no"])
         .arg("--dir")
         .arg(self.dir.path())
         .arg("--logfile")

@@ -52,6 +52,8 @@ node_clean() {
 	for m in $(awk -v a="$node_run" -v b="$node_lib" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' /proc/mounts | sort -r); do
 		umount -l "$m" 2>/dev/null || true
 	done
+	# The kubelet's links to container logs (their path is fixed; the logs are under $node_lib).
+	find /var/log/containers -maxdepth 1 -lname "$node_lib/*" -delete 2>/dev/null || true
 	rm -rf "$node_run" "$node_lib"
 }
 
@@ -177,6 +179,8 @@ maxPods: 60
 serializeImagePulls: false
 # The shared disk is often fuller than the kubelet's defaults allow; tests must not see evictions.
 evictionHard: {memory.available: "1Mi", nodefs.available: "0%", imagefs.available: "0%"}
+# Container logs with the rest of the node's state, not in the machine's /var/log/pods.
+podLogsDir: $node_lib/pod-logs
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 EOF
