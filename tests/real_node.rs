@@ -372,13 +372,39 @@ async fn settles_on(p: &Platform, image: &str, load_started: std::time::Instant)
     );
 }
 
+/// An upgrade under way: the load running through the Service since `started`, and the platform asked
+/// (5 s into the load) to roll out the next release.
+struct Upgrade {
+    load: Load,
+    started: std::time::Instant,
+}
+
+async fn upgrade_under_load(p: &Platform, name: &str) -> Upgrade {
+    let started = std::time::Instant::now();
+    let load = Load::start(p, name, LOAD_SECONDS);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
+    Upgrade { load, started }
+}
+
+impl Upgrade {
+    /// The upgrade's expand migration was applied by the platform's migration Job, and no request
+    /// of the whole load failed.
+    async fn lost_nothing(self, p: Platform) {
+        assert!(
+            next_migration_applied(&p).await,
+            "the upgrade's migration Job applied its expand migration"
+        );
+        self.load.zero_failures().await;
+        p.op.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_loss_rolling_update() {
     let _one = ONE_AT_A_TIME.lock().await;
     let p = platform("zl-rolling", "").await;
-    let started = std::time::Instant::now();
-    let load = Load::start(&p, "rolling-update", LOAD_SECONDS);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let up = upgrade_under_load(&p, "rolling-update").await;
     let mut redis = redis::Client::open(p.redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -386,14 +412,8 @@ async fn zero_loss_rolling_update() {
         .unwrap();
     let keys: i64 = redis::cmd("DBSIZE").query_async(&mut redis).await.unwrap();
     assert!(keys > 0, "the pods cache in the real Redis");
-    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
-    settles_on(&p, node::NEXT_IMAGE, started).await;
-    assert!(
-        next_migration_applied(&p).await,
-        "the upgrade's migration Job applied its expand migration"
-    );
-    load.zero_failures().await;
-    p.op.stop().await;
+    settles_on(&p, node::NEXT_IMAGE, up.started).await;
+    up.lost_nothing(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,22 +424,14 @@ async fn zero_loss_blue_green_with_promotion() {
         "  rollout:\n    strategy: BlueGreen\n    blueGreen: {autoPromotionEnabled: false, scaleDownDelaySeconds: 3}\n",
     )
     .await;
-    let started = std::time::Instant::now();
-    let load = Load::start(&p, "blue-green", LOAD_SECONDS);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
+    let up = upgrade_under_load(&p, "blue-green").await;
     operator::until_rollout(&p.ns, "kyb", Duration::from_secs(60), "the preview", |r| {
         r.phase == "Paused"
     })
     .await;
     rollout_cmd(&p.ns, &["promote", "kyb"]).await;
-    settles_on(&p, node::NEXT_IMAGE, started).await;
-    assert!(
-        next_migration_applied(&p).await,
-        "the upgrade's migration Job applied its expand migration"
-    );
-    load.zero_failures().await;
-    p.op.stop().await;
+    settles_on(&p, node::NEXT_IMAGE, up.started).await;
+    up.lost_nothing(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,20 +443,12 @@ async fn zero_loss_canary_through_all_its_steps_and_undone() {
     )
     .await;
     let image = node::kybctl_image();
-    let started = std::time::Instant::now();
-    let load = Load::start(&p, "canary-and-undo", LOAD_SECONDS);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
-    settles_on(&p, node::NEXT_IMAGE, started).await;
+    let up = upgrade_under_load(&p, "canary-and-undo").await;
+    settles_on(&p, node::NEXT_IMAGE, up.started).await;
     // And back through the same steps, as `kybctl rollout undo` asks.
     rollout_cmd(&p.ns, &["undo", "kyb"]).await;
-    settles_on(&p, image, started).await;
-    assert!(
-        next_migration_applied(&p).await,
-        "the upgrade's migration Job applied its expand migration"
-    );
-    load.zero_failures().await;
-    p.op.stop().await;
+    settles_on(&p, image, up.started).await;
+    up.lost_nothing(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,10 +460,7 @@ async fn zero_loss_canary_aborted_half_way() {
     )
     .await;
     let image = node::kybctl_image();
-    let started = std::time::Instant::now();
-    let load = Load::start(&p, "canary-abort", LOAD_SECONDS);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    operator::set_image(&p.ns, "kyb", node::NEXT_IMAGE).await;
+    let up = upgrade_under_load(&p, "canary-abort").await;
     operator::until_rollout(
         &p.ns,
         "kyb",
@@ -469,13 +470,8 @@ async fn zero_loss_canary_aborted_half_way() {
     )
     .await;
     rollout_cmd(&p.ns, &["abort", "kyb"]).await;
-    settles_on(&p, image, started).await;
-    assert!(
-        next_migration_applied(&p).await,
-        "the upgrade's migration Job applied its expand migration"
-    );
-    load.zero_failures().await;
-    p.op.stop().await;
+    settles_on(&p, image, up.started).await;
+    up.lost_nothing(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
