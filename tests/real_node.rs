@@ -404,6 +404,19 @@ impl Upgrade {
 async fn zero_loss_rolling_update() {
     let _one = ONE_AT_A_TIME.lock().await;
     let p = platform("zl-rolling", "").await;
+    // `kybctl loadtest --platform` finds the service from the KybPlatform; off the cluster's DNS (this
+    // machine has none) through the Service's ClusterIP.
+    let c = cluster_with_real_node().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"))
+        .args(["loadtest", "--platform", "kyb", "-n", &p.ns])
+        .args(["--duration", "2s", "--users", "2", "--no-progress"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("using the Service's ClusterIP"), "{said}");
     let up = upgrade_under_load(&p, "rolling-update").await;
     let mut redis = redis::Client::open(p.redis.url())
         .unwrap()

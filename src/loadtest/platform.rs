@@ -36,13 +36,53 @@ pub async fn fetch(name: &str, ns: &str) -> Result<PlatformTarget, PlatformError
     let client = kube::Client::try_default()
         .await
         .map_err(|e| PlatformError::Client(e.to_string()))?;
-    let api: kube::Api<KybPlatform> = kube::Api::namespaced(client, ns);
+    let api: kube::Api<KybPlatform> = kube::Api::namespaced(client.clone(), ns);
     let p = api.get(name).await.map_err(|e| PlatformError::Get {
         ns: ns.to_owned(),
         name: name.to_owned(),
         cause: e.to_string(),
     })?;
-    target_of(&p, name, ns)
+    let mut target = target_of(&p, name, ns)?;
+    // Off the cluster's DNS (a node or a bastion whose kube-proxy routes ClusterIPs) the Service's
+    // name does not resolve, but its ClusterIP, read from the API, is reachable.
+    if !resolves(&target.endpoint).await {
+        let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(client, ns);
+        let ip = services
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.spec?.cluster_ip)
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+        if let Some(endpoint) = ip.and_then(|ip| with_host(&target.endpoint, &ip)) {
+            eprintln!(
+                "{} does not resolve here; using the Service's ClusterIP: {endpoint}",
+                target.endpoint
+            );
+            target.endpoint = endpoint;
+        }
+    }
+    Ok(target)
+}
+
+async fn resolves(endpoint: &str) -> bool {
+    let Ok(url) = url::Url::parse(endpoint) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    tokio::net::lookup_host((host, port))
+        .await
+        .is_ok_and(|mut a| a.next().is_some())
+}
+
+/// `endpoint` with its host replaced by `ip`, port and path kept.
+pub fn with_host(endpoint: &str, ip: &str) -> Option<String> {
+    let mut url = url::Url::parse(endpoint).ok()?;
+    url.set_host(Some(ip)).ok()?;
+    Some(url.as_str().trim_end_matches('/').to_owned())
 }
 
 pub fn target_of(p: &KybPlatform, name: &str, ns: &str) -> Result<PlatformTarget, PlatformError> {
@@ -125,6 +165,18 @@ mod tests {
         for e in &t.thresholds {
             crate::slo::threshold::parse(e).unwrap();
         }
+    }
+
+    #[test]
+    fn an_endpoint_can_be_pointed_at_the_cluster_ip() {
+        assert_eq!(
+            with_host("http://kyb.prod.svc:80", "198.19.0.7").as_deref(),
+            Some("http://198.19.0.7")
+        );
+        assert_eq!(
+            with_host("http://kyb.prod.svc:8080", "10.0.0.1").as_deref(),
+            Some("http://10.0.0.1:8080")
+        );
     }
 
     #[test]
