@@ -258,14 +258,14 @@ async fn merchant_lifecycle() {
     );
     assert_eq!(m["classification"]["mcc"], "5812");
 
-    // Written through on creation: the first read is already a hit, and the same document.
+    // Written through on creation to Redis, shared by every instance: the first read is already a
+    // hit, and the same document.
     let r = s.get(&location).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "x-cache-status"), "HIT-L1");
+    assert_eq!(header(&r, "x-cache-status"), "HIT-L2");
     let got: Value = r.json().await.unwrap();
     assert_eq!(got, m);
-    // ... in Redis too, for the other instances.
-    let other = Service::start(cfg).await;
+    let other = Service::start(cfg.clone()).await;
     assert_eq!(
         header(&other.get(&location).await, "x-cache-status"),
         "HIT-L2"
@@ -312,10 +312,36 @@ async fn merchant_lifecycle() {
             .starts_with("6212"),
         "{updated}"
     );
-    // The cached copy was dropped: the next read sees the update.
-    let r = s.get(&location).await;
-    assert_eq!(header(&r, "x-cache-status"), "MISS");
-    assert_eq!(r.json::<Value>().await.unwrap()["name"], "Joe's Dental");
+    // The new version replaced the cached one before the update answered, on every instance.
+    for instance in [&s, &other] {
+        let r = instance.get(&location).await;
+        assert_eq!(header(&r, "x-cache-status"), "HIT-L2");
+        assert_eq!(header(&r, "etag"), "\"v2\"");
+        assert_eq!(r.json::<Value>().await.unwrap()["name"], "Joe's Dental");
+    }
+    // Without Redis the process's own L1 plays that part.
+    let mut no_redis = cfg;
+    no_redis.redis.url = None;
+    let alone = Service::start(no_redis).await;
+    assert_eq!(
+        header(&alone.get(&location).await, "x-cache-status"),
+        "MISS"
+    );
+    assert_eq!(
+        header(&alone.get(&location).await, "x-cache-status"),
+        "HIT-L1"
+    );
+    let r = alone
+        .http
+        .patch(alone.url(&location))
+        .json(&json!({"status": "suspended"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = alone.get(&location).await;
+    assert_eq!(header(&r, "x-cache-status"), "HIT-L1");
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "suspended");
     // Bad patch.
     let r = s
         .http

@@ -62,6 +62,14 @@ impl ServerProcess {
         self.signal(self.stop_signal);
     }
 
+    /// Sends `sig` and returns at once (SIGSTOP / SIGCONT: a server that hangs, then resumes).
+    pub fn send(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) with the pid of a child this value owns and has not reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
     /// Sends `sig` (SIGKILL: no clean shutdown) and waits for the process.
     pub fn signal(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {

@@ -157,6 +157,16 @@ impl TempRedis {
         self.process.stop();
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, and what it holds
+    /// is still there when it is thawed.
+    pub fn freeze(&self) {
+        self.process.send(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.process.send(libc::SIGCONT);
+    }
+
     /// Starts again on the same port (empty: it never saves).
     pub fn restart(&mut self) -> Result<(), LocalError> {
         self.launch()

@@ -19,6 +19,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
+/// How often a degraded Redis is probed in the background.
+const REDIS_PROBE_EVERY: Duration = Duration::from_millis(250);
+
 const L3_PURGE_EVERY: Duration = Duration::from_secs(60);
 
 impl AppState {
@@ -50,10 +53,22 @@ impl AppState {
     pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
         self.db.spawn_monitors(shutdown.clone());
         let cache = self.cache.clone();
-        // Connect to Redis now rather than on the first request.
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Some(redis) = cache.redis() {
-                redis.ping().await;
+            let Some(redis) = cache.redis() else { return };
+            // Connect now rather than on the first request.
+            redis.ping().await;
+            // While Redis is unreachable, keep probing: the probe that finds it back drops the
+            // records the outage may have left stale, and should not wait for the next request.
+            let mut tick = tokio::time::interval(REDIS_PROBE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if redis.is_degraded() {
+                    redis.ping().await;
+                }
             }
         });
         for shard in self.db.shards() {

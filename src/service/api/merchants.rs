@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
 use crate::classify::{self, BusinessInput, Classification};
+use crate::service::cache::records::Loaded;
 use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
 use crate::service::classify_cached::classify_cached;
 use crate::service::db::merchants::{self as q, ListFilter};
@@ -40,12 +41,12 @@ async fn classification_for(
         .map_err(|e| ApiError::Internal(format!("cached classification unreadable: {e}")))
 }
 
-fn etag(version: i32) -> HeaderValue {
+fn etag(version: i64) -> HeaderValue {
     // Digits and quotes only: always a valid header value.
     HeaderValue::from_str(&format!("\"v{version}\"")).unwrap_or(HeaderValue::from_static("\"v0\""))
 }
 
-fn with_etag(mut resp: Response, version: i32) -> Response {
+fn with_etag(mut resp: Response, version: i64) -> Response {
     resp.headers_mut().insert(header::ETAG, etag(version));
     resp
 }
@@ -91,13 +92,16 @@ pub async fn create(
     state.cache.invalidate_local(&inv).await;
     let body = json_bytes(&merchant)?;
     // The announcement, the read-your-writes mark and the write-through are independent of each other,
-    // so their round trips overlap.
-    let (announced, (), ()) = tokio::join!(
+    // so their round trips overlap. The write-through may fail harmlessly: no older version of a new
+    // merchant exists anywhere to be served instead.
+    let (announced, (), _) = tokio::join!(
         MultiLevelCache::publish(&shard.relaxed, &inv),
-        shard.note_write(&key),
-        // Write-through: a merchant is usually read right after it is created (onboarding shows it, a
-        // risk assessment follows), and the new row is exactly what a read would load.
-        state.cache.put(&key, Levels::L1L2, body.clone()),
+        shard.note_write(keys::MERCHANT_LISTS),
+        // A merchant is usually read right after it is created (onboarding shows it, a risk
+        // assessment follows), and the new row is exactly what a read would load.
+        state
+            .cache
+            .put_record(&key, merchant.version.into(), Some(&body)),
     );
     if let Err(e) = announced {
         tracing::warn!(error = %e, "could not announce the new merchant to other instances");
@@ -107,12 +111,7 @@ pub async fn create(
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/merchants/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
-    Ok(with_etag(resp, merchant.version))
-}
-
-#[derive(Deserialize)]
-struct VersionOnly {
-    version: i32,
+    Ok(with_etag(resp, merchant.version.into()))
 }
 
 /// Read a merchant (cached; `Cache-Control: no-cache` reads through to the database).
@@ -132,26 +131,27 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = keys::merchant(id);
-    let load = || async {
-        let shard = state.db.shard_for(&id.to_string());
-        let (m, _) = shard.read(Some(&key), |pool| q::get(pool, id)).await?;
-        json_bytes(&m.ok_or(ApiError::NotFound("merchant"))?)
-    };
-    let (body, cache) = if bypass_cache(&headers) {
-        (load().await?, CacheStatus::Miss)
-    } else {
-        state.cache.get_or_load(&key, Levels::L1L2, load).await?
-    };
-    let version = serde_json::from_slice::<VersionOnly>(&body)
-        .map(|v| v.version)
-        .unwrap_or(0);
+    let record = state
+        .cache
+        .get_record(&key, bypass_cache(&headers), || async {
+            // The primary, never a replica: see `cache::records`.
+            let shard = state.db.shard_for(&id.to_string());
+            let m = q::get(shard.writable()?.clone(), id)
+                .await?
+                .ok_or(ApiError::NotFound("merchant"))?;
+            Ok::<_, ApiError>(Loaded {
+                version: m.version.into(),
+                body: json_bytes(&m)?,
+            })
+        })
+        .await?;
     let resp = CachedJson {
         status: StatusCode::OK,
-        body,
-        cache,
+        body: record.body,
+        cache: record.status,
     }
     .into_response();
-    Ok(with_etag(resp, version))
+    Ok(with_etag(resp, record.version))
 }
 
 /// `If-Match: "v3"` (or `3`); `*` or absent matches any version.
@@ -228,22 +228,30 @@ pub async fn update(
     }
     let status = patch.status.unwrap_or(current.status);
     q::update(&mut tx, id, &after, status, reclassified.as_ref()).await?;
-    let inv = keys::invalidation_for(&Event::MerchantUpdated {
-        id,
-        previous_classification_key: classify::cache_key(&classify::normalise(&before)),
-    });
-    MultiLevelCache::publish(&mut *tx, &inv).await?;
     let merchant = q::get_for_update(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
+    let inv = keys::invalidation_for(&Event::MerchantUpdated {
+        id,
+        version: merchant.version.into(),
+        previous_classification_key: classify::cache_key(&classify::normalise(&before)),
+    });
+    MultiLevelCache::publish(&mut *tx, &inv).await?;
     tx.commit().await?;
+    let body = json_bytes(&merchant)?;
+    // Before answering: once the client knows of the new version, no instance may serve the old one.
+    state
+        .cache
+        .publish_versions(&shard.relaxed, &inv, |key| {
+            (key == keys::merchant(id)).then_some(&body)
+        })
+        .await;
     state.cache.invalidate_shared(&inv).await;
     state.cache.invalidate_local(&inv).await;
-    shard.note_write(&keys::merchant(id)).await;
-    Ok(with_etag(
-        axum::Json(&merchant).into_response(),
-        merchant.version,
-    ))
+    shard.note_write(keys::MERCHANT_LISTS).await;
+    let json = HeaderValue::from_static("application/json");
+    let resp = (StatusCode::OK, [(header::CONTENT_TYPE, json)], body).into_response();
+    Ok(with_etag(resp, merchant.version.into()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -343,7 +351,7 @@ pub async fn list(
         let mut rows = Vec::new();
         for shard in state.db.shards() {
             let (page, _) = shard
-                .read(None, |pool| {
+                .read(Some(keys::MERCHANT_LISTS), |pool| {
                     let f = filter.clone();
                     async move { q::list(pool, &f).await }
                 })

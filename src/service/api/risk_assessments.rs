@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
-use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
+use crate::service::cache::records::Loaded;
+use crate::service::cache::{keys, CacheStatus, Event, MultiLevelCache};
 use crate::service::db::{merchants, risk_assessments as q};
 use crate::service::model::{RiskAssessment, RiskAssessmentList};
 
@@ -43,14 +44,19 @@ pub async fn create(
         factors: a.factors,
         assessment_date: chrono::Utc::now(),
     };
-    let inv = keys::invalidation_for(&Event::RiskAssessed { id });
     let mut tx = primary.begin().await?;
-    q::insert(&mut tx, &assessment).await?;
+    let version = q::insert(&mut tx, &assessment).await?;
+    let inv = keys::invalidation_for(&Event::RiskAssessed { id, version });
     MultiLevelCache::publish(&mut *tx, &inv).await?;
     tx.commit().await?;
+    // The writer does not hold the new default page, so it stores the version alone: the next read
+    // loads the page, and no read that began before the commit can store the older one.
+    state
+        .cache
+        .publish_versions(&shard.relaxed, &inv, |_| None)
+        .await;
     state.cache.invalidate_shared(&inv).await;
     state.cache.invalidate_local(&inv).await;
-    shard.note_write(&keys::risk_assessments(id)).await;
     Ok((StatusCode::CREATED, axum::Json(assessment)).into_response())
 }
 
@@ -84,23 +90,25 @@ pub async fn list(
     }
     let key = keys::risk_assessments(id);
     let load = || async {
+        // The primary, never a replica: see `cache::records`.
         let shard = state.db.shard_for(&id.to_string());
-        let (items, _) = shard
-            .read(Some(&key), |pool| q::list(pool, id, limit))
-            .await?;
-        if items.is_empty() {
-            let (m, _) = shard
-                .read(Some(&keys::merchant(id)), |pool| merchants::get(pool, id))
-                .await?;
-            m.ok_or(ApiError::NotFound("merchant"))?;
-        }
-        json_bytes(&RiskAssessmentList { items })
+        let (version, items) = q::list(shard.writable()?.clone(), id, limit)
+            .await?
+            .ok_or(ApiError::NotFound("merchant"))?;
+        Ok::<_, ApiError>(Loaded {
+            version,
+            body: json_bytes(&RiskAssessmentList { items })?,
+        })
     };
-    // Only the default page is cached: the invalidation key names it exactly.
-    let (body, cache) = if bypass_cache(&headers) || p.limit.is_some() {
-        (load().await?, CacheStatus::Miss)
+    // Only the default page is cached: its version names it exactly.
+    let (body, cache) = if p.limit.is_some() {
+        (load().await?.body, CacheStatus::Miss)
     } else {
-        state.cache.get_or_load(&key, Levels::L1L2, load).await?
+        let r = state
+            .cache
+            .get_record(&key, bypass_cache(&headers), load)
+            .await?;
+        (r.body, r.status)
     };
     Ok(CachedJson {
         status: StatusCode::OK,

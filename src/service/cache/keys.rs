@@ -27,30 +27,76 @@ pub enum Event {
     /// change, whose cached result is dropped with the merchant.
     MerchantUpdated {
         id: Uuid,
+        version: i64,
         previous_classification_key: String,
     },
+    /// `version`: the merchant's `risk_version` after the assessment.
     RiskAssessed {
         id: Uuid,
+        version: i64,
     },
 }
 
+/// Records are cached with the version they were read at (see `cache::records`).
+pub fn is_record(key: &str) -> bool {
+    key.starts_with("merchant:")
+}
+
+/// A record's version after a committed write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordVersion {
+    pub key: String,
+    pub version: i64,
+}
+
 /// Exact keys drop from every level; patterns (`*` = any run of characters) apply to L1 only.
+///
+/// `records` name the versions a write produced; receivers never serve an older one after hearing of
+/// it. A notice that carries `records` names record keys in `keys` only for the release before this
+/// one (which has no versions); a notice without `records` comes from that release, and its record
+/// keys are dropped outright.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Invalidation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<RecordVersion>,
+    /// Records whose new version the writer could not store in Redis: receivers that can reach it
+    /// raise the version there on the writer's behalf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<RecordVersion>,
+}
+
+impl Invalidation {
+    /// A notice asking other instances to raise versions in Redis that the writer could not.
+    pub fn repair(records: Vec<RecordVersion>) -> Self {
+        Self {
+            repairs: records,
+            ..Self::default()
+        }
+    }
+
+    /// Record keys this notice drops without a version (from the previous release).
+    pub fn unversioned_records(&self) -> impl Iterator<Item = &str> {
+        let legacy = self.records.is_empty();
+        self.keys
+            .iter()
+            .map(String::as_str)
+            .filter(move |k| legacy && is_record(k))
+    }
 }
 
 pub fn invalidation_for(event: &Event) -> Invalidation {
     match event {
         Event::MerchantCreated => Invalidation {
-            keys: vec![],
             patterns: vec![MERCHANT_LISTS.into()],
+            ..Invalidation::default()
         },
         Event::MerchantUpdated {
             id,
+            version,
             previous_classification_key,
         } => Invalidation {
             keys: vec![
@@ -59,10 +105,19 @@ pub fn invalidation_for(event: &Event) -> Invalidation {
                 previous_classification_key.clone(),
             ],
             patterns: vec![MERCHANT_LISTS.into()],
+            records: vec![RecordVersion {
+                key: merchant(*id),
+                version: *version,
+            }],
+            repairs: vec![],
         },
-        Event::RiskAssessed { id } => Invalidation {
+        Event::RiskAssessed { id, version } => Invalidation {
             keys: vec![risk_assessments(*id)],
-            patterns: vec![],
+            records: vec![RecordVersion {
+                key: risk_assessments(*id),
+                version: *version,
+            }],
+            ..Invalidation::default()
         },
     }
 }
@@ -116,8 +171,21 @@ mod tests {
         let id = Uuid::nil();
         let inv = invalidation_for(&Event::MerchantUpdated {
             id,
+            version: 3,
             previous_classification_key: "classification:v1:ab".into(),
         });
+        assert_eq!(
+            inv.records,
+            vec![RecordVersion {
+                key: merchant(id),
+                version: 3
+            }]
+        );
+        assert_eq!(
+            inv.unversioned_records().count(),
+            0,
+            "keys are for the old release only"
+        );
         assert_eq!(
             inv.keys,
             vec![
@@ -142,8 +210,29 @@ mod tests {
 
     #[test]
     fn wire_format_round_trips() {
-        let inv = invalidation_for(&Event::RiskAssessed { id: Uuid::nil() });
+        let inv = invalidation_for(&Event::RiskAssessed {
+            id: Uuid::nil(),
+            version: 7,
+        });
         let json = serde_json::to_string(&inv).unwrap();
         assert_eq!(serde_json::from_str::<Invalidation>(&json).unwrap(), inv);
+    }
+
+    #[test]
+    fn a_notice_from_the_previous_release_drops_its_records_outright() {
+        let id = Uuid::nil();
+        // What the release before versioned records sends on an update.
+        let old: Invalidation = serde_json::from_str(&format!(
+            r#"{{"keys":["merchant:{id}","merchant:{id}:risk-assessments","classification:v1:ab"],"patterns":["merchants:list:*"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            old.unversioned_records().collect::<Vec<_>>(),
+            vec![merchant(id), risk_assessments(id)]
+        );
+        // And what this release sends still names the keys that release drops.
+        let new = invalidation_for(&Event::RiskAssessed { id, version: 1 });
+        let seen_by_old: serde_json::Value = serde_json::to_value(&new).unwrap();
+        assert_eq!(seen_by_old["keys"][0], risk_assessments(id));
     }
 }

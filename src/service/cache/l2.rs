@@ -3,6 +3,7 @@
 //! Every failure is absorbed here: the caller sees a miss, a metric and one log line per outage say the
 //! cache is degraded, and the connection heals by itself.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,9 +36,35 @@ pub struct RedisCache {
     next_try_ms: AtomicU64,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    /// Record keys whose write failed; dropped from Redis before it serves again.
+    missed: std::sync::Mutex<HashSet<String>>,
+    missed_overflow: AtomicBool,
 }
 
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Versioned records (see `records`) live under their own key space: a hash of `v` (the version)
+/// and `b` (the body), never read by an older release that stores plain strings.
+const RECORDS: &str = "rec:";
+
+/// Bound on the keys remembered as missed during an outage.
+const MAX_MISSED: usize = 100_000;
+
+/// Sets a record unless Redis already holds a newer version; a bare floor (empty body) at the
+/// version Redis holds keeps that version's body.
+const SET_RECORD: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v'))
+local v = tonumber(ARGV[1])
+if cur and (cur > v or (cur == v and ARGV[2] == '')) then return 0 end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], 'b')
+  redis.call('HSET', KEYS[1], 'v', ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
 
 impl RedisCache {
     /// `None` when no Redis is configured.
@@ -86,6 +113,8 @@ impl RedisCache {
             next_try_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
+            missed: Default::default(),
+            missed_overflow: AtomicBool::new(false),
         }))
     }
 
@@ -107,10 +136,17 @@ impl RedisCache {
                         Ordering::Relaxed,
                     )
                     .is_ok();
-            if !claimed {
+            // The probe is not the caller's command: what Redis holds may have gone stale while this
+            // instance could not reach it, so it is repaired before anything is read from it again.
+            if !claimed || !self.recover().await {
                 return None;
             }
         }
+        self.raw(cmd).await
+    }
+
+    /// One command, no degraded-mode gate: failures still mark the cache degraded.
+    async fn raw<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         let fut = async {
             match &self.backend {
                 Backend::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
@@ -127,13 +163,7 @@ impl RedisCache {
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
         match result {
-            Ok(v) => {
-                if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("redis cache reachable again");
-                    self.metrics.cache_degraded.set(0);
-                }
-                Some(v)
-            }
+            Ok(v) => Some(v),
             Err(e) => {
                 let now = self.epoch.elapsed().as_millis() as u64;
                 self.next_try_ms
@@ -177,6 +207,141 @@ impl RedisCache {
             let _: Option<i64> = self
                 .run(redis::cmd("UNLINK").arg(format!("{}{key}", self.prefix)))
                 .await;
+        }
+    }
+
+    /// A record's version and body, or `None` when Redis cannot answer (as opposed to a miss,
+    /// `Some(None)`). A record may be a bare version floor with no body yet.
+    pub async fn get_record(&self, key: &str) -> Option<Option<(i64, Option<Bytes>)>> {
+        let (version, body): (Option<i64>, Option<Vec<u8>>) = self
+            .run(
+                redis::cmd("HMGET")
+                    .arg(self.record_key(key))
+                    .arg("v")
+                    .arg("b"),
+            )
+            .await?;
+        Some(version.map(|v| (v, body.map(Bytes::from))))
+    }
+
+    /// Stores `body` as version `version` of a record, or with `None` raises its version floor (the
+    /// body of an older version goes). Never lowers a version, so a load that read the database
+    /// before a write cannot overwrite the write's result. False when Redis did not take it; the key
+    /// is then remembered and dropped when Redis answers again.
+    pub async fn set_record(&self, key: &str, version: i64, body: Option<&Bytes>) -> bool {
+        // EVAL, not EVALSHA: the script is a few hundred bytes, sent on writes and misses only, and
+        // needs no load step after a Redis restart.
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SET_RECORD)
+            .arg(1)
+            .arg(self.record_key(key))
+            .arg(version)
+            .arg(body.map(|b| b.as_ref()).unwrap_or(b""))
+            .arg(self.ttl.as_millis() as u64);
+        let done = self.run::<i64>(&cmd).await.is_some();
+        if !done {
+            self.remember_missed(key);
+        }
+        done
+    }
+
+    /// Drops a record whatever its version: for a notice from the release before versions.
+    pub async fn drop_record(&self, key: &str) {
+        let dropped: Option<i64> = self
+            .run(redis::cmd("UNLINK").arg(self.record_key(key)))
+            .await;
+        if dropped.is_none() {
+            self.remember_missed(key);
+        }
+    }
+
+    fn record_key(&self, key: &str) -> String {
+        format!("{}{RECORDS}{key}", self.prefix)
+    }
+
+    fn remember_missed(&self, key: &str) {
+        let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+        if missed.len() < MAX_MISSED {
+            missed.insert(key.to_owned());
+        } else {
+            self.missed_overflow.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs while degraded, at most once per `RETRY_EVERY`. Writes that could not reach Redis
+    /// during the outage (here or on another instance) left older records behind, so every record
+    /// of this namespace is dropped before Redis serves again; later reads refill from the primary.
+    async fn recover(&self) -> bool {
+        if self.raw::<String>(&redis::cmd("PING")).await.is_none() || !self.drop_records().await {
+            return false;
+        }
+        self.degraded.store(false, Ordering::Relaxed);
+        self.metrics.cache_degraded.set(0);
+        tracing::info!(
+            "redis cache reachable again; its records were dropped and refill from the database"
+        );
+        true
+    }
+
+    async fn drop_records(&self) -> bool {
+        let missed: Vec<String> = self
+            .missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for key in &missed {
+            if self
+                .raw::<i64>(redis::cmd("UNLINK").arg(self.record_key(key)))
+                .await
+                .is_none()
+            {
+                return false;
+            }
+        }
+        match self.backend {
+            Backend::Single(_) => self.unlink_matching(&self.record_key("*")).await,
+            // A SCAN through the cluster client reaches one node only. The keys this instance missed
+            // are dropped above; other instances' misses are bounded by their own replay and by the
+            // version floors they raise on every notification they hear (see `records`).
+            Backend::Cluster { .. } => {
+                if self.missed_overflow.swap(false, Ordering::Relaxed) {
+                    tracing::error!("more than {MAX_MISSED} cache writes missed during the outage on a Redis Cluster; records may be stale until their TTL");
+                }
+                true
+            }
+        }
+    }
+
+    async fn unlink_matching(&self, pattern: &str) -> bool {
+        let mut cursor = 0u64;
+        loop {
+            let Some((next, keys)): Option<(u64, Vec<String>)> = self
+                .raw(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await
+            else {
+                return false;
+            };
+            if !keys.is_empty()
+                && self
+                    .raw::<i64>(redis::cmd("UNLINK").arg(&keys))
+                    .await
+                    .is_none()
+            {
+                return false;
+            }
+            if next == 0 {
+                self.missed_overflow.store(false, Ordering::Relaxed);
+                return true;
+            }
+            cursor = next;
         }
     }
 

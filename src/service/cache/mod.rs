@@ -5,6 +5,7 @@
 pub mod keys;
 pub mod l2;
 pub mod l3;
+pub mod records;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,8 +46,6 @@ impl CacheStatus {
 pub enum Levels {
     /// Per-process only (listings: they change with every write).
     L1,
-    /// Shared records that are cheap to reload from the database.
-    L1L2,
     /// Expensive computed results worth keeping in the database too.
     All,
 }
@@ -55,12 +54,19 @@ pub enum Levels {
 struct Entry {
     body: Bytes,
     origin: CacheStatus,
+    /// A record's version (see `records`); 0 for computed results, which have none.
+    version: i64,
 }
+
+/// Bound on the record versions an instance remembers having heard of.
+const MAX_HEARD: u64 = 100_000;
 
 pub struct MultiLevelCache {
     l1: moka::future::Cache<String, Arc<Entry>>,
     l2: Option<RedisCache>,
     l3: Option<DbCache>,
+    /// The newest version heard of per record key (see `records`).
+    heard: moka::sync::Cache<String, i64>,
     metrics: Arc<Metrics>,
     /// Invalidation listeners connected and listening (one per shard primary when all are up).
     listening: std::sync::atomic::AtomicUsize,
@@ -78,10 +84,16 @@ impl MultiLevelCache {
             .time_to_live(cfg.l1_ttl)
             .support_invalidation_closures()
             .build();
+        // A stale record can outlive a write in Redis for at most the L2 TTL.
+        let heard = moka::sync::Cache::builder()
+            .max_capacity(MAX_HEARD)
+            .time_to_live(cfg.l2_ttl)
+            .build();
         Self {
             l1,
             l2,
             l3,
+            heard,
             metrics,
             listening: Default::default(),
         }
@@ -147,7 +159,7 @@ impl MultiLevelCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>>,
     {
-        let l2 = self.l2.as_ref().filter(|_| levels != Levels::L1);
+        let l2 = self.l2.as_ref().filter(|_| levels == Levels::All);
         let l3 = self.l3.as_ref().filter(|_| levels == Levels::All);
         if let Some(l2) = l2 {
             let hit = l2.get(key).await;
@@ -156,6 +168,7 @@ impl MultiLevelCache {
                 return Ok(Arc::new(Entry {
                     body,
                     origin: CacheStatus::HitL2,
+                    version: 0,
                 }));
             }
         }
@@ -169,6 +182,7 @@ impl MultiLevelCache {
                 return Ok(Arc::new(Entry {
                     body,
                     origin: CacheStatus::HitL3,
+                    version: 0,
                 }));
             }
         }
@@ -182,28 +196,16 @@ impl MultiLevelCache {
         Ok(Arc::new(Entry {
             body,
             origin: CacheStatus::Miss,
+            version: 0,
         }))
-    }
-
-    /// Stores `body` under `key` in L1 and the shared levels of `levels`: write-through for an object
-    /// just created, whose first read would otherwise miss every level.
-    pub async fn put(&self, key: &str, levels: Levels, body: Bytes) {
-        if let Some(l2) = self.l2.as_ref().filter(|_| levels != Levels::L1) {
-            l2.set(key, &body).await;
-        }
-        if let Some(l3) = self.l3.as_ref().filter(|_| levels == Levels::All) {
-            l3.set(key, &body).await;
-        }
-        let entry = Entry {
-            body,
-            origin: CacheStatus::HitL1,
-        };
-        self.l1.insert(key.to_owned(), Arc::new(entry)).await;
     }
 
     /// Drops what `inv` names from this process's L1.
     pub async fn invalidate_local(&self, inv: &Invalidation) {
-        for key in &inv.keys {
+        // A versioned record's L1 copy goes only if it is older (`apply_records`): the writer's own
+        // notice must not drop the new version it has just stored.
+        let versioned = |k: &String| inv.records.iter().any(|r| &r.key == k);
+        for key in inv.keys.iter().filter(|k| !versioned(k)) {
             self.l1.invalidate(key).await;
         }
         if !inv.patterns.is_empty() {
@@ -216,7 +218,9 @@ impl MultiLevelCache {
         self.metrics.cache_invalidations.inc();
     }
 
-    /// Drops exact keys from the shared levels. Called after the writing transaction commits.
+    /// Drops exact keys from the shared levels, after the writing transaction commits: computed
+    /// results, and the plain copies of records that the release before versioned records keeps in
+    /// Redis (while it may still be running beside this one).
     pub async fn invalidate_shared(&self, inv: &Invalidation) {
         if inv.keys.is_empty() {
             return;
@@ -281,7 +285,10 @@ impl MultiLevelCache {
                 };
                 match next {
                     Ok(Some(n)) => match serde_json::from_str::<Invalidation>(n.payload()) {
-                        Ok(inv) => self.invalidate_local(&inv).await,
+                        Ok(inv) => {
+                            self.invalidate_local(&inv).await;
+                            self.apply_records(&inv).await;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "ignoring malformed cache invalidation")
                         }
