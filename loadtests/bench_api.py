@@ -7,8 +7,10 @@ Starts a throwaway PostgreSQL primary with a streaming replica and a Redis, migr
   reference  a bare axum "hello" route (examples/hello.rs, built here): what axum and tokio alone cost
   subject    trivial route (GET /health) of the service: the service's middleware and server loop
   subject    cached classification   (POST /v1/classifications, same body: L1 hits)
-  subject    merchant read by id     (GET /v1/merchants/{id}, Cache-Control: no-cache -> replica pool)
+  subject    merchant read by id     (GET /v1/merchants/{id}, Cache-Control: no-cache -> the primary)
   subject    merchant creation       (POST /v1/merchants)
+  subject    cached merchant read    (GET /v1/merchants/{id}: Redis), with an API key, against the same
+             read on a second instance started with --insecure-no-auth (authentication's cost)
   reference  pgbench -S (select-only) and pgbench tpcb-like on the same primary
   reference  redis-benchmark on the same Redis
 
@@ -143,11 +145,16 @@ end
 }
 
 
-def read_lua(ids):
+def auth_lua(key):
+    return f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
+
+
+def read_lua(ids, key, no_cache=True):
     lines = ",".join(f'"{i}"' for i in ids)
-    return f"""
+    cache = 'wrk.headers["Cache-Control"] = "no-cache"' if no_cache else ""
+    return auth_lua(key) + f"""
 ids = {{{lines}}}
-wrk.headers["Cache-Control"] = "no-cache"
+{cache}
 request = function()
   return wrk.format("GET", "/v1/merchants/" .. ids[math.random(1, #ids)])
 end
@@ -250,29 +257,45 @@ def main():
             replica = f"postgres://postgres@localhost/kyb?host={tmp}&port={rport}"
             pg_host = tmp
         subprocess.run([kybctl, "migrate", "up", "--database-url", db], check=True, capture_output=True)
-        api_port = free_port()
         config = os.path.join(tmp, "kyb.yaml")
         with open(config, "w") as f:
             f.write(f"database:\n  pool: {{max_connections: {a.pool}, min_connections: {min(a.pool, 4)}}}\n")
-        env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_DATABASE_URL=db,
-                   KYB_REPLICA_URLS=replica,
-                   KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn")
-        procs.start([kybctl, "serve", "--config", config], env=env)
-        base = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
+        # Authentication on, as deployed: one API key with every scope (no-cache reads need `ops`).
+        key_file, keys_file = os.path.join(tmp, "bench.key"), os.path.join(tmp, "api-keys.yaml")
+        entry = subprocess.run([kybctl, "auth", "new-key", "--client", "bench", "--key-out", key_file]
+                               + [arg for s in ("merchants:read", "merchants:write", "merchants:status", "ops")
+                                  for arg in ("--scope", s)], check=True, capture_output=True, text=True).stdout
+        with open(keys_file, "w") as f:
+            f.write(entry)
+        key = open(key_file).read().strip()
+
+        def serve(extra_env):
+            api_port = free_port()
+            env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+                       KYB_DATABASE_URL=db, KYB_REPLICA_URLS=replica,
+                       KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **extra_env)
+            procs.start([kybctl, "serve", "--config", config], env=env)
+            base = f"http://127.0.0.1:{api_port}"
+            wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
+            return base
+
+        base = serve({"KYB_API_KEYS_FILES": keys_file})
+        open_base = serve({"KYB_INSECURE_NO_AUTH": "true"})
 
         scripts = {}
         for name, lua in WRK_LUA.items():
             path = os.path.join(tmp, f"{name}.lua")
             with open(path, "w") as f:
-                f.write(lua)
+                f.write(auth_lua(key) + lua)
             scripts[name] = path
         # Seed merchants for the read test (this is also a warm-up of the creation path).
         wrk(base, 64, 5, scripts["create"])
         ids = psql(port, "SELECT id FROM merchants ORDER BY random() LIMIT 2000", db="kyb").split()
-        scripts["read"] = os.path.join(tmp, "read.lua")
-        with open(scripts["read"], "w") as f:
-            f.write(read_lua(ids))
+        for name, lua in {"read": read_lua(ids, key), "cached read": read_lua(ids, key, no_cache=False),
+                          "cached read, no auth": read_lua(ids, None, no_cache=False)}.items():
+            scripts[name] = os.path.join(tmp, name.replace(" ", "_").replace(",", "") + ".lua")
+            with open(scripts[name], "w") as f:
+                f.write(lua)
 
         hello_port = free_port()
         procs.start([hello, f"127.0.0.1:{hello_port}"])
@@ -283,8 +306,10 @@ def main():
             "bare axum hello (reference)": (hello_url, None),
             "trivial (GET /health)": (f"{base}/health", None),
             "cached classification": (base + "/v1/classifications", scripts["classify"]),
-            "merchant read by id, no cache (replica)": (base, scripts["read"]),
+            "merchant read by id, no cache (primary)": (base, scripts["read"]),
             "merchant creation": (base, scripts["create"]),
+            "cached merchant read, API key": (base, scripts["cached read"]),
+            "cached merchant read, auth off": (open_base, scripts["cached read, no auth"]),
         }
         results = {f"{name} @{c}": [] for name in subjects for c in (64, 1000)}
         refs = {"pgbench -S": [], "pgbench tpcb-like": []}
@@ -329,10 +354,13 @@ def main():
         sel = summary(refs["pgbench -S"], "rps")[0]
         tpcb = summary(refs["pgbench tpcb-like"], "rps")[0]
         for c in (64, 1000):
-            r = med(f"merchant read by id, no cache (replica) @{c}") / sel
+            r = med(f"merchant read by id, no cache (primary) @{c}") / sel
             checks.append((f"merchant read rps / pgbench -S tps @{c}", r, ">= 0.5", r >= 0.5))
             r = med(f"merchant creation @{c}") / tpcb
             checks.append((f"merchant creation rps / tpcb-like tps @{c}", r, ">= 0.5", r >= 0.5))
+        for c in (64, 1000):
+            r = med(f"cached merchant read, API key @{c}") / med(f"cached merchant read, auth off @{c}")
+            checks.append((f"cached read rps, auth on / auth off @{c}", r, ">= 0.9", r >= 0.9))
         bad = sum(r["non2xx"] + r["socket_errors"] for runs in results.values() for r in runs)
         checks.append(("non-2xx responses and socket errors", bad, "== 0", bad == 0))
         print(f"\n{'target':52} {'measured':>9} {'wanted':>8}  result")

@@ -109,7 +109,10 @@ def main():
         api_port = free_port()
         env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_DATABASE_URL=db,
                    KYB_REPLICA_URLS=f"postgres://postgres@127.0.0.1:{rport}/kyb",
-                   KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn")
+                   KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn",
+                   KYB_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+                   # Both generators are compared on the same requests; neither needs credentials.
+                   KYB_INSECURE_NO_AUTH="true")
         procs.start([kybctl, "serve"], env=env)
         base = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")

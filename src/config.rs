@@ -31,6 +31,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+pub const NO_AUTH: &str = "no authentication configured: set auth.api_key_files (--api-keys-file) or auth.jwt, or pass --insecure-no-auth for local work";
+
 /// A credential (a DSN with a password, a Redis URL with a token). Never printed.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -73,6 +75,9 @@ impl std::fmt::Debug for Secret {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `/metrics` is served here, off the API port, so callers of the API never reach it.
+    pub metrics_listen: SocketAddr,
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
@@ -84,11 +89,78 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            auth: AuthConfig::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             cache: CacheConfig::default(),
             server: ServerConfig::default(),
             registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// Who may call the API. `kybctl serve` refuses to start with none of it unless told
+/// `insecure_no_auth`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Serve every caller without credentials: for the demo and local work only.
+    pub insecure_no_auth: bool,
+    /// Files of hashed API keys (`kybctl auth new-key` makes entries), usually mounted Secrets;
+    /// re-read when they change.
+    pub api_key_files: Vec<PathBuf>,
+    /// Bearer JWTs from an OpenID Connect issuer.
+    pub jwt: Option<JwtConfig>,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl AuthConfig {
+    pub fn configured(&self) -> bool {
+        !self.api_key_files.is_empty() || self.jwt.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// The issuer's JSON Web Key Set.
+    pub jwks_url: url::Url,
+    /// Must be among the token's `aud`.
+    pub audience: String,
+    /// How often the key set is fetched again (also on a token signed by a key not yet seen).
+    #[serde(default = "JwtConfig::default_refresh", with = "humantime_serde")]
+    pub refresh_every: Duration,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "JwtConfig::default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl JwtConfig {
+    fn default_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// Requests per second per client (an API key's client, a token's client id); 0 turns it off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    /// Requests a client may send at once above the steady rate.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 2000,
+            burst: 4000,
         }
     }
 }
@@ -361,6 +433,19 @@ pub struct Overrides {
     /// Prefix for shared (Redis, database) cache keys.
     #[arg(long, env = "KYB_CACHE_KEY_PREFIX")]
     pub cache_key_prefix: Option<String>,
+    /// Address `/metrics` is served on (not the API's).
+    #[arg(long, env = "KYB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// File of hashed API keys; repeat for several (env: comma-separated).
+    #[arg(
+        long = "api-keys-file",
+        env = "KYB_API_KEYS_FILES",
+        value_delimiter = ','
+    )]
+    pub api_keys_files: Vec<PathBuf>,
+    /// Serve without authentication (the demo, local work). Logged loudly.
+    #[arg(long, env = "KYB_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 fn read_all(paths: &[PathBuf]) -> Result<Vec<Secret>, ConfigError> {
@@ -432,6 +517,15 @@ impl Config {
         if let Some(prefix) = &o.cache_key_prefix {
             self.cache.key_prefix = prefix.clone();
         }
+        if let Some(addr) = o.metrics_listen {
+            self.metrics_listen = addr;
+        }
+        if !o.api_keys_files.is_empty() {
+            self.auth.api_key_files = o.api_keys_files.clone();
+        }
+        if o.insecure_no_auth {
+            self.auth.insecure_no_auth = true;
+        }
     }
 
     /// A `*_file` wins over the inline value: it is how Kubernetes Secrets arrive.
@@ -476,6 +570,11 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be > 0".into(),
+            ));
+        }
+        if self.metrics_listen == self.listen {
+            return Err(ConfigError::Invalid(
+                "metrics_listen must differ from listen: /metrics is kept off the API port".into(),
             ));
         }
         for shard in &self.database.sharding.shards {

@@ -68,6 +68,23 @@ fn bad_config_file_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("databse"));
 }
 
+/// Secure by default: no authentication configured is a refusal to start, saying what to do.
+#[test]
+fn serve_without_authentication_refuses_to_start() {
+    let out = kybctl()
+        .args(["serve", "--database-url", "postgres://u@127.0.0.1:1/x"])
+        .env_remove("KYB_INSECURE_NO_AUTH")
+        .env_remove("KYB_API_KEYS_FILES")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no authentication configured") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+}
+
 #[test]
 fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
     let pg = common::pg();
@@ -84,9 +101,45 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("redis-url");
     std::fs::write(&secret_file, format!("{}\n", common::redis().url())).unwrap();
+    // An API key made as a user would: the key to a 0600 file, its hashed entry to the key file.
+    let key_file = dir.path().join("client.key");
+    let made = kybctl()
+        .args([
+            "auth",
+            "new-key",
+            "--client",
+            "cli-test",
+            "--scope",
+            "merchants:read",
+            "--key-out",
+        ])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let entry = String::from_utf8(made.stdout).unwrap();
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!entry.contains(&key), "new-key printed the key itself");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let keys_file = dir.path().join("keys.yaml");
+    std::fs::write(&keys_file, &entry).unwrap();
+    let metrics_port = kybctl::local::free_port().unwrap();
     let mut child = kybctl()
         .arg("serve")
         .env("KYB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KYB_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("KYB_API_KEYS_FILES", &keys_file)
         .env("KYB_DATABASE_URL", &url)
         .env("KYB_REDIS_URL_FILE", &secret_file)
         .env("KYB_LOG_FORMAT", "json")
@@ -110,14 +163,34 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(up, "service did not become ready");
-    let r = client
-        .post(format!("{base}/v1/classifications"))
-        .header("x-request-id", "req-abc-123")
-        .json(&serde_json::json!({"name": "Log Test Bakery"}))
-        .send()
-        .unwrap();
+    let classify = |key: Option<&str>| {
+        let mut req = client
+            .post(format!("{base}/v1/classifications"))
+            .header("x-request-id", "req-abc-123")
+            .json(&serde_json::json!({"name": "Log Test Bakery"}));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().unwrap()
+    };
+    assert_eq!(classify(None).status(), 401);
+    let r = classify(Some(&key));
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "req-abc-123");
+    // Metrics on their own port only.
+    assert_eq!(
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    let metrics = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stderr = child.stderr.take().unwrap();
@@ -129,6 +202,7 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     let all = lines.join("\n");
     assert!(!all.contains("pw-marker-93"), "password logged");
+    assert!(!all.contains(&key), "API key logged");
     let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("req-abc-123")).collect();
     assert!(
         !request_lines.is_empty(),

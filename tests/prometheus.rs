@@ -15,9 +15,9 @@ use common::{config, migrated_db, pg, unique, Service};
 use prometheus::TempPrometheus;
 use reqwest::StatusCode;
 
-/// `host:port` of a service started by the harness (metrics are on the API's own listener).
+/// `host:port` of a service's metrics listener.
 fn target(s: &Service) -> &str {
-    s.base.strip_prefix("http://").unwrap()
+    s.metrics_base.strip_prefix("http://").unwrap()
 }
 
 /// Requests per second from `revision` that answered 5xx, over all its requests, in the last 30 s;

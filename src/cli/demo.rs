@@ -15,6 +15,8 @@ use crate::loadtest::scenario::Scenario;
 use crate::loadtest::summary::saturation_reasons;
 use crate::local::{self as process, TempPostgres, TempRedis};
 use crate::schema::{indexes, migrate};
+use crate::service::auth::api_keys;
+use crate::service::auth::scopes::Scope;
 use crate::slo::threshold::{self, DEFAULTS};
 use crate::slo::{evaluate_all, render, Outcome, Report};
 
@@ -127,7 +129,7 @@ async fn demo(args: DemoArgs) -> Result<u8, DemoError> {
         service.log.display()
     );
 
-    seed(&service.base, args.merchants).await?;
+    seed(&service.base, &service.api_key, args.merchants).await?;
 
     let rate = (args.rate > 0.0).then_some(args.rate);
     eprintln!(
@@ -150,6 +152,7 @@ async fn demo(args: DemoArgs) -> Result<u8, DemoError> {
         request_timeout: Duration::from_secs(10),
         seed: 1,
         progress: true,
+        credential: Some(service.api_key.clone()),
     })
     .await?;
     let result = &outcome.result;
@@ -190,12 +193,16 @@ async fn demo(args: DemoArgs) -> Result<u8, DemoError> {
     );
 
     if args.keep {
+        let auth = format!(
+            "-H \"authorization: Bearer $(cat {})\"",
+            service.api_key_file.display()
+        );
         println!("\nThe service keeps running on {}:", service.base);
         println!(
-            "  curl -s -XPOST {}/v1/classifications -H 'content-type: application/json' \\\n       -d '{{\"name\":\"Sunrise Bakery\",\"description\":\"artisan bread and pastries\"}}'",
+            "  curl -s -XPOST {}/v1/classifications {auth} -H 'content-type: application/json' \\\n       -d '{{\"name\":\"Sunrise Bakery\",\"description\":\"artisan bread and pastries\"}}'",
             service.base
         );
-        println!("  curl -s '{}/v1/merchants?limit=3'", service.base);
+        println!("  curl -s '{}/v1/merchants?limit=3' {auth}", service.base);
         println!("  PostgreSQL: {}", pg.url("kyb"));
         println!("Ctrl-C stops everything and removes the data.");
         super::shutdown_signal().await;
@@ -225,6 +232,11 @@ struct Service {
     base: String,
     log: PathBuf,
     child: Child,
+    /// The run's own key (every scope), made for it: the demo measures the API with
+    /// authentication on, as it is deployed.
+    api_key: String,
+    /// Where the key is kept for `--keep` (mode 0600 in the demo's directory).
+    api_key_file: PathBuf,
 }
 
 impl Service {
@@ -242,9 +254,19 @@ impl Service {
             }
         };
         let log = workdir.join("service.log");
+        let (api_key, entry) = api_keys::generate("demo", &Scope::ALL);
+        let keys_file = workdir.join("api-keys.yaml");
+        let api_key_file = workdir.join("api-key");
+        let entries = serde_yaml::to_string(&[entry]).expect("a key entry serialises");
+        write_private(&keys_file, &entries)?;
+        write_private(&api_key_file, &format!("{api_key}\n"))?;
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], process::free_port()?));
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("serve")
             .env("KYB_LISTEN", addr.to_string())
+            .env("KYB_METRICS_LISTEN", metrics.to_string())
+            .env("KYB_API_KEYS_FILES", &keys_file)
+            .env_remove("KYB_INSECURE_NO_AUTH")
             // Credentials through the environment, not argv (visible to every user in `ps`).
             .env("KYB_DATABASE_URL", pg.url("kyb"))
             .env_remove("KYB_CONFIG")
@@ -260,6 +282,8 @@ impl Service {
             base: format!("http://{addr}"),
             log,
             child,
+            api_key,
+            api_key_file,
         };
         service.wait_ready(Duration::from_secs(60)).await?;
         Ok(service)
@@ -305,6 +329,18 @@ impl Drop for Service {
     }
 }
 
+/// A file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// What seeded merchants look like: a spread of industries and countries, so listings, reports and
 /// risk factors (high-risk MCCs, FATF jurisdictions) all have something to show.
 const SEED_BUSINESSES: [(&str, &str, &str); 12] = [
@@ -327,11 +363,19 @@ const SEED_BUSINESSES: [(&str, &str, &str); 12] = [
 ];
 
 /// Creates `count` merchants through the API (32 at a time), with a risk assessment for every fifth.
-async fn seed(base: &str, count: usize) -> Result<(), DemoError> {
+async fn seed(base: &str, api_key: &str, count: usize) -> Result<(), DemoError> {
     if count == 0 {
         return Ok(());
     }
-    let http = reqwest::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    bearer.set_sensitive(true);
+    auth.insert(reqwest::header::AUTHORIZATION, bearer);
+    let http = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
     let bar = progress::bar(count as u64, "merchants seeded");
     let results = futures::stream::iter(0..count)
         .map(|i| {

@@ -83,6 +83,10 @@ pub struct LoadtestArgs {
     /// Per-request timeout.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     timeout: Duration,
+    /// File holding the API key (or token) sent as `Authorization: Bearer` on every request: a
+    /// mounted Secret. `KYB_API_KEY` holds the key itself instead.
+    #[arg(long, env = "KYB_API_KEY_FILE", value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
     /// Seed of the users' random choices (which business, which merchant).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -112,6 +116,11 @@ enum LoadtestError {
     Run(#[from] RunError),
     #[error(transparent)]
     Threshold(#[from] ThresholdError),
+    #[error("cannot read the API key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {what} file {path}: {source}")]
     Write {
         what: &'static str,
@@ -159,7 +168,20 @@ async fn loadtest(args: LoadtestArgs) -> Result<Option<Outcome>, LoadtestError> 
         write(path, "thresholds", &yaml)?;
     }
 
+    let credential = match &args.api_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| LoadtestError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("KYB_API_KEY").ok().filter(|k| !k.is_empty()),
+    };
     let cfg = RunConfig {
+        credential,
         target: target.clone(),
         users: args.users as usize,
         duration: args.duration,

@@ -1,5 +1,6 @@
 //! The `kybctl` command line: one binary whose subcommands are the service, the migrator and the demo.
 
+mod auth;
 mod db;
 mod demo;
 mod loadtest;
@@ -83,6 +84,9 @@ enum Command {
     /// Database upkeep on live data.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// API keys for `kybctl serve`: `auth new-key` makes one.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
     Demo(demo::DemoArgs),
     /// Print the CustomResourceDefinitions (KybPlatform, KybAnalysisTemplate, KybAnalysisRun) as YAML,
@@ -139,6 +143,7 @@ pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
             Command::Migrate(cmd) => migrate::run(cmd).await,
             Command::Db(cmd) => db::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Auth(cmd) => auth::run(cmd),
             Command::Operator(args) => operator::run(args).await,
             Command::Crd { dir } => crd(dir.as_deref()),
             Command::Slo(cmd) => slo::run(cmd),

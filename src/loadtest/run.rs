@@ -51,6 +51,8 @@ pub struct RunConfig {
     /// Seeds each user's random choices, so two runs send the same traffic.
     pub seed: u64,
     pub progress: bool,
+    /// Sent as `Authorization: Bearer …` on every request (an API key or a token).
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,7 @@ struct Shared {
     /// Distinguishes new businesses across users.
     unique: AtomicU64,
     recorders: Recorders,
+    credential: Option<String>,
 }
 
 /// The measured window, and the schedule that starts with it.
@@ -211,6 +214,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
         sent: AtomicU64::new(0),
         unique: AtomicU64::new(0),
         recorders: Recorders::new(4 * cores),
+        credential: cfg.credential.clone(),
     });
 
     let attack = attack(&cfg, &shared).map_err(|e| RunError::Goose(e.to_string()))?;
@@ -419,6 +423,10 @@ async fn send(
         (_, Some(b)) => user.client.post(url).json(b),
         (_, None) => user.client.get(url),
     };
+    let request = match &shared.credential {
+        Some(c) => request.bearer_auth(c),
+        None => request,
+    };
     let (outcome, bytes) = match request.send().await {
         Ok(r) => {
             let code = r.status().as_u16();
@@ -540,6 +548,7 @@ mod tests {
             sent: AtomicU64::new(0),
             unique: AtomicU64::new(0),
             recorders: Recorders::new(1),
+            credential: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! read-your-writes) and the service's metrics.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod classify_cached;
 pub mod db;

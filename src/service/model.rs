@@ -175,3 +175,23 @@ pub struct RiskAssessment {
 pub struct RiskAssessmentList {
     pub items: Vec<RiskAssessment>,
 }
+
+/// One status change of a merchant, from the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct StatusChange {
+    pub from_status: MerchantStatus,
+    pub to_status: MerchantStatus,
+    pub from_version: i32,
+    pub to_version: i32,
+    /// Who made it: `api-key:<client>`, `jwt:<client>`, or `anonymous:anonymous` when the service
+    /// ran without authentication.
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusChangeList {
+    /// Newest first.
+    pub items: Vec<StatusChange>,
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::service::auth::Authenticator;
 use crate::service::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
 use crate::service::db::Database;
 use crate::service::metrics::Metrics;
@@ -13,6 +14,8 @@ use crate::service::registry::RegistryClient;
 
 pub struct AppState {
     pub config: Config,
+    /// `None` only with `auth.insecure_no_auth`.
+    pub auth: Option<Arc<Authenticator>>,
     pub db: Database,
     pub cache: Arc<MultiLevelCache>,
     pub registry: Option<RegistryClient>,
@@ -28,6 +31,10 @@ impl AppState {
     /// Builds pools and clients without connecting: the service starts while its dependencies are down
     /// and reports not-ready until they come up.
     pub fn build(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let auth = Authenticator::from_config(&config.auth)?.map(Arc::new);
+        if auth.is_none() {
+            tracing::warn!("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches this service may read and change every merchant. For local work only.");
+        }
         let metrics = Arc::new(Metrics::new());
         let db = Database::connect_lazy(&config)?;
         let c = &config.cache;
@@ -42,6 +49,7 @@ impl AppState {
         let registry = RegistryClient::from_config(&config.registry, metrics.clone())?;
         Ok(Arc::new(Self {
             config,
+            auth,
             db,
             cache,
             registry,
@@ -52,6 +60,9 @@ impl AppState {
     /// Health monitors, cache invalidation listeners (one per shard primary) and L3 expiry.
     pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
         self.db.spawn_monitors(shutdown.clone());
+        if let Some(auth) = &self.auth {
+            tokio::spawn(auth.clone().maintain(shutdown.clone()));
+        }
         let cache = self.cache.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {

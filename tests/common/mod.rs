@@ -72,11 +72,15 @@ pub fn config(db_url: &str, redis_url: Option<&str>) -> Config {
     // Tests run in parallel with builds on two cores: be generous so a slow first connect is not an outage.
     c.redis.command_timeout = Duration::from_secs(2);
     c.cache.key_prefix = format!("{}:", unique("kt"));
+    // Authentication has tests of its own (tests/auth.rs); elsewhere every caller may do anything.
+    c.auth.insecure_no_auth = true;
     c
 }
 
 pub struct Service {
     pub base: String,
+    /// Where `/metrics` is served (its own listener, off the API port).
+    pub metrics_base: String,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<()>>,
@@ -86,11 +90,16 @@ impl Service {
     pub async fn start(mut config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         config.listen = addr;
+        config.metrics_listen = metrics_addr;
         let shutdown = CancellationToken::new();
-        let handle = kybctl_start(config, listener, shutdown.clone());
+        let handle = kybctl::cli::start_service(config, listener, metrics, shutdown.clone())
+            .expect("service starts");
         Self {
             base: format!("http://{addr}"),
+            metrics_base: format!("http://{metrics_addr}"),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             shutdown,
             handle: Some(handle),
@@ -137,7 +146,15 @@ impl Service {
     }
 
     pub async fn metrics(&self) -> String {
-        self.get("/metrics").await.text().await.unwrap()
+        let url = format!("{}/metrics", self.metrics_base);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Signals shutdown and waits for in-flight requests to drain.
@@ -161,14 +178,6 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-fn kybctl_start(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    kybctl::cli::start_service(config, listener, shutdown).expect("service starts")
 }
 
 /// Value of a metric line (`name{labels} value`) whose text starts with `prefix`; 0 when absent.

@@ -37,7 +37,7 @@ impl SplitTraffic {
         for s in [&stable, &canary] {
             s.get("/ready").await;
         }
-        let target = |s: &Service| s.base.strip_prefix("http://").unwrap().to_owned();
+        let target = |s: &Service| s.metrics_base.strip_prefix("http://").unwrap().to_owned();
         let prom = TempPrometheus::start(&[
             (
                 &target(&stable),

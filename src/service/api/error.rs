@@ -22,6 +22,14 @@ pub enum ApiError {
     UnprocessableJson(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// No credentials, or ones that do not check out.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the scope this needs.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many requests from this client; retry after the Retry-After interval")]
+    TooManyRequests(std::time::Duration),
     #[error("request body larger than the limit")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -67,6 +75,17 @@ impl ApiError {
                 "Body does not match the schema",
             ),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -112,9 +131,11 @@ impl IntoResponse for ApiError {
                 tracing::error!(detail = %d, "request failed");
                 "the server failed to handle the request; see its logs".to_owned()
             }
+            // The detail names hosts and shards: for the logs, not for callers.
             ApiError::Unavailable(d) => {
                 tracing::warn!(detail = %d, "dependency unavailable");
-                self.to_string()
+                "a service this request needs is unavailable; retry after the Retry-After interval"
+                    .to_owned()
             }
             other => other.to_string(),
         };
@@ -138,6 +159,25 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if let ApiError::TooManyRequests(wait) = &self {
+            // Whole seconds, rounded up: a client that waits this long is admitted.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: tell the client which scheme, and whether its credential was refused.
+            let challenge = if matches!(&self, ApiError::Unauthorized(d) if d.starts_with("no credentials"))
+            {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            };
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         resp
     }
 }
@@ -149,6 +189,16 @@ impl From<DbError> for ApiError {
             DbError::NotFound => ApiError::NotFound("record"),
             DbError::Conflict(d) => ApiError::Conflict(d),
             DbError::Query(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::service::auth::AuthError> for ApiError {
+    fn from(e: crate::service::auth::AuthError) -> Self {
+        use crate::service::auth::AuthError;
+        match e {
+            AuthError::Unavailable(d) => ApiError::Unavailable(d),
+            other => ApiError::Unauthorized(other.to_string()),
         }
     }
 }

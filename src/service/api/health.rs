@@ -122,8 +122,8 @@ pub async fn ready(axum::extract::State(state): State) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-/// Prometheus metrics (OpenMetrics text). Pool gauges are sampled at scrape time.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Metrics")), tag = "operations")]
+/// Prometheus metrics (OpenMetrics text), on the metrics listener. Pool gauges are sampled at scrape
+/// time.
 pub async fn metrics(axum::extract::State(state): State) -> Response {
     for shard in state.db.shards() {
         for (role, stats) in shard.stats() {

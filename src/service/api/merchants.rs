@@ -10,11 +10,16 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
 use crate::classify::{self, BusinessInput, Classification};
+use crate::service::auth::scopes::Scope;
+use crate::service::auth::Principal;
 use crate::service::cache::records::Loaded;
 use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
 use crate::service::classify_cached::classify_cached;
 use crate::service::db::merchants::{self as q, ListFilter};
-use crate::service::model::{Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant};
+use crate::service::model::{
+    Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant, StatusChange,
+    StatusChangeList,
+};
 use crate::service::state::AppState;
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -193,6 +198,7 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
 pub async fn update(
     axum::extract::State(state): State,
     ApiPath(id): ApiPath<Uuid>,
+    axum::Extension(caller): axum::Extension<Principal>,
     headers: HeaderMap,
     ApiJson(patch): ApiJson<MerchantPatch>,
 ) -> Result<Response, ApiError> {
@@ -211,6 +217,17 @@ pub async fn update(
     }
     let before = current.business.clone();
     let after = tidy(patch.apply_to(&before))?;
+    let new_status = patch.status.filter(|s| *s != current.status);
+    if new_status.is_some() && !caller.scopes.has(Scope::Status) {
+        return Err(ApiError::Forbidden(
+            "changing a merchant's status needs scope merchants:status".into(),
+        ));
+    }
+    if after != before && !caller.scopes.has(Scope::Write) {
+        return Err(ApiError::Forbidden(
+            "changing a merchant's details needs scope merchants:write".into(),
+        ));
+    }
     // Classify before taking the row lock: the registry may be slow.
     let reclassified = if after != before {
         Some(classification_for(&state, &after).await?)
@@ -226,11 +243,26 @@ pub async fn update(
             "merchant changed concurrently; read it again and retry".into(),
         ));
     }
-    let status = patch.status.unwrap_or(current.status);
+    let status = new_status.unwrap_or(current.status);
     q::update(&mut tx, id, &after, status, reclassified.as_ref()).await?;
     let merchant = q::get_for_update(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
+    if let Some(to_status) = new_status {
+        let change = StatusChange {
+            from_status: current.status,
+            to_status,
+            from_version: current.version,
+            to_version: merchant.version,
+            actor: caller.actor(),
+            request_id: headers
+                .get(&super::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            changed_at: merchant.updated_at,
+        };
+        q::record_status_change(&mut tx, id, &change).await?;
+    }
     let inv = keys::invalidation_for(&Event::MerchantUpdated {
         id,
         version: merchant.version.into(),
@@ -252,6 +284,42 @@ pub async fn update(
     let json = HeaderValue::from_static("application/json");
     let resp = (StatusCode::OK, [(header::CONTENT_TYPE, json)], body).into_response();
     Ok(with_etag(resp, merchant.version.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChangeParams {
+    /// At most this many, newest first (1 to 500, default 50).
+    limit: Option<i64>,
+}
+
+/// A merchant's status changes, newest first: who changed it, from what, to what (scope `ops`).
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{id}/status-changes",
+    params(("id" = Uuid, Path, description = "Merchant id"), StatusChangeParams),
+    responses(
+        (status = 200, description = "The audit trail", body = StatusChangeList),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "merchants"
+)]
+pub async fn status_changes(
+    axum::extract::State(state): State,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(p): ApiQuery<StatusChangeParams>,
+) -> Result<axum::Json<StatusChangeList>, ApiError> {
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    }
+    let shard = state.db.shard_for(&id.to_string());
+    let primary = shard.writable()?;
+    let items = q::status_changes(primary, id, limit).await?;
+    if items.is_empty() && q::get(primary.clone(), id).await?.is_none() {
+        return Err(ApiError::NotFound("merchant"));
+    }
+    Ok(axum::Json(StatusChangeList { items }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

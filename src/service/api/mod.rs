@@ -44,13 +44,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/merchants/{id}/risk-assessments",
             post(risk_assessments::create).get(risk_assessments::list),
         )
+        .route(
+            "/merchants/{id}/status-changes",
+            get(merchants::status_changes),
+        )
         .route("/reports/industries", get(reports::industries));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::document))
+        // Every matched route passes the scope table; unknown paths fall through to 404 unasked.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::service::auth::require,
+        ))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
@@ -66,6 +74,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             X_REQUEST_ID.clone(),
             middleware::MakeRequestUuidFast,
         ))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for its own listener (`metrics_listen`): off the API port, so API callers never
+/// reach it and it needs no credentials.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }
 

@@ -18,12 +18,12 @@ use crate::service::model;
         merchants::get,
         merchants::update,
         merchants::list,
+        merchants::status_changes,
         risk_assessments::create,
         risk_assessments::list,
         reports::industries,
         health::health,
         health::ready,
-        health::metrics,
     ),
     components(schemas(
         classify::BusinessInput,
@@ -39,6 +39,8 @@ use crate::service::model;
         model::RiskAssessmentList,
         model::RiskFactor,
         model::RiskLevel,
+        model::StatusChange,
+        model::StatusChangeList,
         reports::IndustryCount,
         error::Problem,
     ))

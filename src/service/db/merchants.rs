@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
 use crate::db_error::DbError;
-use crate::service::model::{Merchant, MerchantStatus};
+use crate::service::model::{Merchant, MerchantStatus, StatusChange};
 
 /// The merchant columns, active classification included: one primary-key lookup, no join (the
 /// classification is copied onto the row; see the `merchant_active_classification` migration). A macro
@@ -219,6 +219,47 @@ pub async fn update(
         insert_classification(tx, id, c).await?;
     }
     Ok(())
+}
+
+/// Records a status change in the transaction that makes it.
+pub async fn record_status_change(
+    tx: &mut PgConnection,
+    merchant: Uuid,
+    change: &StatusChange,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO merchant_status_changes
+             (id, merchant_id, from_status, to_status, from_version, to_version, actor, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(merchant)
+    .bind(change.from_status)
+    .bind(change.to_status)
+    .bind(change.from_version)
+    .bind(change.to_version)
+    .bind(&change.actor)
+    .bind(&change.request_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The newest `limit` status changes of a merchant.
+pub async fn status_changes(
+    pool: &PgPool,
+    merchant: Uuid,
+    limit: i64,
+) -> Result<Vec<StatusChange>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT from_status, to_status, from_version, to_version, actor, request_id, changed_at
+           FROM merchant_status_changes WHERE merchant_id = $1
+          ORDER BY changed_at DESC, id DESC LIMIT $2",
+    )
+    .bind(merchant)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

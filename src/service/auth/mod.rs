@@ -1,0 +1,234 @@
+//! Who is calling and what they may do: API keys (hashed, from Secrets) and OIDC bearer JWTs, scopes
+//! per route, and per-client rate limits. A thin middleware over pure parts (`scopes`).
+
+pub mod api_keys;
+pub mod jwt;
+pub mod scopes;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthConfig, ConfigError};
+use crate::service::api::error::ApiError;
+use crate::service::state::AppState;
+use api_keys::ApiKeys;
+use jwt::JwtVerifier;
+use scopes::{Needs, Scope, Scopes};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials: send `Authorization: Bearer <token or API key>`")]
+    Missing,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the token has expired")]
+    Expired,
+    /// Credentials cannot be checked right now (the issuer's key set is unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The caller of a request, in its extensions once authenticated.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client: Arc<str>,
+    /// `api-key`, `jwt`, or `anonymous` (only with `insecure_no_auth`).
+    pub via: &'static str,
+    pub scopes: Scopes,
+}
+
+impl Principal {
+    /// How the audit trail names the caller.
+    pub fn actor(&self) -> String {
+        format!("{}:{}", self.via, self.client)
+    }
+}
+
+const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Authenticator {
+    keys: Option<ApiKeys>,
+    jwt: Option<JwtVerifier>,
+    limiter: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+}
+
+impl Authenticator {
+    /// `None` with `insecure_no_auth`; an error when nothing is configured, or both.
+    pub fn from_config(cfg: &AuthConfig) -> Result<Option<Self>, ConfigError> {
+        match (cfg.configured(), cfg.insecure_no_auth) {
+            (false, false) => return Err(ConfigError::Invalid(crate::config::NO_AUTH.into())),
+            (true, true) => {
+                return Err(ConfigError::Invalid(
+                    "insecure_no_auth is set beside API keys or JWT settings; choose one".into(),
+                ))
+            }
+            (false, true) => return Ok(None),
+            (true, false) => {}
+        }
+        let keys = (!cfg.api_key_files.is_empty())
+            .then(|| ApiKeys::load(&cfg.api_key_files))
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let limiter = NonZeroU32::new(cfg.rate_limit.per_second).map(|rate| {
+            let burst = NonZeroU32::new(cfg.rate_limit.burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst.max(rate)))
+        });
+        Ok(Some(Self {
+            keys,
+            jwt: cfg.jwt.clone().map(JwtVerifier::new),
+            limiter,
+        }))
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let credential = credential(headers)?;
+        if credential.starts_with(api_keys::PREFIX) {
+            let keys = self
+                .keys
+                .as_ref()
+                .ok_or_else(|| AuthError::Invalid("this service takes no API keys".into()))?;
+            let holder = keys
+                .verify(credential)
+                .ok_or_else(|| AuthError::Invalid("unknown API key".into()))?;
+            return Ok(Principal {
+                client: holder.client,
+                via: "api-key",
+                scopes: holder.scopes,
+            });
+        }
+        let jwt = self.jwt.as_ref().ok_or_else(|| {
+            AuthError::Invalid("not an API key, and this service takes no tokens".into())
+        })?;
+        let holder = jwt.verify(credential).await?;
+        Ok(Principal {
+            client: holder.client,
+            via: "jwt",
+            scopes: holder.scopes,
+        })
+    }
+
+    /// `Err(wait)` when `client` is over its rate.
+    pub fn check_rate(&self, client: &Arc<str>) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter
+            .check_key(client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Re-reads changed key files, refreshes the issuer's key set, and forgets idle clients' rate
+    /// state, until shutdown.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = self
+            .jwt
+            .as_ref()
+            .map_or(MAINTAIN_EVERY, |j| j.refresh_every().min(MAINTAIN_EVERY));
+        let mut tick = tokio::time::interval(every);
+        let mut jwks_fetched: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Some(keys) = &self.keys {
+                keys.reload_if_changed();
+            }
+            if let Some(jwt) = &self.jwt {
+                if jwks_fetched.is_none_or(|t| t.elapsed() >= jwt.refresh_every()) {
+                    match jwt.refresh(false).await {
+                        Ok(()) => jwks_fetched = Some(std::time::Instant::now()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "token issuer's key set not refreshed")
+                        }
+                    }
+                }
+            }
+            if let Some(limiter) = &self.limiter {
+                limiter.retain_recent();
+            }
+        }
+    }
+}
+
+/// The credential of `Authorization: Bearer …` or `X-API-Key`.
+fn credential(headers: &HeaderMap) -> Result<&str, AuthError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| AuthError::Invalid("Authorization is not text".into()))?;
+        let (scheme, value) = v.split_once(' ').ok_or_else(|| {
+            AuthError::Invalid("Authorization must be `Bearer <credential>`".into())
+        })?;
+        if !scheme.eq_ignore_ascii_case("bearer") || value.trim().is_empty() {
+            return Err(AuthError::Invalid(
+                "Authorization must be `Bearer <credential>`".into(),
+            ));
+        }
+        return Ok(value.trim());
+    }
+    match headers.get("x-api-key") {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| AuthError::Invalid("X-API-Key is not text".into())),
+        None => Err(AuthError::Missing),
+    }
+}
+
+/// Everyone, with every scope: `insecure_no_auth`.
+fn anonymous() -> Principal {
+    Principal {
+        client: Arc::from("anonymous"),
+        via: "anonymous",
+        scopes: Scopes::all(),
+    }
+}
+
+/// The route layer: authenticates, limits the rate, checks the route's scope, and drops a
+/// `no-cache` request directive from a caller without the `ops` scope (it would send every read to
+/// the primary, and a listing to every shard).
+pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or_default();
+    let wanted = match scopes::needed(req.method(), route) {
+        Some(Needs::Nothing) => return next.run(req).await,
+        Some(Needs::AnyOf(wanted)) => wanted,
+        None => return ApiError::NotFound("route").into_response(),
+    };
+    let principal = match &state.auth {
+        None => anonymous(),
+        Some(auth) => {
+            let principal = match auth.authenticate(req.headers()).await {
+                Ok(p) => p,
+                Err(e) => return ApiError::from(e).into_response(),
+            };
+            if let Err(wait) = auth.check_rate(&principal.client) {
+                return ApiError::TooManyRequests(wait).into_response();
+            }
+            principal
+        }
+    };
+    if !principal.scopes.any_of(wanted) {
+        let names: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
+        return ApiError::Forbidden(format!("this needs scope {}", names.join(" or ")))
+            .into_response();
+    }
+    if !principal.scopes.has(Scope::Ops) {
+        req.headers_mut().remove(header::CACHE_CONTROL);
+        req.headers_mut().remove(header::PRAGMA);
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
