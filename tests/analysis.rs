@@ -724,11 +724,15 @@ async fn job_metrics_pass_fail_and_meet_their_deadline_and_web_no_data_pauses() 
     op.stop().await;
 }
 
-/// The `slo` Job's `kybctl` arguments pointed at `target` instead of the cluster's Service.
-fn retarget(args: &[String], target: &str) -> Vec<String> {
+/// The `slo` Job's `kybctl` arguments pointed at `target` instead of the cluster's Service, and at
+/// `key_file` instead of the generated key the Job mounts (the services here take any caller).
+fn retarget(args: &[String], target: &str, key_file: &std::path::Path) -> Vec<String> {
     let mut out = args.to_vec();
     let i = out.iter().position(|a| a == "--target").unwrap();
     out[i + 1] = target.to_owned();
+    let k = out.iter().position(|a| a == "--api-key-file").unwrap();
+    assert_eq!(out[k + 1], "/var/run/secrets/kyb-client/key");
+    out[k + 1] = key_file.display().to_string();
     out
 }
 
@@ -752,7 +756,9 @@ async fn kybctl_async(args: &[String]) -> (i32, String) {
 async fn same_verdict(job_args: &[String], target: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let result = dir.path().join("result.json");
-    let mut args = retarget(job_args, target);
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "kyb_unused\n").unwrap();
+    let mut args = retarget(job_args, target, &key_file);
     args.extend(["--out".into(), result.display().to_string()]);
     let (job_code, job_out) = kybctl_async(&args).await;
     let mut check = vec!["slo".to_owned(), "check".into(), "--result".into()];

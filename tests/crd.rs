@@ -284,4 +284,11 @@ async fn built_children_pass_server_side_validation() {
     apply::<HorizontalPodAutoscaler>(&client, &ns, children.hpa.as_ref().unwrap(), &pp).await;
     apply::<PodDisruptionBudget>(&client, &ns, &children.pdb, &pp).await;
     apply::<Job>(&client, &ns, children.migration_job.as_ref().unwrap(), &pp).await;
+    let np = children
+        .network_policy
+        .as_ref()
+        .expect("the sample declares its clients");
+    apply::<k8s_openapi::api::networking::v1::NetworkPolicy>(&client, &ns, np, &pp).await;
+    let key = kybctl::operator::build::generated_key_secret(&kp, "kyb_x", "[]\n").unwrap();
+    apply::<k8s_openapi::api::core::v1::Secret>(&client, &ns, &key, &pp).await;
 }

@@ -13,6 +13,8 @@ mod operator;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine;
+
 use cluster::{check, check_with_stdin, cluster_with_real_node, eventually};
 use common::{migrated_db_on, unique};
 use k8s_openapi::api::core::v1::Pod;
@@ -161,6 +163,8 @@ struct Platform {
     redis: TempRedis,
     /// The Service's ClusterIP, which this machine reaches through kube-proxy.
     service_ip: String,
+    /// The API key the operator generated for the platform (its Secret `kyb-api-key`).
+    api_key: String,
 }
 
 async fn platform(prefix: &str, rollout: &str) -> Platform {
@@ -228,6 +232,28 @@ spec:
         async move { get(&url).await.is_ok_and(|(s, _)| s == 200) }
     })
     .await;
+    let encoded = check(c.kubectl().args([
+        "get",
+        "-n",
+        &ns,
+        "secret/kyb-api-key",
+        "-o",
+        "jsonpath={.data.key}",
+    ]));
+    let api_key = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .unwrap(),
+    )
+    .unwrap();
+    // The pods refuse a caller without it.
+    let (status, _) = get(&format!("http://{service_ip}/v1/merchants"))
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 401,
+        "the platform's API answered without credentials"
+    );
     Platform {
         ns,
         op,
@@ -235,6 +261,7 @@ spec:
         db,
         redis,
         service_ip,
+        api_key,
     }
 }
 
@@ -255,6 +282,7 @@ impl Load {
             .args(["--users", "20", "--rate", "200", "--no-progress"])
             .args(["--duration", &format!("{seconds}s"), "--out"])
             .arg(&result)
+            .env("KYB_API_KEY", &p.api_key)
             .kill_on_drop(true)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -149,8 +149,8 @@ async fn loadtest(args: LoadtestArgs) -> Result<Option<Outcome>, LoadtestError> 
         .iter()
         .map(|e| threshold::parse(e))
         .collect::<Result<Vec<_>, _>>()?;
-    let (target, thresholds) = match (&args.target, &args.platform) {
-        (Some(t), _) => (normalise_target(t)?, None),
+    let (target, thresholds, platform_key) = match (&args.target, &args.platform) {
+        (Some(t), _) => (normalise_target(t)?, None, None),
         (None, Some(name)) => {
             let p = platform::fetch(name, &args.namespace).await?;
             eprintln!(
@@ -159,7 +159,7 @@ async fn loadtest(args: LoadtestArgs) -> Result<Option<Outcome>, LoadtestError> 
                 p.endpoint,
                 p.thresholds.join(", ")
             );
-            (p.endpoint, Some(p.thresholds))
+            (p.endpoint, Some(p.thresholds), p.credential)
         }
         (None, None) => unreachable!("clap requires --target or --platform"),
     };
@@ -178,7 +178,10 @@ async fn loadtest(args: LoadtestArgs) -> Result<Option<Outcome>, LoadtestError> 
                 .trim()
                 .to_owned(),
         ),
-        None => std::env::var("KYB_API_KEY").ok().filter(|k| !k.is_empty()),
+        None => std::env::var("KYB_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .or(platform_key),
     };
     let cfg = RunConfig {
         credential,

@@ -29,6 +29,8 @@ pub struct PlatformTarget {
     pub endpoint: String,
     /// `slo check` threshold expressions equivalent to `spec.slos`.
     pub thresholds: Vec<String>,
+    /// The platform's generated API key, when the caller may read its Secret.
+    pub credential: Option<String>,
 }
 
 pub async fn fetch(name: &str, ns: &str) -> Result<PlatformTarget, PlatformError> {
@@ -43,6 +45,9 @@ pub async fn fetch(name: &str, ns: &str) -> Result<PlatformTarget, PlatformError
         cause: e.to_string(),
     })?;
     let mut target = target_of(&p, name, ns)?;
+    if !p.spec.auth.insecure_no_auth {
+        target.credential = generated_key(&client, name, ns).await;
+    }
     // Off the cluster's DNS (a node or a bastion whose kube-proxy routes ClusterIPs) the Service's
     // name does not resolve, but its ClusterIP, read from the API, is reachable.
     if !resolves(&target.endpoint).await {
@@ -64,6 +69,27 @@ pub async fn fetch(name: &str, ns: &str) -> Result<PlatformTarget, PlatformError
         }
     }
     Ok(target)
+}
+
+/// The platform's generated API key (`<name>-api-key`), or `None`, said once, when the caller may not
+/// read it; `--api-key-file` / `KYB_API_KEY` then have to supply one.
+async fn generated_key(client: &kube::Client, name: &str, ns: &str) -> Option<String> {
+    use crate::operator::render::{generated_key_secret, GENERATED_KEY};
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), ns);
+    let secret_name = generated_key_secret(name);
+    match secrets.get_opt(&secret_name).await {
+        Ok(Some(s)) => s
+            .data
+            .and_then(|d| d.get(GENERATED_KEY).cloned())
+            .and_then(|b| String::from_utf8(b.0).ok())
+            .map(|k| k.trim().to_owned()),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("cannot read Secret {ns}/{secret_name} for the platform's API key ({e}); pass --api-key-file");
+            None
+        }
+    }
 }
 
 async fn resolves(endpoint: &str) -> bool {
@@ -103,6 +129,7 @@ pub fn target_of(p: &KybPlatform, name: &str, ns: &str) -> Result<PlatformTarget
     Ok(PlatformTarget {
         endpoint: endpoint.trim_end_matches('/').to_owned(),
         thresholds,
+        credential: None,
     })
 }
 

@@ -15,9 +15,13 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecretProjection,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, Secret, SecretProjection,
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec as PolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -25,9 +29,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
 
-use super::render::{self, Rendered, CONFIG_DIR, CONFIG_FILE, HTTP_PORT, SECRETS_DIR};
+use super::render::{
+    self, Rendered, CONFIG_DIR, CONFIG_FILE, HTTP_PORT, METRICS_PORT, SECRETS_DIR,
+};
 use crate::operator::commands::{REVISION_NUMBER, REVISION_SPEC};
-use crate::operator::crd::{KybPlatform, PullPolicy};
+use crate::operator::crd::{KybPlatform, NetworkPolicySpec, PullPolicy};
 
 pub const FIELD_MANAGER: &str = "kybctl-operator";
 pub const CONFIG_HASH_ANNOTATION: &str = "kyb.io/config-hash";
@@ -53,6 +59,8 @@ pub struct Children {
     pub service: Service,
     /// Absent when autoscaling is disabled (and then deleted if it exists).
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Present with `spec.networkPolicy` (and deleted if it exists when that goes).
+    pub network_policy: Option<NetworkPolicy>,
     pub pdb: PodDisruptionBudget,
     /// The migration Job for the spec's image (expand steps); absent when migrations are disabled.
     pub migration_job: Option<Job>,
@@ -133,6 +141,30 @@ fn meta(kp: &KybPlatform, name: String, component: &str) -> Result<ObjectMeta, B
         namespace: kp.metadata.namespace.clone(),
         labels: Some(labels(kp, component)),
         owner_references: Some(vec![owner(kp)?]),
+        ..Default::default()
+    })
+}
+
+/// The Secret of the platform's generated API key: the key itself and its hashed entry (the API pods
+/// mount only the entry). The key is made by the caller, so this stays pure. Owned by the platform,
+/// so it goes with it.
+pub fn generated_key_secret(
+    kp: &KybPlatform,
+    key: &str,
+    entry_yaml: &str,
+) -> Result<Secret, BuildError> {
+    let name = kp
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::Missing("name"))?;
+    Ok(Secret {
+        metadata: meta(kp, render::generated_key_secret(name), "api-key")?,
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([
+            (render::GENERATED_KEY.into(), key.to_owned()),
+            (render::GENERATED_KEY_ENTRY.into(), entry_yaml.to_owned()),
+        ])),
         ..Default::default()
     })
 }
@@ -302,7 +334,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         .as_ref()
         .ok_or(BuildError::Missing("namespace"))?;
     let spec = &kp.spec;
-    let rendered = render::render(spec);
+    let rendered = render::render(&name, spec);
     let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
     let config_hash = hash(&[&rendered.config_yaml, &format!("{:?}", rendered.mounts)]);
     let config_map_name = config_map_name(&name, &hash(&[&rendered.config_yaml]));
@@ -337,12 +369,20 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     let period = seconds("interval", &hc.interval)?;
     let timeout = seconds("timeout", &hc.timeout)?;
     let mut api = container(kp, "api", &["serve", "--config", &config_arg]);
-    api.ports = Some(vec![ContainerPort {
-        name: Some("http".into()),
-        container_port: HTTP_PORT,
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    }]);
+    api.ports = Some(vec![
+        ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        },
+        ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        },
+    ]);
     api.liveness_probe = Some(probe(&hc.path, period, timeout, hc.retries));
     api.readiness_probe = Some(probe("/ready", period.min(10), timeout, hc.retries));
     api.resources = spec.resources.clone();
@@ -530,17 +570,76 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         (None, None)
     };
 
+    let network_policy = spec
+        .network_policy
+        .as_ref()
+        .map(|np| network_policy(kp, &name, np))
+        .transpose()?;
+
     Ok(Children {
         service_account,
         config_map,
         deployment,
         service,
         hpa,
+        network_policy,
         pdb,
         migration_job,
         contract_job,
         revision,
         schema,
+    })
+}
+
+/// Who may reach the API pods: the declared clients and the platform's own analysis Jobs on the API
+/// port, the declared Prometheus on the metrics port; nothing else.
+fn network_policy(
+    kp: &KybPlatform,
+    name: &str,
+    np: &NetworkPolicySpec,
+) -> Result<NetworkPolicy, BuildError> {
+    let port = |p: i32| {
+        Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(p)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }])
+    };
+    let analysis_jobs = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+                (
+                    "app.kubernetes.io/component".into(),
+                    crate::operator::analysis::jobs::COMPONENT.into(),
+                ),
+                ("app.kubernetes.io/instance".into(), name.to_owned()),
+            ])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(np.clients.iter().cloned().chain([analysis_jobs]).collect()),
+        ports: port(HTTP_PORT),
+    }];
+    if !np.prometheus.is_empty() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(np.prometheus.clone()),
+            ports: port(METRICS_PORT),
+        });
+    }
+    Ok(NetworkPolicy {
+        metadata: meta(kp, name.to_owned(), "api")?,
+        spec: Some(PolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(kp)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            ..Default::default()
+        }),
     })
 }
 
@@ -714,6 +813,53 @@ mod tests {
     }
 
     #[test]
+    fn network_policy_admits_only_the_declared_clients_analysis_and_prometheus() {
+        assert!(
+            build(&minimal()).unwrap().network_policy.is_none(),
+            "opt-in"
+        );
+        let kp = platform(include_str!("../../manifests/samples/full.yaml"));
+        let np = build(&kp).unwrap().network_policy.unwrap();
+        let spec = np.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels.unwrap(),
+            selector_labels(&kp)
+        );
+        assert_eq!(spec.policy_types.unwrap(), vec!["Ingress"]);
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 2);
+        let port = |r: &NetworkPolicyIngressRule| r.ports.as_ref().unwrap()[0].port.clone();
+        assert_eq!(port(&rules[0]), Some(IntOrString::Int(HTTP_PORT)));
+        let api_from = rules[0].from.as_ref().unwrap();
+        assert_eq!(
+            api_from.len(),
+            2,
+            "the onboarding pods and the platform's analysis Jobs"
+        );
+        let analysis = api_from[1]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(analysis["app.kubernetes.io/component"], "analysis");
+        assert_eq!(analysis["app.kubernetes.io/instance"], "kyb-full");
+        assert_eq!(port(&rules[1]), Some(IntOrString::Int(METRICS_PORT)));
+    }
+
+    #[test]
+    fn the_generated_key_secret_is_owned_and_holds_the_key_and_its_entry() {
+        let kp = minimal();
+        let s = generated_key_secret(&kp, "kyb_abc", "- client: x\n").unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("kyb-api-key"));
+        assert!(s.metadata.owner_references.is_some());
+        let data = s.string_data.unwrap();
+        assert_eq!(data["key"], "kyb_abc");
+        assert_eq!(data["keys.yaml"], "- client: x\n");
+    }
+
+    #[test]
     fn every_child_is_owned_and_labelled() {
         let kp = minimal();
         let c = build(&kp).unwrap();
@@ -795,14 +941,21 @@ mod tests {
             .iter()
             .find(|v| v.name == "secrets")
             .unwrap();
-        let items = &secrets
+        let names: Vec<&str> = secrets
             .projected
             .as_ref()
             .unwrap()
             .sources
             .as_ref()
-            .unwrap()[0];
-        assert_eq!(items.secret.as_ref().unwrap().name, "kyb-db");
+            .unwrap()
+            .iter()
+            .map(|s| s.secret.as_ref().unwrap().name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["kyb-api-key", "kyb-db"],
+            "the generated key's entry and the database's"
+        );
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
 

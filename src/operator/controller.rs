@@ -16,10 +16,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -37,6 +38,8 @@ use super::render;
 use super::revisions;
 use super::status::{self, Blocker, Migration, Observed, Rollout};
 use crate::operator::crd::{KybPlatform, RolloutStrategy};
+use crate::service::auth::api_keys;
+use crate::service::auth::scopes::Scope;
 
 const APPLIED_HASH: &str = "kyb.io/applied-hash";
 /// Periodic resync: catches drift the watches cannot see (a Secret created later, for example).
@@ -56,6 +59,8 @@ pub enum Error {
     Serialise(&'static str, serde_json::Error),
     #[error("the watch caches have not listed the children yet")]
     CacheNotSynced,
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
 }
 
 impl Error {
@@ -66,6 +71,7 @@ impl Error {
             Error::Kube(_) => "transport",
             Error::Serialise(..) => "serialise",
             Error::CacheNotSynced => "cache_not_synced",
+            Error::Build(_) => "invalid_spec",
         }
     }
 }
@@ -92,6 +98,7 @@ pub struct Caches {
     pub service_accounts: Store<ServiceAccount>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub hpas: Store<HorizontalPodAutoscaler>,
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 impl Caches {
@@ -108,6 +115,7 @@ impl Caches {
                 self.service_accounts.wait_until_ready(),
                 self.pdbs.wait_until_ready(),
                 self.hpas.wait_until_ready(),
+                self.network_policies.wait_until_ready(),
             )
         };
         match tokio::time::timeout(CACHE_SYNC, all).await {
@@ -306,11 +314,16 @@ async fn missing_secrets(
     kp: &KybPlatform,
     metrics: &OperatorMetrics,
 ) -> Result<Option<Blocker>, Error> {
-    let rendered = render::render(&kp.spec);
+    let rendered = render::render(&kp.name_any(), &kp.spec);
     let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let generated = render::generated_key_secret(&kp.name_any());
     for (name, keys) in render::referenced_secrets(&rendered.mounts) {
         metrics.reads.inc();
-        let Some(secret) = api.get_opt(name).await? else {
+        let secret = match api.get_opt(name).await? {
+            None if name == generated => Some(create_generated_key(&api, kp, metrics).await?),
+            found => found,
+        };
+        let Some(secret) = secret else {
             return Ok(Some(Blocker {
                 reason: "SecretMissing",
                 message: format!("Secret {name} not found in namespace {ns}"),
@@ -325,6 +338,28 @@ async fn missing_secrets(
         }
     }
     Ok(None)
+}
+
+/// Makes the platform's own API key (see `AuthSpec`) once; a Secret made meanwhile by another
+/// reconcile wins, and is what is returned.
+async fn create_generated_key(
+    api: &Api<Secret>,
+    kp: &KybPlatform,
+    metrics: &OperatorMetrics,
+) -> Result<Secret, Error> {
+    let client = format!("{}-operator", kp.name_any());
+    let (key, entry) = api_keys::generate(&client, &[Scope::Read, Scope::Write]);
+    let entry = serde_yaml::to_string(&[entry]).expect("a key entry serialises");
+    let secret = build::generated_key_secret(kp, &key, &entry)?;
+    metrics.writes.inc();
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            metrics.reads.inc();
+            Ok(api.get(&secret.name_any()).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The state of `job` as the cache has it, creating it first when the cache has not seen it. (If the
@@ -632,6 +667,22 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         }
         None => {}
     }
+    let live_np = cached(&caches.network_policies, &ns, &name);
+    match &children.network_policy {
+        Some(np) => {
+            apply(
+                client,
+                &ns,
+                np.clone(),
+                meta(&live_np),
+                object(&live_np)?,
+                metrics,
+            )
+            .await?;
+        }
+        None if live_np.is_some() => delete::<NetworkPolicy>(client, &ns, &name, metrics).await?,
+        None => {}
+    }
 
     let migrated = kp
         .status
@@ -775,8 +826,10 @@ pub async fn run(
     ));
     let (hpas, hpa_events) = cache(watcher(
         api::<HorizontalPodAutoscaler>(&client, &namespace),
-        owned,
+        owned.clone(),
     ));
+    let (network_policies, network_policy_events) =
+        cache(watcher(api::<NetworkPolicy>(&client, &namespace), owned));
     let ctx = Arc::new(Context {
         client: client.clone(),
         http: reqwest::Client::new(),
@@ -796,6 +849,7 @@ pub async fn run(
             service_accounts,
             pdbs,
             hpas,
+            network_policies,
         },
     });
     Controller::new(
@@ -819,6 +873,7 @@ pub async fn run(
     .owns_stream(service_account_events)
     .owns_stream(pdb_events)
     .owns_stream(hpa_events)
+    .owns_stream(network_policy_events)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|res| async move {

@@ -112,6 +112,83 @@ pub struct KybPlatformSpec {
     /// Which nodes the pods may run on, for the API pods and the migration and analysis Jobs alike.
     #[serde(default, skip_serializing_if = "Scheduling::is_empty")]
     pub scheduling: Scheduling,
+    /// Who may call the API. Whatever is set here, the operator also generates an API key of its own
+    /// (Secret `<name>-api-key`: `key`, and its hashed entry `keys.yaml`) for in-cluster callers such
+    /// as the `slo` analysis Job; with nothing else set, it is the only way in.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// When set, a NetworkPolicy admits only these to the API pods (enforced where the cluster's
+    /// network plugin enforces NetworkPolicies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// May call the API (port 8080): NetworkPolicy `from` entries. The platform's own analysis Jobs
+    /// are always admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub clients: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+    /// May scrape `/metrics` (port 9090).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub prometheus: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.insecureNoAuth || (size(self.apiKeys) == 0 && !has(self.jwt))")
+    .message("spec.auth.insecureNoAuth excludes apiKeys and jwt"))]
+pub struct AuthSpec {
+    /// Files of hashed API keys (entries made by `kybctl auth new-key`), each a Secret key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub api_keys: Vec<SecretKeyRef>,
+    /// Bearer JWTs from an OpenID Connect issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+    /// Serve every caller without credentials, with every scope: throwaway environments only. No key
+    /// is generated.
+    #[serde(default)]
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Must equal the tokens' `iss`.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// The issuer's JSON Web Key Set.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub jwks_url: String,
+    /// Must be among the tokens' `aud`.
+    #[schemars(length(min = 1))]
+    pub audience: String,
+}
+
+/// Requests per second per client; 0 turns the limit off.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitSpec {
+    #[schemars(range(min = 0, max = 1000000))]
+    pub per_second: u32,
+    #[schemars(range(min = 0, max = 1000000))]
+    pub burst: u32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        let d = crate::config::RateLimitConfig::default();
+        Self {
+            per_second: d.per_second,
+            burst: d.burst,
+        }
+    }
 }
 
 /// A node selector and tolerations, as on a PodSpec.

@@ -15,6 +15,17 @@ pub const SECRETS_DIR: &str = "/var/run/secrets/kyb";
 pub const CONFIG_DIR: &str = "/etc/kyb";
 pub const CONFIG_FILE: &str = "config.yaml";
 pub const HTTP_PORT: i32 = 8080;
+/// `/metrics`, off the API port.
+pub const METRICS_PORT: i32 = 9090;
+
+/// The Secret holding the API key the operator generates for a platform (see `AuthSpec`).
+pub fn generated_key_secret(platform: &str) -> String {
+    format!("{platform}-api-key")
+}
+/// Its key: the API key itself, for in-cluster callers (the `slo` analysis Job).
+pub const GENERATED_KEY: &str = "key";
+/// Its key: the key's hashed entry, which the API pods mount as a key file.
+pub const GENERATED_KEY_ENTRY: &str = "keys.yaml";
 
 /// One Secret key mounted at `SECRETS_DIR/path`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,8 +50,36 @@ fn mount(mounts: &mut Vec<SecretMount>, r: &SecretKeyRef, path: String) -> Strin
     format!("{SECRETS_DIR}/{path}")
 }
 
-pub fn render(spec: &KybPlatformSpec) -> Rendered {
+/// The `auth` part of the configuration: key files mounted from Secrets (the generated one first).
+fn auth(platform: &str, spec: &KybPlatformSpec, mounts: &mut Vec<SecretMount>) -> Value {
+    let a = &spec.auth;
+    if a.insecure_no_auth {
+        return json!({"insecure_no_auth": true});
+    }
+    let generated = SecretKeyRef {
+        name: generated_key_secret(platform),
+        key: GENERATED_KEY_ENTRY.into(),
+    };
+    let mut files = vec![mount(mounts, &generated, "auth/generated-keys.yaml".into())];
+    files.extend(
+        a.api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, r)| mount(mounts, r, format!("auth/keys-{i}.yaml"))),
+    );
+    let mut out = json!({
+        "api_key_files": files,
+        "rate_limit": {"per_second": a.rate_limit.per_second, "burst": a.rate_limit.burst},
+    });
+    if let Some(j) = &a.jwt {
+        out["jwt"] = json!({"issuer": j.issuer, "jwks_url": j.jwks_url, "audience": j.audience});
+    }
+    out
+}
+
+pub fn render(platform: &str, spec: &KybPlatformSpec) -> Rendered {
     let mut mounts = Vec::new();
+    let auth = auth(platform, spec, &mut mounts);
     let db = &spec.database;
     let mut database = serde_json::Map::new();
     if let Some(primary) = &db.primary {
@@ -110,6 +149,8 @@ pub fn render(spec: &KybPlatformSpec) -> Rendered {
     }
     let config = json!({
         "listen": format!("0.0.0.0:{HTTP_PORT}"),
+        "metrics_listen": format!("0.0.0.0:{METRICS_PORT}"),
+        "auth": auth,
         "database": database,
         "redis": redis,
         "cache": {
@@ -164,7 +205,7 @@ mod tests {
         let sample: crate::operator::crd::KybPlatform =
             serde_yaml::from_str(include_str!("../../manifests/samples/full.yaml")).unwrap();
         let s = sample.spec;
-        let r = render(&s);
+        let r = render("kyb", &s);
         let c = Config::from_yaml(&r.config_yaml)
             .expect("the service accepts the rendered configuration");
         assert_eq!(c.listen.port(), 8080);
@@ -190,11 +231,52 @@ mod tests {
     }
 
     #[test]
+    fn auth_renders_key_files_the_generated_one_first() {
+        let s = spec(
+            "image: x\ndatabase: {primary: {name: db, key: url}}\nauth:\n  apiKeys: [{name: partners, key: keys.yaml}]\n  jwt: {issuer: 'https://id.example.com', jwksUrl: 'https://id.example.com/jwks', audience: kyb}\n  rateLimit: {perSecond: 50, burst: 100}\n",
+        );
+        let r = render("pay", &s);
+        let c = Config::from_yaml(&r.config_yaml).unwrap();
+        let files: Vec<&str> = c
+            .auth
+            .api_key_files
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                "/var/run/secrets/kyb/auth/generated-keys.yaml",
+                "/var/run/secrets/kyb/auth/keys-0.yaml"
+            ]
+        );
+        assert_eq!(c.auth.jwt.unwrap().audience, "kyb");
+        assert_eq!(
+            (c.auth.rate_limit.per_second, c.auth.rate_limit.burst),
+            (50, 100)
+        );
+        assert!(!c.auth.insecure_no_auth);
+        assert_eq!(c.metrics_listen.port(), 9090);
+        let secrets = referenced_secrets(&r.mounts);
+        assert_eq!(secrets["pay-api-key"], vec!["keys.yaml"]);
+        assert_eq!(secrets["partners"], vec!["keys.yaml"]);
+
+        // Insecure: no key files, nothing generated to mount.
+        let s = spec(
+            "image: x\ndatabase: {primary: {name: db, key: url}}\nauth: {insecureNoAuth: true}\n",
+        );
+        let r = render("pay", &s);
+        let c = Config::from_yaml(&r.config_yaml).unwrap();
+        assert!(c.auth.insecure_no_auth && c.auth.api_key_files.is_empty());
+        assert!(!referenced_secrets(&r.mounts).contains_key("pay-api-key"));
+    }
+
+    #[test]
     fn shards_render_with_their_own_files() {
         let s = spec(
             "image: x\ndatabase:\n  shardingStrategy: range\n  shards:\n  - {id: a, primary: {name: s, key: a}, rangeFrom: ''}\n  - {id: b, primary: {name: s, key: b}, replicas: [{name: s, key: b1}], rangeFrom: '8'}\n",
         );
-        let r = render(&s);
+        let r = render("kyb", &s);
         let c = Config::from_yaml(&r.config_yaml).unwrap();
         let shards = &c.database.sharding.shards;
         assert_eq!(shards.len(), 2);
@@ -204,6 +286,7 @@ mod tests {
             c.database.sharding.strategy,
             crate::config::ShardingStrategy::Range
         );
-        assert_eq!(r.mounts.len(), 3);
+        // Three database files and the generated API key's entry.
+        assert_eq!(r.mounts.len(), 4);
     }
 }

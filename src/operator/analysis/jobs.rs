@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, KeyToPath, PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource,
+    Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -22,6 +25,7 @@ use super::providers::substitute;
 use crate::loadtest::platform::thresholds_of;
 use crate::operator::build::{pod_security_context, restricted_container_context, FIELD_MANAGER};
 use crate::operator::crd::{KybPlatform, PullPolicy};
+use crate::operator::render::{generated_key_secret, GENERATED_KEY};
 
 /// `app.kubernetes.io/component` of analysis Jobs (migration Jobs have `migrations`).
 pub const COMPONENT: &str = "analysis";
@@ -206,6 +210,12 @@ pub fn slo_command(
     if let Some(rate) = s.rate {
         args.extend(["--rate".into(), rate.to_string()]);
     }
+    if !kp.spec.auth.insecure_no_auth {
+        args.extend([
+            "--api-key-file".into(),
+            format!("{CLIENT_KEY_DIR}/{GENERATED_KEY}"),
+        ]);
+    }
     args.extend([
         "--min-samples".into(),
         min_samples.unwrap_or(SLO_MIN_SAMPLES).max(0).to_string(),
@@ -226,9 +236,35 @@ fn slo_deadline(s: &SloProvider) -> i64 {
     })
 }
 
+/// Where a `slo` Job finds the platform's generated API key.
+const CLIENT_KEY_DIR: &str = "/var/run/secrets/kyb-client";
+
 fn slo_job_spec(kp: &KybPlatform, s: &SloProvider, args: Vec<String>) -> JobSpec {
     let quantity = |q: &str| Quantity(q.into());
+    // The generated key alone (not its entry, not other keys), read-only.
+    let key_volume = (!kp.spec.auth.insecure_no_auth).then(|| Volume {
+        name: "client-key".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(generated_key_secret(&kp.name_any())),
+            items: Some(vec![KeyToPath {
+                key: GENERATED_KEY.into(),
+                path: GENERATED_KEY.into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o400),
+            optional: None,
+        }),
+        ..Default::default()
+    });
     let container = Container {
+        volume_mounts: key_volume.as_ref().map(|v| {
+            vec![VolumeMount {
+                name: v.name.clone(),
+                mount_path: CLIENT_KEY_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        }),
         name: LOADTEST.into(),
         image: Some(s.image.clone().unwrap_or_else(|| kp.spec.image.clone())),
         image_pull_policy: Some(
@@ -272,9 +308,11 @@ fn slo_job_spec(kp: &KybPlatform, s: &SloProvider, args: Vec<String>) -> JobSpec
         ttl_seconds_after_finished: Some(KEEP_FINISHED_SECONDS),
         template: PodTemplateSpec {
             metadata: Some(ObjectMeta {
+                // The instance label lets the platform's NetworkPolicy admit these pods.
                 labels: Some(BTreeMap::from([
                     ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
                     ("app.kubernetes.io/component".into(), COMPONENT.into()),
+                    ("app.kubernetes.io/instance".into(), kp.name_any()),
                 ])),
                 annotations: (!s.pod_annotations.is_empty()).then(|| s.pod_annotations.clone()),
                 ..Default::default()
@@ -286,6 +324,7 @@ fn slo_job_spec(kp: &KybPlatform, s: &SloProvider, args: Vec<String>) -> JobSpec
                     enable_service_links: Some(false),
                     security_context: Some(pod_security_context()),
                     containers: vec![container],
+                    volumes: key_volume.map(|v| vec![v]),
                     ..Default::default()
                 };
                 kp.spec.scheduling.place(&mut pod);
