@@ -271,6 +271,12 @@ impl MultiLevelCache {
             };
             if let Err(e) = listener.listen(INVALIDATION_CHANNEL).await {
                 tracing::warn!(error = %e, "cannot LISTEN for cache invalidations");
+                // The same backoff as a failed connect: retrying at once would spin.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 continue;
             }
             backoff = std::time::Duration::from_millis(100);

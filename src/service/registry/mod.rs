@@ -100,10 +100,10 @@ impl RegistryClient {
         &self,
         input: &BusinessInput,
     ) -> Result<Option<RegistryRecord>, RegistryError> {
-        if self.breaker.try_acquire(Instant::now()).is_err() {
+        let Ok(permit) = self.breaker.try_acquire(Instant::now()) else {
             self.record("rejected");
             return Err(RegistryError::CircuitOpen);
-        }
+        };
         let attempt = || self.lookup_once(input);
         let result = attempt
             .retry(
@@ -117,11 +117,11 @@ impl RegistryClient {
             .await;
         match &result {
             Ok(_) => {
-                self.breaker.on_success();
+                permit.success();
                 self.record("success");
             }
             Err(_) => {
-                self.breaker.on_failure(Instant::now());
+                permit.failure(Instant::now());
                 self.record("failure");
             }
         }
