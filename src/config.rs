@@ -194,6 +194,11 @@ pub struct PoolConfig {
     /// How long a request waits for a connection before the database counts as unavailable.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// The primary pool for writes without a durability wait (default: a quarter of the main pool).
+    pub relaxed_max_connections: Option<u32>,
+    /// The analytics pool (default: a quarter of the main pool). The operator sets both from the
+    /// database's connection budget.
+    pub analytics_max_connections: Option<u32>,
 }
 
 impl Default for PoolConfig {
@@ -205,6 +210,8 @@ impl Default for PoolConfig {
             max_lifetime: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
             acquire_timeout: Duration::from_secs(3),
+            relaxed_max_connections: None,
+            analytics_max_connections: None,
         }
     }
 }

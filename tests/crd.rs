@@ -219,6 +219,18 @@ async fn invalid_specs_are_rejected_naming_the_field() {
             "spec.rollout.canary.steps[0].pause.duration",
         ),
         (format!("image: x\n  {db}\n  imagePullPolicy: Sometimes"), "spec.imagePullPolicy"),
+        (
+            format!("image: x\n  {db}\n  auth: {{insecureNoAuth: true, apiKeys: [{{name: k, key: keys.yaml}}]}}"),
+            "insecureNoAuth excludes apiKeys and jwt",
+        ),
+        (
+            format!("image: x\n  {db}\n  auth: {{jwt: {{issuer: x, jwksUrl: 'ftp://x', audience: a}}}}"),
+            "spec.auth.jwt.jwksUrl",
+        ),
+        (
+            "image: x\n  database: {primary: {name: db, key: url}, maxConnections: 5}".into(),
+            "spec.database.maxConnections",
+        ),
         ("image: x\n  database: {primary: {name: Bad_Name, key: url}}".into(), "spec.database.primary.name"),
     ];
     for (i, (spec, needle)) in cases.iter().enumerate() {
@@ -233,6 +245,43 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     }
     let (_, listed, _) = run(c.kubectl().args(["get", "-n", &ns, "kyb", "-o", "name"]));
     assert!(listed.trim().is_empty(), "nothing half-applied: {listed}");
+}
+
+/// Hash or range routing depends on the shard list: once set, it cannot change (merchants would turn
+/// 404), while a single database may still become one shard.
+#[tokio::test]
+async fn shards_cannot_be_reshuffled_once_set() {
+    let c = installed().await;
+    let ns = c.namespace("crd-shards").await;
+    let shard = |id: &str| format!("{{id: {id}, primary: {{name: db, key: {id}}}}}");
+    let manifest = |database: &str| {
+        format!("apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata:\n  name: sharded\nspec:\n  image: x\n  database: {database}\n")
+    };
+    let apply = |database: String| {
+        run_with_stdin(
+            c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+            &manifest(&database),
+        )
+    };
+    let (ok, _, err) = apply("{primary: {name: db, key: url}}".into());
+    assert!(ok, "{err}");
+    let (ok, _, err) = apply(format!("{{shards: [{}]}}", shard("a")));
+    assert!(
+        ok,
+        "one database to one shard routes nothing elsewhere: {err}"
+    );
+    let (ok, _, err) = apply(format!("{{shards: [{}, {}]}}", shard("a"), shard("b")));
+    assert!(!ok, "a second shard was accepted");
+    assert!(err.contains("cannot change once set"), "{err}");
+    let (_, spec, _) = run(c.kubectl().args([
+        "get",
+        "-n",
+        &ns,
+        "kyb/sharded",
+        "-o",
+        "jsonpath={.spec.database.shards[*].id}",
+    ]));
+    assert_eq!(spec.trim(), "a", "nothing half-applied");
 }
 
 /// What the operator would apply for a real KybPlatform is accepted by the apiserver (server-side

@@ -126,6 +126,22 @@ async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
         status.endpoint.as_deref(),
         Some(format!("http://kyb.{ns}.svc:80").as_str())
     );
+    // What each pod may open of the database's 200 connections, and the platform's own API key.
+    let budget = status
+        .database_connections
+        .clone()
+        .expect("the connection budget in status");
+    assert!(budget.peak_pods * (budget.main + budget.relaxed + budget.analytics) <= 200);
+    let key = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .get("kyb-api-key")
+        .await
+        .expect("the generated API key's Secret");
+    let data = key.data.unwrap();
+    assert!(String::from_utf8_lossy(&data["key"].0).starts_with("kyb_"));
+    assert!(
+        key.metadata.owner_references.is_some(),
+        "goes with the platform"
+    );
 
     // A resync with nothing new writes nothing, and reads no child (they come from the watch caches):
     // touch a label (a watch event, same generation).

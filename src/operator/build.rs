@@ -48,6 +48,8 @@ pub enum BuildError {
     Missing(&'static str),
     #[error("spec.healthCheck.{field}: {value:?} is not a whole number of seconds")]
     Duration { field: &'static str, value: String },
+    #[error("{0}")]
+    Connections(String),
 }
 
 /// Everything the operator applies for one KybPlatform.
@@ -334,6 +336,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         .as_ref()
         .ok_or(BuildError::Missing("namespace"))?;
     let spec = &kp.spec;
+    crate::operator::connections::budget(spec).map_err(BuildError::Connections)?;
     let rendered = render::render(&name, spec);
     let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
     let config_hash = hash(&[&rendered.config_yaml, &format!("{:?}", rendered.mounts)]);

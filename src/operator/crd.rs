@@ -297,6 +297,8 @@ pub struct SecretKeyRef {
     .message("spec.database: set either primary (one database) or shards, not both"))]
 #[x_kube(validation = Rule::new("has(self.primary) || size(self.shards) > 0")
     .message("spec.database.primary is required (or spec.database.shards)"))]
+#[x_kube(validation = Rule::new("(size(oldSelf.shards) <= 1 && size(self.shards) <= 1) || (self.shardingStrategy == oldSelf.shardingStrategy && self.shards.map(s, s.id) == oldSelf.shards.map(s, s.id) && self.shards.map(s, has(s.rangeFrom) ? s.rangeFrom : '') == oldSelf.shards.map(s, has(s.rangeFrom) ? s.rangeFrom : ''))")
+    .message("spec.database: the shards (in order), their ranges and the sharding strategy cannot change once set: existing merchants would be routed to shards that do not hold them (and answer 404). Copy the data to a new layout and point a new KybPlatform at it"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// DSN of the primary.
@@ -313,6 +315,13 @@ pub struct DatabaseSpec {
     #[x_kube(validation = Rule::new("self.minConnections <= self.maxConnections")
         .message("spec.database.pool.minConnections must be <= maxConnections"))]
     pub pool: PoolSpec,
+    /// Connections the database (each shard's, each replica's) allows this platform: every pod's
+    /// pools are sized so the most pods that can run at once (the autoscaler's maximum and the
+    /// rollout's surge) fit in it; a spec that cannot fit is refused. `pool.maxConnections` caps the
+    /// main pool further.
+    #[serde(default = "DatabaseSpec::default_max_connections")]
+    #[schemars(range(min = 10, max = 100000))]
+    pub max_connections: i32,
     #[serde(default)]
     pub sharding_strategy: ShardingStrategy,
     /// Shards, each its own database; empty for a single database.
@@ -321,6 +330,13 @@ pub struct DatabaseSpec {
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))")
         .message("spec.database.shards: ids must be unique"))]
     pub shards: Vec<ShardSpec>,
+}
+
+impl DatabaseSpec {
+    /// The plan's database: 200 connections.
+    fn default_max_connections() -> i32 {
+        200
+    }
 }
 
 #[derive(
@@ -348,6 +364,7 @@ pub struct ShardSpec {
     pub replicas: Vec<SecretKeyRef>,
     /// Range strategy: lower bound (inclusive) of the business ids this shard holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub range_from: Option<String>,
 }
 
@@ -868,6 +885,9 @@ pub struct KybPlatformStatus {
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The database connections each pod may open, sized from `spec.database.maxConnections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_connections: Option<crate::operator::connections::ConnectionBudget>,
 }
 
 /// The CustomResourceDefinitions as the files of `crds/`: the KybPlatform, and the two analysis kinds.

@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod backoff;
 pub mod build;
 pub mod commands;
+pub mod connections;
 pub mod controller;
 pub mod crd;
 pub mod drift;

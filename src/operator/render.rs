@@ -103,15 +103,20 @@ pub fn render(platform: &str, spec: &KybPlatformSpec) -> Rendered {
             json!(mount(&mut mounts, a, "database/analytics-url".into())),
         );
     }
-    database.insert(
-        "pool".into(),
-        json!({
-            "max_connections": db.pool.max_connections,
-            "min_connections": db.pool.min_connections,
-            "max_lifetime": db.pool.max_lifetime,
-            "idle_timeout": db.pool.idle_timeout,
-        }),
-    );
+    let mut pool = json!({
+        "max_connections": db.pool.max_connections,
+        "min_connections": db.pool.min_connections,
+        "max_lifetime": db.pool.max_lifetime,
+        "idle_timeout": db.pool.idle_timeout,
+    });
+    // `build` refuses a spec whose budget does not fit before rendering it.
+    if let Ok(b) = crate::operator::connections::budget(spec) {
+        pool["max_connections"] = json!(b.main);
+        pool["min_connections"] = json!(db.pool.min_connections.min(b.main));
+        pool["relaxed_max_connections"] = json!(b.relaxed);
+        pool["analytics_max_connections"] = json!(b.analytics.max(1));
+    }
+    database.insert("pool".into(), pool);
     if !db.shards.is_empty() {
         let shards: Vec<Value> = db
             .shards
@@ -209,7 +214,9 @@ mod tests {
         let c = Config::from_yaml(&r.config_yaml)
             .expect("the service accepts the rendered configuration");
         assert_eq!(c.listen.port(), 8080);
-        assert_eq!(c.database.pool.max_connections, 100);
+        // 200 connections over up to 25 pods (20 by autoscaling, 25 % surge), 10 kept back.
+        assert_eq!(c.database.pool.max_connections, 6);
+        assert_eq!(c.database.pool.relaxed_max_connections, Some(1));
         assert_eq!(
             c.database.url_file.unwrap().to_str().unwrap(),
             "/var/run/secrets/kyb/database/primary-url"

@@ -278,6 +278,7 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         contracted_schema: obs.contracted_schema.clone().or(previous.contracted_schema),
         endpoint: obs.endpoint.clone(),
         phase: Some(phase.into()),
+        database_connections: crate::operator::connections::budget(&kp.spec).ok(),
         rollout: Some(match progressive {
             Some(p) => p.clone(),
             None => RolloutStatus {

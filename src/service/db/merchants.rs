@@ -301,9 +301,10 @@ pub async fn list(pool: PgPool, f: &ListFilter) -> Result<Vec<Merchant>, sqlx::E
 }
 
 /// Merchants per industry with average confidence: the reporting query, run on the analytics pool.
+/// `limit: None` returns every industry.
 pub async fn industry_report(
     pool: &PgPool,
-    limit: i64,
+    limit: Option<i64>,
 ) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT industry_id, count(*), coalesce(avg(confidence_score), 0)::float8

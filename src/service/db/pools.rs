@@ -103,7 +103,7 @@ impl ShardPools {
         let relaxed = pool_with(
             options(url)?.options([("synchronous_commit", "off")]),
             cfg,
-            (max / 4).max(2),
+            cfg.pool.relaxed_max_connections.unwrap_or((max / 4).max(2)),
         );
         let replicas = replica_urls
             .iter()
@@ -115,7 +115,10 @@ impl ShardPools {
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         // Reporting gets a small pool of its own so long queries cannot starve the request path.
-        let analytics_max = (max / 4).max(1);
+        let analytics_max = cfg
+            .pool
+            .analytics_max_connections
+            .unwrap_or((max / 4).max(1));
         let analytics = match analytics_url.or(replica_urls.first()) {
             Some(u) => pool(u, cfg, analytics_max)?,
             None => pool(url, cfg, analytics_max)?,
