@@ -227,3 +227,69 @@ fn completions_cover_every_subcommand_and_bad_shells_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'cmd.exe'"));
 }
+
+/// `kybctl operator` against an apiserver that accepts connections and never answers (gone away
+/// behind a load balancer): SIGTERM still stops it within seconds, elected or not.
+#[test]
+fn operator_stops_promptly_on_sigterm_with_its_apiserver_gone() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Held open, never read: every request hangs.
+        let held: Vec<_> = hole.incoming().collect();
+        drop(held);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{port}', insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    for elect in ["true", "false"] {
+        let listen = format!("127.0.0.1:{}", kybctl::local::free_port().unwrap());
+        let mut child = kybctl()
+            .args([
+                "operator",
+                "--listen",
+                &listen,
+                "--lease-namespace",
+                "default",
+            ])
+            .arg(format!("--leader-elect={elect}"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("POD_NAMESPACE")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it keeps trying meanwhile"
+        );
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let asked = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if asked.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let took = asked.elapsed();
+        assert!(
+            status.is_some(),
+            "leader-elect={elect}: still running 20 s after SIGTERM"
+        );
+        assert!(
+            took < Duration::from_secs(8),
+            "leader-elect={elect}: stopped after {took:?}"
+        );
+    }
+}

@@ -56,7 +56,7 @@ pub async fn run(args: OperatorArgs) -> u8 {
     tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(namespace = ?args.namespace, listen = %args.listen, "KybPlatform operator running");
     if !args.leader_elect {
-        controller::run(client, args.namespace, metrics, super::shutdown_signal()).await;
+        controller::run_bounded(client, args.namespace, metrics, super::shutdown_signal()).await;
         return exit::OK;
     }
     let identity = args.identity.unwrap_or_else(|| {

@@ -886,6 +886,33 @@ pub async fn run(
 
 /// Runs the controller only while `elector` holds the Lease; stops reconciling the moment leadership is
 /// lost and resumes if it is won back. Returns after `shutdown`, having released the Lease.
+/// How long in-flight reconciles may take to finish once leadership is lost or shutdown asked;
+/// then they are abandoned (their requests dropped). With the renew deadline it stays inside the
+/// lease, so a new leader never works beside an old one.
+pub const STOP_WORK_WITHIN: Duration = Duration::from_secs(3);
+
+/// [`run`] until `stop`, then at most [`STOP_WORK_WITHIN`] more, whatever the apiserver does.
+pub async fn run_bounded(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<OperatorMetrics>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let stopped = tokio_util::sync::CancellationToken::new();
+    let signal = stopped.clone();
+    let controller = run(client, namespace, metrics, async move {
+        stop.await;
+        signal.cancel();
+    });
+    tokio::pin!(controller);
+    tokio::select! {
+        _ = &mut controller => {}
+        _ = async { stopped.cancelled().await; tokio::time::sleep(STOP_WORK_WITHIN).await } => {
+            tracing::warn!(within = ?STOP_WORK_WITHIN, "reconciles did not finish in time; abandoning them");
+        }
+    }
+}
+
 pub async fn run_elected(
     client: Client,
     namespace: Option<String>,
@@ -904,7 +931,7 @@ pub async fn run_elected(
         tracing::info!("leading: reconciling");
         let mut lost = leading.clone();
         let stop = shutdown.clone();
-        run(
+        run_bounded(
             client.clone(),
             namespace.clone(),
             metrics.clone(),
