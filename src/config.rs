@@ -366,6 +366,10 @@ impl Default for ServerConfig {
 pub struct RegistryConfig {
     /// External business registry; off when unset.
     pub base_url: Option<url::Url>,
+    /// Bearer token sent to the registry.
+    pub token: Option<Secret>,
+    /// File holding the token (a mounted Secret); wins over `token`.
+    pub token_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retries: u32,
@@ -376,6 +380,8 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             base_url: None,
+            token: None,
+            token_file: None,
             timeout: Duration::from_secs(2),
             retries: 2,
             circuit_breaker: CircuitBreakerConfig::default(),
@@ -557,6 +563,9 @@ impl Config {
         }
         if let Some(path) = &self.redis.url_file {
             self.redis.url = Some(Secret::from_file(path)?);
+        }
+        if let Some(path) = &self.registry.token_file {
+            self.registry.token = Some(Secret::from_file(path)?);
         }
         Ok(())
     }

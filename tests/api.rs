@@ -323,6 +323,8 @@ async fn merchant_lifecycle() {
     let mut no_redis = cfg;
     no_redis.redis.url = None;
     let alone = Service::start(no_redis).await;
+    // A listener that connects clears L1 (it may have missed notices): wait for it first.
+    alone.wait_listening().await;
     assert_eq!(
         header(&alone.get(&location).await, "x-cache-status"),
         "MISS"

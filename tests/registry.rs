@@ -21,10 +21,18 @@ const SLOW: u8 = 2;
 struct Fake {
     mode: Arc<AtomicU8>,
     calls: Arc<AtomicU32>,
+    /// The Authorization header of the last call.
+    authorization: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-async fn lookup(State(f): State<Fake>) -> Result<axum::Json<Value>, AxStatus> {
+async fn lookup(
+    State(f): State<Fake>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<Value>, AxStatus> {
     f.calls.fetch_add(1, Ordering::SeqCst);
+    *f.authorization.lock().unwrap() = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned());
     match f.mode.load(Ordering::SeqCst) {
         FAILING => Err(AxStatus::BAD_GATEWAY),
         SLOW => {
@@ -110,6 +118,14 @@ async fn registry_confirms_then_breaker_protects_then_recovers() {
         calls,
         "an open breaker sends nothing"
     );
+    // A fallback answer is served but not cached: asked again it is still a miss, so the registry's
+    // answer takes its place as soon as the registry is back (checked at the end).
+    let degraded = business("Registry Outage Cafe", "bakery bread");
+    for _ in 0..2 {
+        let r = s.post_json("/v1/classifications", &degraded).await;
+        assert_eq!(r.headers()["x-cache-status"], "MISS");
+        assert_eq!(r.json::<Value>().await.unwrap()["method"], "keyword");
+    }
 
     // Slow: after the recovery timeout a trial call goes out, times out, and the breaker reopens; the
     // request itself is bounded by timeout x attempts.
@@ -143,9 +159,71 @@ async fn registry_confirms_then_breaker_protects_then_recovers() {
     .await;
     assert!(closed, "breaker did not close after the registry recovered");
     assert_eq!(classify().await["method"], "registry");
+    let r = s.post_json("/v1/classifications", &degraded).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["method"],
+        "registry",
+        "the outage's answer was cached"
+    );
 }
 
 async fn classify_once(s: &Service) {
     let body = business(&format!("Trial {}", uuid::Uuid::new_v4()), "bakery");
     s.post_json("/v1/classifications", &body).await;
+}
+
+/// The service as the operator deploys it: the configuration rendered from a KybPlatform with
+/// `spec.registry` (its token from a Secret key, mounted as a file) makes `kybctl serve` consult the
+/// registry, with the token, through the breaker's settings.
+#[tokio::test]
+async fn a_service_rendered_from_a_kybplatform_consults_its_registry() {
+    let (fake, base) = fake_registry().await;
+    let spec: kybctl::operator::crd::KybPlatformSpec = serde_yaml::from_str(&format!(
+        "image: x\ndatabase: {{primary: {{name: db, key: url}}}}\nauth: {{insecureNoAuth: true}}\nregistry: {{url: '{base}', timeout: 1s, retries: 1, credentials: {{name: registry, key: token}}}}\ncircuitBreaker: {{failureThreshold: 2}}\n"
+    ))
+    .unwrap();
+    let rendered = kybctl::operator::render::render("kyb", &spec);
+    // What the kubelet would mount: each Secret key as a file under the secrets directory.
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let db = migrated_db().await;
+    for m in &rendered.mounts {
+        let value = match (m.secret.as_str(), m.key.as_str()) {
+            ("db", "url") => db.clone(),
+            ("registry", "token") => "registry-token-7".to_owned(),
+            other => panic!("unexpected mount {other:?}"),
+        };
+        let path = secrets.join(&m.path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, value).unwrap();
+    }
+    let yaml = rendered.config_yaml.replace(
+        kybctl::operator::render::SECRETS_DIR,
+        secrets.to_str().unwrap(),
+    );
+    let mut cfg = kybctl::config::Config::from_yaml(&yaml).unwrap();
+    assert_eq!(cfg.registry.circuit_breaker.failure_threshold, 2);
+    // Through the service's own loading of secret files.
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    cfg = kybctl::config::Config::load(&kybctl::config::Overrides {
+        config: Some(file),
+        ..Default::default()
+    })
+    .unwrap();
+    cfg.database.pool.max_connections = 4;
+    cfg.database.pool.min_connections = 0;
+    let s = Service::start(cfg).await;
+    let r = s
+        .post_json("/v1/classifications", &business("Registry Diner", "diner"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        fake.calls.load(Ordering::SeqCst) >= 1,
+        "the registry was not consulted"
+    );
+    assert_eq!(
+        fake.authorization.lock().unwrap().as_deref(),
+        Some("Bearer registry-token-7")
+    );
 }

@@ -117,10 +117,42 @@ pub struct KybPlatformSpec {
     /// as the `slo` analysis Job; with nothing else set, it is the only way in.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// The external business registry the service consults when classifying (its calls go through
+    /// `circuitBreaker`); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
     /// When set, a NetworkPolicy admits only these to the API pods (enforced where the cluster's
     /// network plugin enforces NetworkPolicies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Base URL (`/v1/businesses/lookup` is appended).
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// Per-call timeout.
+    #[serde(default = "RegistrySpec::default_timeout")]
+    #[schemars(regex(pattern = DURATION))]
+    pub timeout: String,
+    /// Retries of a failed call (with backoff), before the breaker counts a failure.
+    #[serde(default = "RegistrySpec::default_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: u32,
+    /// A Secret key holding the bearer token the registry expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SecretKeyRef>,
+}
+
+impl RegistrySpec {
+    fn default_timeout() -> String {
+        "2s".into()
+    }
+    fn default_retries() -> u32 {
+        2
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

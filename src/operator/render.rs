@@ -152,6 +152,21 @@ pub fn render(platform: &str, spec: &KybPlatformSpec) -> Rendered {
             json!(mount(&mut mounts, r, "redis/url".into())),
         );
     }
+    let mut registry = json!({
+        "circuit_breaker": {
+            "failure_threshold": spec.circuit_breaker.failure_threshold,
+            "recovery_timeout": spec.circuit_breaker.recovery_timeout,
+            "half_open_max_calls": spec.circuit_breaker.half_open_max_calls,
+        }
+    });
+    if let Some(r) = &spec.registry {
+        registry["base_url"] = json!(r.url);
+        registry["timeout"] = json!(r.timeout);
+        registry["retries"] = json!(r.retries);
+        if let Some(c) = &r.credentials {
+            registry["token_file"] = json!(mount(&mut mounts, c, "registry/token".into()));
+        }
+    }
     let config = json!({
         "listen": format!("0.0.0.0:{HTTP_PORT}"),
         "metrics_listen": format!("0.0.0.0:{METRICS_PORT}"),
@@ -169,13 +184,7 @@ pub fn render(platform: &str, spec: &KybPlatformSpec) -> Rendered {
             "write_timeout": spec.server.write_timeout,
             "idle_timeout": spec.server.idle_timeout,
         },
-        "registry": {
-            "circuit_breaker": {
-                "failure_threshold": spec.circuit_breaker.failure_threshold,
-                "recovery_timeout": spec.circuit_breaker.recovery_timeout,
-                "half_open_max_calls": spec.circuit_breaker.half_open_max_calls,
-            }
-        },
+        "registry": registry,
     });
     mounts.sort();
     Rendered {

@@ -1,8 +1,6 @@
 //! Classifying a business: local reference data, optionally confirmed by the external registry, cached
 //! in every level under a key derived from the normalised input.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
@@ -13,7 +11,16 @@ use crate::service::state::AppState;
 /// A classification could not be serialised: a bug, never the caller's input.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serialise the classification: {0}")]
-pub struct ClassifyError(#[from] Arc<serde_json::Error>);
+pub struct ClassifyError(String);
+
+/// Why a load stores nothing.
+#[derive(Debug)]
+enum Uncached {
+    Serialise(serde_json::Error),
+    /// The registry could not be asked: this local answer is served but not cached, so the registry's
+    /// answer replaces it as soon as the registry is back, not when a cached fallback expires.
+    Degraded(Bytes),
+}
 
 /// The classification of `input` (already validated) as the JSON body served, and where it came from.
 pub async fn classify_cached(
@@ -23,30 +30,45 @@ pub async fn classify_cached(
     let normalised = classify::normalise(input);
     let key = classify::cache_key(&normalised);
     let registry = state.registry.as_ref();
-    let (body, status) = state
+    let loaded = state
         .cache
         .get_or_load(&key, Levels::All, || async move {
-            let c = classify_business(registry, &normalised).await;
-            serde_json::to_vec(&c).map(Bytes::from)
+            let (c, complete) = classify_business(registry, &normalised).await;
+            let body = serde_json::to_vec(&c)
+                .map(Bytes::from)
+                .map_err(Uncached::Serialise)?;
+            if complete {
+                Ok(body)
+            } else {
+                Err(Uncached::Degraded(body))
+            }
         })
-        .await?;
-    Ok((body, status))
+        .await;
+    match loaded {
+        Ok(found) => Ok(found),
+        Err(e) => match &*e {
+            Uncached::Degraded(body) => Ok((body.clone(), CacheStatus::Miss)),
+            Uncached::Serialise(e) => Err(ClassifyError(e.to_string())),
+        },
+    }
 }
 
+/// The classification, and whether it is complete: false when a configured registry could not be
+/// asked (the local answer alone).
 pub async fn classify_business(
     registry: Option<&RegistryClient>,
     input: &BusinessInput,
-) -> Classification {
+) -> (Classification, bool) {
     let local = classify::classify(input);
     let Some(registry) = registry else {
-        return local;
+        return (local, true);
     };
     match registry.lookup(input).await {
-        Ok(Some(record)) => merge_registry(local, &record),
-        Ok(None) => local,
+        Ok(Some(record)) => (merge_registry(local, &record), true),
+        Ok(None) => (local, true),
         Err(e) => {
             tracing::debug!(error = %e, "registry lookup failed; classifying from local data");
-            local
+            (local, false)
         }
     }
 }

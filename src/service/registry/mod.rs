@@ -63,9 +63,21 @@ impl RegistryClient {
         let Some(base) = cfg.base_url.clone() else {
             return Ok(None);
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &cfg.token {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| {
+                        ConfigError::Invalid("registry.token is not a valid header value".into())
+                    })?;
+            // Never printed by reqwest's Debug.
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
+            .default_headers(headers)
             .build()
             .map_err(|e| ConfigError::Invalid(format!("registry HTTP client: {e}")))?;
         metrics
