@@ -603,6 +603,79 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     let _ = tokio::time::timeout(Duration::from_secs(15), b_task).await;
 }
 
+/// A leader cut off from the apiserver (a partition: its calls hang) stops reconciling at its renew
+/// deadline, by itself; the follower takes the Lease only after that, never while both would act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_steps_down_before_the_follower_takes_over() {
+    use kybctl::operator::leader::LeaderElector;
+    use tokio_util::sync::CancellationToken;
+
+    let c = cluster().await;
+    let ns = operator::platform_namespace("op-partition").await;
+    let relay = cluster::Relay::start(c.apiserver_addr()).await;
+    let lease = Duration::from_secs(6);
+    let start = |client: kube::Client, identity: &'static str| {
+        let ns = ns.clone();
+        let metrics = Arc::new(OperatorMetrics::default());
+        let stop = CancellationToken::new();
+        let elector = LeaderElector::new(client.clone(), &ns, "kybctl-operator", identity, lease);
+        let task = tokio::spawn(controller::run_elected(
+            client,
+            Some(ns),
+            metrics.clone(),
+            elector,
+            stop.clone(),
+        ));
+        (metrics, stop, task)
+    };
+    let (a, a_stop, a_task) = start(c.client_through(&relay).await, "operator-a");
+    eventually(Duration::from_secs(15), "operator-a to lead", || async {
+        a.leading.get() == 1
+    })
+    .await;
+    let (b, b_stop, b_task) = start(c.client().await, "operator-b");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.leading.get(), 0, "the follower waits");
+
+    relay.cut();
+    let cut = std::time::Instant::now();
+    // Sample both every 20 ms: the last moment A reconciles must come before the first moment B does.
+    let (mut a_last, mut b_first) = (cut, None);
+    while b_first.is_none() && cut.elapsed() < Duration::from_secs(30) {
+        if a.leading.get() == 1 {
+            a_last = std::time::Instant::now();
+        }
+        if b.leading.get() == 1 {
+            b_first = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b_first = b_first.expect("the follower took over within 30 s");
+    let (stepped, took) = (a_last - cut, b_first - cut);
+    eprintln!("after the cut: A reconciled until {stepped:?}, B from {took:?}");
+    assert!(
+        stepped < lease * 2 / 3 + Duration::from_secs(1),
+        "A stopped {stepped:?} after the cut"
+    );
+    assert!(
+        a_last < b_first,
+        "A until {stepped:?}, B from {took:?}: both reconciled"
+    );
+    assert!(
+        took >= lease - Duration::from_secs(1),
+        "B took over {took:?} after the cut"
+    );
+
+    a_stop.cancel();
+    b_stop.cancel();
+    for task in [a_task, b_task] {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("both stop promptly, the partitioned one included")
+            .unwrap();
+    }
+}
+
 /// An operator stopped mid-reconcile (after the migration Job was created, before the rollout) and a new
 /// one started converge on exactly one of everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

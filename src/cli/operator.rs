@@ -56,7 +56,14 @@ pub async fn run(args: OperatorArgs) -> u8 {
     tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(namespace = ?args.namespace, listen = %args.listen, "KybPlatform operator running");
     if !args.leader_elect {
-        controller::run_bounded(client, args.namespace, metrics, super::shutdown_signal()).await;
+        controller::run_bounded(
+            client,
+            args.namespace,
+            metrics,
+            super::shutdown_signal(),
+            controller::STOP_WORK_WITHIN,
+        )
+        .await;
         return exit::OK;
     }
     let identity = args.identity.unwrap_or_else(|| {

@@ -83,6 +83,8 @@ pub struct Context {
     pub metrics: Arc<OperatorMetrics>,
     pub recorder: Recorder,
     pub caches: Caches,
+    /// Consecutive failed reconciles per platform, for the retry backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<KybPlatform>, u32>>,
 }
 
 /// The children as last seen by the controller's watches. Those whose fields can be edited are kept
@@ -541,6 +543,12 @@ async fn rolling_update(
 pub async fn reconcile(kp: Arc<KybPlatform>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = reconcile_inner(&kp, &ctx).await;
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ObjectRef::from_obj(&*kp));
+    }
     ctx.metrics
         .observe(started.elapsed(), result.as_ref().err().map(Error::reason));
     result
@@ -780,9 +788,24 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
 }
 
 /// Transient errors back off; they are logged and counted by reason.
-pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(platform = %kp.name_any(), namespace = ?kp.namespace(), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(ObjectRef::from_obj(&*kp)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let wait = retry_after(failures);
+    tracing::warn!(platform = %kp.name_any(), namespace = ?kp.namespace(), error = %err, failures, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Exponential backoff for a platform whose reconciles keep failing: 1 s doubling to 5 min, so a
+/// broken platform (a rejected child, an admission webhook down) neither hammers the apiserver nor
+/// waits long after the cause is fixed (its watch events still trigger at once).
+pub fn retry_after(consecutive_failures: u32) -> Duration {
+    let exp = consecutive_failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
 }
 
 /// Runs the controller until `shutdown` resolves. `namespace`: watch one namespace, or all when `None`.
@@ -841,6 +864,7 @@ pub async fn run(
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
+        failures: Default::default(),
         caches: Caches {
             deployments,
             jobs,
@@ -886,31 +910,33 @@ pub async fn run(
 
 /// Runs the controller only while `elector` holds the Lease; stops reconciling the moment leadership is
 /// lost and resumes if it is won back. Returns after `shutdown`, having released the Lease.
-/// How long in-flight reconciles may take to finish once leadership is lost or shutdown asked;
-/// then they are abandoned (their requests dropped). With the renew deadline it stays inside the
-/// lease, so a new leader never works beside an old one.
+/// How long in-flight reconciles may take to finish once shutdown is asked without election.
 pub const STOP_WORK_WITHIN: Duration = Duration::from_secs(3);
 
-/// [`run`] until `stop`, then at most [`STOP_WORK_WITHIN`] more, whatever the apiserver does.
+/// [`run`] until `stop`, then at most `within` more (abandoning in-flight reconciles: their requests
+/// are dropped), whatever the apiserver does.
 pub async fn run_bounded(
     client: Client,
     namespace: Option<String>,
     metrics: Arc<OperatorMetrics>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    within: Duration,
 ) {
     let stopped = tokio_util::sync::CancellationToken::new();
     let signal = stopped.clone();
-    let controller = run(client, namespace, metrics, async move {
+    metrics.leading.set(1);
+    let controller = run(client, namespace, metrics.clone(), async move {
         stop.await;
         signal.cancel();
     });
     tokio::pin!(controller);
     tokio::select! {
         _ = &mut controller => {}
-        _ = async { stopped.cancelled().await; tokio::time::sleep(STOP_WORK_WITHIN).await } => {
-            tracing::warn!(within = ?STOP_WORK_WITHIN, "reconciles did not finish in time; abandoning them");
+        _ = async { stopped.cancelled().await; tokio::time::sleep(within).await } => {
+            tracing::warn!(within = ?within, "reconciles did not finish in time; abandoning them");
         }
     }
+    metrics.leading.set(0);
 }
 
 pub async fn run_elected(
@@ -922,6 +948,9 @@ pub async fn run_elected(
 ) {
     let (tx, mut leading) = tokio::sync::watch::channel(false);
     let stop = shutdown.clone();
+    // Work stops within half the gap between the renew deadline and the lease's end, so it is over
+    // before any other replica may take the Lease.
+    let within = elector.stop_work_within();
     let election = tokio::spawn(elector.run(tx, async move { stop.cancelled().await }));
     loop {
         tokio::select! {
@@ -941,6 +970,7 @@ pub async fn run_elected(
                     _ = lost.wait_for(|l| !*l) => {}
                 }
             },
+            within,
         )
         .await;
         tracing::info!("not leading: reconciling stopped");
@@ -951,6 +981,13 @@ pub async fn run_elected(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_reconciles_back_off_exponentially() {
+        let waits: Vec<u64> = (1..=11).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_after(u32::MAX), Duration::from_secs(300));
+    }
 
     fn meta(ns: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
         let map = |kv: &[(&str, &str)]| {

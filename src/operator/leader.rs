@@ -110,6 +110,12 @@ impl LeaderElector {
         }
     }
 
+    /// How long in-flight work may take once leadership is lost: half the time between the renew
+    /// deadline and the lease's end, so it is over before anyone else may take the Lease.
+    pub fn stop_work_within(&self) -> Duration {
+        (self.timing.lease - self.timing.renew_deadline) / 2
+    }
+
     /// How long the record `lease` has gone unchanged in this candidate's eyes.
     fn unchanged_for(&self, lease: Option<&Lease>) -> Option<Duration> {
         let print = lease.map(fingerprint).unwrap_or_default();
@@ -205,7 +211,8 @@ impl LeaderElector {
     }
 
     /// Campaigns and renews every retry period, publishing whether this candidate leads. Leadership
-    /// is dropped when no renewal sent within the renew deadline has succeeded.
+    /// is dropped the moment the renew deadline passes with no renewal sent since then having
+    /// succeeded, whatever calls are still in flight.
     pub async fn run(
         self,
         leading: watch::Sender<bool>,
@@ -216,16 +223,29 @@ impl LeaderElector {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // When the last renewal that succeeded was sent: the Lease runs from then, not from its answer.
         let mut renewed_at: Option<Instant> = None;
+        let step_down = |renewed_at: &mut Option<Instant>| {
+            tracing::error!(deadline = ?t.renew_deadline, "lease not renewed within its deadline; stepping down");
+            *renewed_at = None;
+            leading.send_if_modified(|l| std::mem::replace(l, false));
+        };
+        let until = |at: Option<Instant>| async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at + t.renew_deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = until(renewed_at) => { step_down(&mut renewed_at); continue; }
                 _ = tick.tick() => {}
             }
             let sent = Instant::now();
             let attempt = tokio::select! {
                 _ = &mut stop => break,
-                r = tokio::time::timeout(t.retry.max(Duration::from_secs(1)), self.try_lead()) => r,
+                _ = until(renewed_at) => { step_down(&mut renewed_at); continue; }
+                r = tokio::time::timeout(t.retry, self.try_lead()) => r,
             };
             match attempt {
                 Ok(Ok(true)) => {
@@ -238,11 +258,6 @@ impl LeaderElector {
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
                 Err(_) => tracing::warn!("lease renewal got no answer in time"),
-            }
-            if renewed_at.is_some_and(|at| at.elapsed() >= t.renew_deadline) {
-                tracing::error!(deadline = ?t.renew_deadline, "lease not renewed within its deadline; stepping down");
-                renewed_at = None;
-                leading.send_if_modified(|l| std::mem::replace(l, false));
             }
         }
         leading.send_if_modified(|l| std::mem::replace(l, false));
@@ -311,6 +326,6 @@ mod tests {
         let t = Timing::for_lease(Duration::from_secs(15));
         assert_eq!(t.renew_deadline, Duration::from_secs(10));
         assert_eq!(t.retry, Duration::from_secs(2));
-        assert!(t.renew_deadline + crate::operator::controller::STOP_WORK_WITHIN < t.lease);
+        assert!(t.renew_deadline + (t.lease - t.renew_deadline) / 2 < t.lease);
     }
 }

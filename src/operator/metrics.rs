@@ -65,6 +65,8 @@ pub struct OperatorMetrics {
     pub analysis_runs: Family<AnalysisMeasurement, Counter>,
     /// Requests sent to analysis providers (Prometheus queries, web GETs).
     pub analysis_requests: Counter,
+    /// 1 while this replica reconciles (it holds the Lease, or runs without election).
+    pub leading: Gauge,
 }
 
 impl Default for OperatorMetrics {
@@ -138,8 +140,15 @@ impl Default for OperatorMetrics {
             "Requests sent to analysis providers (Prometheus queries, web GETs)",
             analysis_requests.clone(),
         );
+        let leading = Gauge::default();
+        registry.register(
+            "leading",
+            "1 while this replica reconciles (holds the Lease)",
+            leading.clone(),
+        );
         Self {
             registry,
+            leading,
             analysis_measurements,
             analysis_runs,
             analysis_requests,

@@ -472,6 +472,70 @@ impl Cluster {
     }
 }
 
+/// A TCP relay to the apiserver that can be cut like a network partition: open connections are
+/// dropped and new ones are accepted and held without a byte relayed, so calls hang rather than fail.
+pub struct Relay {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            std::sync::Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                o.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Self { port, cut, open }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// A cluster-admin client whose every request goes through `relay`.
+    pub async fn client_through(&self, relay: &Relay) -> kube::Client {
+        kybctl::tls::ensure_crypto_provider();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        config.cluster_url = format!("https://127.0.0.1:{}", relay.port).parse().unwrap();
+        kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// The apiserver's address.
+    pub fn apiserver_addr(&self) -> std::net::SocketAddr {
+        let url: url::Url = self.server.parse().unwrap();
+        let host = url.host_str().unwrap();
+        format!("{host}:{}", url.port().unwrap()).parse().unwrap()
+    }
+}
+
 async fn client_from_kubeconfig(path: &Path) -> kube::Client {
     // Two rustls providers are compiled in (goose brings aws-lc-rs): pick ring, as kybctl's main does.
     kybctl::tls::ensure_crypto_provider();

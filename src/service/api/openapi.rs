@@ -1,6 +1,11 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 use super::{classifications, error, health, merchants, reports, risk_assessments};
 use crate::classify;
@@ -8,6 +13,7 @@ use crate::service::model;
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&Contract),
     info(
         title = "KYB API",
         description = "Business classification, merchants and risk assessments."
@@ -47,6 +53,143 @@ use crate::service::model;
 )]
 pub struct ApiDoc;
 
+/// What every route can answer besides what its handler documents, and how callers authenticate:
+/// added to the document here once, so it cannot drift from the middleware that produces them.
+struct Contract;
+
+fn problem(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .build(),
+    )
+}
+
+/// Adds each answer the shared layers can give, unless the handler documented it itself.
+fn add_answers(op: &mut Operation, public: bool) {
+    let has_body = op.request_body.is_some();
+    let has_input = has_body || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let mut answers = vec![(
+        "503",
+        "A dependency (database, issuer's keys) is unavailable, or the request timed out; retry after Retry-After",
+    )];
+    if has_input {
+        answers.push(("400", "Malformed request: an invalid id, query or JSON"));
+    }
+    if has_body {
+        answers.extend([
+            ("413", "Request body larger than the limit"),
+            ("415", "Content-Type is not application/json"),
+            (
+                "422",
+                "A field is missing, unknown, of the wrong type or invalid",
+            ),
+        ]);
+    }
+    if !public {
+        answers.extend([
+            (
+                "401",
+                "No credentials, or ones that do not check out (WWW-Authenticate says which)",
+            ),
+            ("403", "The credentials lack the scope this needs"),
+            (
+                "429",
+                "This client is over its rate limit; retry after Retry-After",
+            ),
+        ]);
+        op.security = Some(vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("apiKey", Vec::<String>::new()),
+        ]);
+    }
+    for (code, why) in answers {
+        op.responses
+            .responses
+            .entry(code.to_owned())
+            .or_insert_with(|| problem(why));
+    }
+}
+
+impl Modify for Contract {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An OIDC access token (JWT) or an API key (kyb_...)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = !path.starts_with("/v1/");
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_answers(op, public);
+            }
+        }
+    }
+}
+
 pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_lists_what_the_shared_layers_answer() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+        assert_eq!(schemes["apiKey"]["name"], "X-API-Key");
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let codes = op["responses"].as_object().unwrap();
+                let has = |c: &str| codes.contains_key(c);
+                assert!(has("503"), "{method} {path}");
+                let input = op.get("requestBody").is_some()
+                    || op
+                        .get("parameters")
+                        .is_some_and(|p| !p.as_array().unwrap().is_empty());
+                assert_eq!(has("400"), input, "{method} {path}");
+                if path.starts_with("/v1/") {
+                    assert!(has("401") && has("403") && has("429"), "{method} {path}");
+                    assert!(op["security"].is_array(), "{method} {path}");
+                } else {
+                    assert!(!has("401"), "{method} {path} is public");
+                }
+                if op.get("requestBody").is_some() {
+                    assert!(has("413") && has("415") && has("422"), "{method} {path}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 11, "{checked} operations");
+        assert!(
+            doc["paths"].get("/metrics").is_none(),
+            "not on the API port"
+        );
+    }
 }
