@@ -603,6 +603,50 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     let _ = tokio::time::timeout(Duration::from_secs(15), b_task).await;
 }
 
+/// A child the apiserver refuses (a ConfigMap of the operator's name already there, immutable, with
+/// other data): the reconcile fails, a `ReconcileFailed` Event says why, retries back off, and once
+/// the obstacle is gone the platform becomes Ready without anyone touching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_child_is_reported_and_retried_until_it_succeeds() {
+    let c = cluster().await;
+    let ns = operator::platform_namespace("op-refused").await;
+    operator::apply_platform(&ns, "kyb").await;
+    let kp = operator::platform(&ns, "kyb").await;
+    let name = kybctl::operator::build::build(&kp)
+        .unwrap()
+        .config_map
+        .metadata
+        .name
+        .unwrap();
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\nimmutable: true\ndata: {{config.yaml: 'someone else'}}\n"),
+    );
+    let op = Operator::start(&ns).await;
+    let events = || {
+        let (_, out, _) = run(c.kubectl().args([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "reason=ReconcileFailed",
+            "-o",
+            "jsonpath={.items[*].note}{.items[*].message}",
+        ]));
+        out
+    };
+    eventually(
+        Duration::from_secs(30),
+        "a ReconcileFailed Event",
+        || async { events().contains(&name) },
+    )
+    .await;
+    check(c.kubectl().args(["delete", "configmap", &name, "-n", &ns]));
+    operator::wait_ready(&ns, "kyb", "60s").await;
+    op.stop().await;
+}
+
 /// A leader cut off from the apiserver (a partition: its calls hang) stops reconciling at its renew
 /// deadline, by itself; the follower takes the Lease only after that, never while both would act.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -797,6 +797,18 @@ pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, ctx: Arc<Context>) -> Act
     };
     let wait = retry_after(failures);
     tracing::warn!(platform = %kp.name_any(), namespace = ?kp.namespace(), error = %err, failures, retry_in = ?wait, "reconcile failed");
+    // Where `kubectl describe kyb` shows it; the backoff bounds how often.
+    let note = format!("{err} (failure {failures} in a row; retrying in {wait:?})");
+    tokio::spawn(async move {
+        publish(
+            &ctx,
+            &kp,
+            EventType::Warning,
+            "ReconcileFailed".into(),
+            note,
+        )
+        .await;
+    });
     Action::requeue(wait)
 }
 
