@@ -523,36 +523,45 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
     op.stop().await;
 }
 
+/// An elected operator for platforms in `ns`, its Lease in `ns` too: its metrics, its stop, its task.
+fn start_elected(
+    client: kube::Client,
+    ns: &str,
+    identity: &str,
+    lease: Duration,
+) -> (
+    Arc<OperatorMetrics>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let metrics = Arc::new(OperatorMetrics::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let elector = kybctl::operator::leader::LeaderElector::new(
+        client.clone(),
+        ns,
+        "kybctl-operator",
+        identity,
+        lease,
+    );
+    let task = tokio::spawn(controller::run_elected(
+        client,
+        Some(ns.to_owned()),
+        metrics.clone(),
+        elector,
+        stop.clone(),
+    ));
+    (metrics, stop, task)
+}
+
 /// Two operators with leader election: only the leader writes; when it stops, the other takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_writes_and_the_follower_takes_over() {
-    use kybctl::operator::leader::LeaderElector;
-    use tokio_util::sync::CancellationToken;
-
     let c = cluster().await;
     let ns = operator::platform_namespace("op-ha").await;
+    let lease = Duration::from_secs(3);
     let start = |identity: &'static str| {
         let ns = ns.clone();
-        async move {
-            let client = cluster().await.client().await;
-            let metrics = Arc::new(OperatorMetrics::default());
-            let stop = CancellationToken::new();
-            let elector = LeaderElector::new(
-                client.clone(),
-                &ns,
-                "kybctl-operator",
-                identity,
-                Duration::from_secs(3),
-            );
-            let task = tokio::spawn(controller::run_elected(
-                client,
-                Some(ns),
-                metrics.clone(),
-                elector,
-                stop.clone(),
-            ));
-            (metrics, stop, task)
-        }
+        async move { start_elected(cluster().await.client().await, &ns, identity, lease) }
     };
     let (a_metrics, a_stop, a_task) = start("operator-a").await;
     let lease_holder = || {
@@ -651,27 +660,12 @@ async fn a_refused_child_is_reported_and_retried_until_it_succeeds() {
 /// deadline, by itself; the follower takes the Lease only after that, never while both would act.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_steps_down_before_the_follower_takes_over() {
-    use kybctl::operator::leader::LeaderElector;
-    use tokio_util::sync::CancellationToken;
-
     let c = cluster().await;
     let ns = operator::platform_namespace("op-partition").await;
     let relay = cluster::Relay::start(c.apiserver_addr()).await;
     let lease = Duration::from_secs(6);
-    let start = |client: kube::Client, identity: &'static str| {
-        let ns = ns.clone();
-        let metrics = Arc::new(OperatorMetrics::default());
-        let stop = CancellationToken::new();
-        let elector = LeaderElector::new(client.clone(), &ns, "kybctl-operator", identity, lease);
-        let task = tokio::spawn(controller::run_elected(
-            client,
-            Some(ns),
-            metrics.clone(),
-            elector,
-            stop.clone(),
-        ));
-        (metrics, stop, task)
-    };
+    let start =
+        |client: kube::Client, identity: &'static str| start_elected(client, &ns, identity, lease);
     let (a, a_stop, a_task) = start(c.client_through(&relay).await, "operator-a");
     eventually(Duration::from_secs(15), "operator-a to lead", || async {
         a.leading.get() == 1
