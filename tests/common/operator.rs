@@ -191,11 +191,18 @@ impl Operator {
     pub async fn start_shipped(prefix: &str) -> (String, Self) {
         let c = cluster().await;
         install_crd().await;
-        check(c.kubectl().args([
-            "apply",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
-        ]));
+        // Once per test binary: two concurrent client-side applies both try to create the namespace
+        // and the second fails with AlreadyExists.
+        static SHIPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        SHIPPED
+            .get_or_init(|| async {
+                check(c.kubectl().args([
+                    "apply",
+                    "-f",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
+                ]));
+            })
+            .await;
         let ns = platform_namespace(prefix).await;
         let token =
             check(
