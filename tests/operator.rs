@@ -21,6 +21,7 @@ use kybctl::operator::controller;
 use kybctl::operator::crd::KybPlatform;
 use kybctl::operator::metrics::{OperatorMetrics, Outcome};
 use operator::{condition, Operator};
+use serde::Deserialize;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_becomes_ready_rolls_changes_and_is_collected() {
@@ -448,19 +449,14 @@ async fn a_missing_secret_is_reported_not_retried_hot() {
     op.stop().await;
 }
 
-/// The operator works under the ServiceAccount and RBAC that `manifests/operator.yaml` ships, and that
+/// The operator works under the ServiceAccount and RBAC that `kubectl apply -k manifests/` installs, and that
 /// RBAC grants no more than it needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_rbac_is_sufficient_and_least_privilege() {
     let c = cluster().await;
-    operator::install_crd().await;
     // kubectl resolves httproutes through discovery.
     gateway::install_gateway_api_crds().await;
-    check(c.kubectl().args([
-        "apply",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
-    ]));
+    operator::install_shipped().await;
     let sa = "system:serviceaccount:kyb-system:kybctl-operator";
     for (verb, resource, subresource, allowed) in [
         ("patch", "deployments", "", "yes"),
@@ -523,6 +519,127 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
     op.stop().await;
 }
 
+/// The namespaced install's Role grants exactly what the cluster-wide ClusterRole grants, so the two
+/// installs cannot drift apart.
+#[test]
+fn namespaced_role_has_the_cluster_roles_rules() {
+    let rules = |path: &str, kind: &str| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(format!("{}/{path}", operator::MANIFESTS)).unwrap();
+        let doc = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+            .find(|doc| doc["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {path}"));
+        doc["rules"].clone()
+    };
+    let cluster_wide = rules("cluster-role.yaml", "ClusterRole");
+    assert!(cluster_wide.as_sequence().is_some_and(|r| !r.is_empty()));
+    assert_eq!(
+        rules("namespaced/watched-namespace.yaml", "Role"),
+        cluster_wide
+    );
+}
+
+/// The namespaced install, under its own token: with a Role in each watched namespace and nothing
+/// cluster-wide, the operator reconciles the platforms of the namespaces it watches, may not touch any
+/// other namespace, and leaves a platform there alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaced_install_reconciles_only_its_namespaces_under_roles() {
+    let c = cluster().await;
+    operator::install_crd().await;
+    // Its own home namespace, so its ServiceAccount is not the cluster-wide install's.
+    let home = c.namespace("op-home").await;
+    let rendered = check(
+        c.kubectl()
+            .args(["kustomize", &format!("{}/namespaced", operator::MANIFESTS)]),
+    )
+    .replace("kyb-system", &home);
+    check_with_stdin(c.kubectl().args(["apply", "-f", "-"]), &rendered);
+    let watched = [
+        operator::platform_namespace("op-ns-a").await,
+        operator::platform_namespace("op-ns-b").await,
+    ];
+    let outside = operator::platform_namespace("op-ns-out").await;
+    let role = std::fs::read_to_string(format!(
+        "{}/namespaced/watched-namespace.yaml",
+        operator::MANIFESTS
+    ))
+    .unwrap()
+    .replace("namespace: kyb-system", &format!("namespace: {home}"));
+    for ns in &watched {
+        check_with_stdin(c.kubectl().args(["apply", "-n", ns, "-f", "-"]), &role);
+    }
+    let sa = format!("system:serviceaccount:{home}:kybctl-operator");
+    let can = |verb: &str, resource: &str, scope: &[&str]| {
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];
+        args.extend_from_slice(scope);
+        run(c.kubectl().args(&args)).1.trim().to_owned()
+    };
+    for ns in &watched {
+        assert_eq!(can("patch", "deployments", &["-n", ns]), "yes");
+        assert_eq!(can("get", "secrets", &["-n", ns]), "yes");
+        assert_eq!(
+            can(
+                "patch",
+                "kybplatforms.kyb.io",
+                &["-n", ns, "--subresource=status"]
+            ),
+            "yes"
+        );
+    }
+    for ns in [outside.as_str(), "kube-system", "default"] {
+        assert_eq!(can("patch", "deployments", &["-n", ns]), "no", "in {ns}");
+        assert_eq!(can("get", "secrets", &["-n", ns]), "no", "in {ns}");
+        assert_eq!(
+            can("watch", "kybplatforms.kyb.io", &["-n", ns]),
+            "no",
+            "in {ns}"
+        );
+    }
+    for resource in ["kybplatforms.kyb.io", "deployments", "secrets"] {
+        assert_eq!(
+            can("list", resource, &["--all-namespaces"]),
+            "no",
+            "{resource} cluster-wide"
+        );
+    }
+
+    let token = check(
+        c.kubectl()
+            .args(["create", "token", "kybctl-operator", "-n", &home]),
+    );
+    let op = Operator::start_watching(
+        controller::Watch::of(watched.to_vec()),
+        c.client_with_token(token.trim()).await,
+    )
+    .await;
+    for ns in watched.iter().chain([&outside]) {
+        operator::apply_platform(ns, "kyb").await;
+    }
+    for ns in &watched {
+        operator::wait_ready(ns, "kyb", "120s").await;
+    }
+    // Both watched platforms are Ready, so the one outside has had every chance to be reconciled.
+    let (_, children, _) = run(c.kubectl().args([
+        "get",
+        "deployments,services,configmaps",
+        "-n",
+        &outside,
+        "-l",
+        "app.kubernetes.io/managed-by",
+        "-o",
+        "name",
+    ]));
+    assert!(
+        children.trim().is_empty(),
+        "children outside the watched namespaces: {children}"
+    );
+    assert!(
+        operator::platform(&outside, "kyb").await.status.is_none(),
+        "status written outside the watched namespaces"
+    );
+    op.stop().await;
+}
+
 /// An elected operator for platforms in `ns`, its Lease in `ns` too: its metrics, its stop, its task.
 fn start_elected(
     client: kube::Client,
@@ -545,7 +662,7 @@ fn start_elected(
     );
     let task = tokio::spawn(controller::run_elected(
         client,
-        Some(ns.to_owned()),
+        controller::Watch::namespace(ns),
         metrics.clone(),
         elector,
         stop.clone(),

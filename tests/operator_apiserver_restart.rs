@@ -13,8 +13,6 @@ use std::time::Duration;
 use cluster::{check, cluster, run};
 use operator::Operator;
 
-const OPERATOR_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
     // The operator's log is shown when the test fails (RUST_LOG=kybctl=debug for more).
@@ -26,7 +24,7 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
         .with_test_writer()
         .try_init();
     let c = cluster().await;
-    check(c.kubectl().args(["apply", "-f", OPERATOR_MANIFEST]));
+    operator::install_shipped().await;
     let ns = operator::platform_namespace("op-apiserver").await;
     // Under the shipped ServiceAccount, as in production. The token is signed by the control plane's
     // key, so it stays valid across the restart.

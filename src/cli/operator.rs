@@ -12,9 +12,16 @@ use crate::operator::metrics::OperatorMetrics;
 
 #[derive(Debug, clap::Args)]
 pub struct OperatorArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, short = 'n', env = "KYB_OPERATOR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Reconcile only KybPlatforms in these namespaces (repeat or comma-separate; default: all
+    /// namespaces). A namespaced install needs only a Role in each (manifests/namespaced).
+    #[arg(
+        long,
+        short = 'n',
+        alias = "namespace",
+        env = "WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
+    watch_namespace: Vec<String>,
     /// Address of the /metrics and /health endpoints.
     #[arg(long, default_value = "0.0.0.0:8081", env = "KYB_OPERATOR_LISTEN")]
     listen: std::net::SocketAddr,
@@ -54,11 +61,12 @@ pub async fn run(args: OperatorArgs) -> u8 {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { m.encode() }));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    tracing::info!(namespace = ?args.namespace, listen = %args.listen, "KybPlatform operator running");
+    let watch = controller::Watch::of(args.watch_namespace);
+    tracing::info!(watch = ?watch, listen = %args.listen, "KybPlatform operator running");
     if !args.leader_elect {
         controller::run_bounded(
             client,
-            args.namespace,
+            watch,
             metrics,
             super::shutdown_signal(),
             controller::STOP_WORK_WITHIN,
@@ -83,6 +91,6 @@ pub async fn run(args: OperatorArgs) -> u8 {
         super::shutdown_signal().await;
         on_signal.cancel();
     });
-    controller::run_elected(client, args.namespace, metrics, elector, shutdown).await;
+    controller::run_elected(client, watch, metrics, elector, shutdown).await;
     exit::OK
 }

@@ -820,8 +820,65 @@ pub fn retry_after(consecutive_failures: u32) -> Duration {
     Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
 }
 
-/// Runs the controller until `shutdown` resolves. `namespace`: watch one namespace, or all when `None`.
+/// Which namespaces the operator reconciles: every namespace (the cluster-wide install, one watch per
+/// kind), or the listed ones (the namespaced install, whose RBAC is a Role in each of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    All,
+    Namespaces(Vec<String>),
+}
+
+impl Watch {
+    /// No namespace named means all of them (like kubectl's `--all-namespaces` default for operators).
+    pub fn of(namespaces: Vec<String>) -> Self {
+        let mut names: Vec<String> = namespaces
+            .into_iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            Watch::All
+        } else {
+            Watch::Namespaces(names)
+        }
+    }
+
+    pub fn namespace(ns: &str) -> Self {
+        Watch::Namespaces(vec![ns.to_owned()])
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. A namespaced install runs one controller per
+/// namespace: a watch across namespaces needs cluster-wide list and watch, which a Role cannot grant.
 pub async fn run(
+    client: Client,
+    watch: Watch,
+    metrics: Arc<OperatorMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let scopes = match watch {
+        Watch::All => vec![None],
+        Watch::Namespaces(names) => names.into_iter().map(Some).collect(),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let controllers = futures::future::join_all(scopes.into_iter().map(|ns| {
+        let stop = stop.clone();
+        run_scope(client.clone(), ns, metrics.clone(), async move {
+            stop.cancelled().await
+        })
+    }));
+    tokio::pin!(controllers);
+    tokio::select! {
+        _ = &mut controllers => return,
+        _ = shutdown => stop.cancel(),
+    }
+    controllers.await;
+}
+
+/// One controller over one namespace, or over all when `namespace` is `None`.
+async fn run_scope(
     client: Client,
     namespace: Option<String>,
     metrics: Arc<OperatorMetrics>,
@@ -929,7 +986,7 @@ pub const STOP_WORK_WITHIN: Duration = Duration::from_secs(3);
 /// are dropped), whatever the apiserver does.
 pub async fn run_bounded(
     client: Client,
-    namespace: Option<String>,
+    watch: Watch,
     metrics: Arc<OperatorMetrics>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     within: Duration,
@@ -937,7 +994,7 @@ pub async fn run_bounded(
     let stopped = tokio_util::sync::CancellationToken::new();
     let signal = stopped.clone();
     metrics.leading.set(1);
-    let controller = run(client, namespace, metrics.clone(), async move {
+    let controller = run(client, watch, metrics.clone(), async move {
         stop.await;
         signal.cancel();
     });
@@ -953,7 +1010,7 @@ pub async fn run_bounded(
 
 pub async fn run_elected(
     client: Client,
-    namespace: Option<String>,
+    watch: Watch,
     metrics: Arc<OperatorMetrics>,
     elector: super::leader::LeaderElector,
     shutdown: tokio_util::sync::CancellationToken,
@@ -974,7 +1031,7 @@ pub async fn run_elected(
         let stop = shutdown.clone();
         run_bounded(
             client.clone(),
-            namespace.clone(),
+            watch.clone(),
             metrics.clone(),
             async move {
                 tokio::select! {
@@ -993,6 +1050,16 @@ pub async fn run_elected(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watching_no_namespace_means_all_of_them() {
+        assert_eq!(Watch::of(vec![]), Watch::All);
+        assert_eq!(Watch::of(vec![" ".into(), String::new()]), Watch::All);
+        assert_eq!(
+            Watch::of(vec!["b".into(), "a".into(), " b ".into()]),
+            Watch::Namespaces(vec!["a".into(), "b".into()])
+        );
+    }
 
     #[test]
     fn failing_reconciles_back_off_exponentially() {

@@ -26,6 +26,22 @@ pub async fn install_crd() {
     ]));
 }
 
+/// The shipped manifests' directory (`kubectl apply -k` installs).
+pub const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests");
+
+/// The CRDs and the cluster-wide install (`kubectl apply -k manifests/`), once per test binary: two
+/// concurrent client-side applies both try to create the namespace and the second fails with
+/// AlreadyExists.
+pub async fn install_shipped() {
+    install_crd().await;
+    static SHIPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SHIPPED
+        .get_or_init(|| async {
+            check(cluster().await.kubectl().args(["apply", "-k", MANIFESTS]));
+        })
+        .await;
+}
+
 /// A minimal KybPlatform `name` referencing the Secret that [`platform_namespace`] creates.
 pub fn platform_yaml(name: &str) -> String {
     format!(
@@ -190,19 +206,7 @@ impl Operator {
     /// it also proves that RBAC sufficient.
     pub async fn start_shipped(prefix: &str) -> (String, Self) {
         let c = cluster().await;
-        install_crd().await;
-        // Once per test binary: two concurrent client-side applies both try to create the namespace
-        // and the second fails with AlreadyExists.
-        static SHIPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-        SHIPPED
-            .get_or_init(|| async {
-                check(c.kubectl().args([
-                    "apply",
-                    "-f",
-                    concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator.yaml"),
-                ]));
-            })
-            .await;
+        install_shipped().await;
         let ns = platform_namespace(prefix).await;
         let token =
             check(
@@ -214,12 +218,15 @@ impl Operator {
     }
 
     pub async fn start_as(ns: &str, client: kube::Client) -> Self {
+        Self::start_watching(controller::Watch::namespace(ns), client).await
+    }
+
+    pub async fn start_watching(watch: controller::Watch, client: kube::Client) -> Self {
         let metrics = Arc::new(OperatorMetrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let m = metrics.clone();
-        let ns = ns.to_owned();
         let task = tokio::spawn(async move {
-            controller::run(client, Some(ns), m, async move {
+            controller::run(client, watch, m, async move {
                 let _ = rx.await;
             })
             .await;
