@@ -729,6 +729,157 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     let _ = tokio::time::timeout(Duration::from_secs(15), b_task).await;
 }
 
+/// A leader killed outright (SIGKILL: no release, no last word): the follower, the real binary too,
+/// takes the Lease once it has seen the record unchanged for a lease duration, not before, and
+/// reconciles the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_after_one_lease() {
+    let c = cluster().await;
+    let ns = operator::platform_namespace("op-killed").await;
+    let lease = Duration::from_secs(4);
+    let spawn = |identity: &str| {
+        let listen = format!("127.0.0.1:{}", kybctl::local::free_port().unwrap());
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"))
+            .args([
+                "operator",
+                "--watch-namespace",
+                &ns,
+                "--lease-namespace",
+                &ns,
+            ])
+            .args(["--identity", identity, "--listen", &listen])
+            .args(["--leader-elect-lease-duration", "4s"])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let lease_holder = || {
+        let (_, out, _) = run(c.kubectl().args([
+            "get",
+            "lease",
+            "kybctl-operator",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]));
+        out.trim().to_owned()
+    };
+    let mut a = spawn("operator-a");
+    eventually(Duration::from_secs(20), "operator-a to lead", || async {
+        lease_holder() == "operator-a"
+    })
+    .await;
+    let _b = spawn("operator-b");
+    operator::apply_platform(&ns, "kyb").await;
+    operator::wait_ready(&ns, "kyb", "120s").await;
+
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let killed = std::time::Instant::now();
+    eventually(Duration::from_secs(20), "operator-b to lead", || async {
+        lease_holder() == "operator-b"
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("the follower took the Lease {took:?} after the kill");
+    // The last renewal came at most one retry period (0.53 s) before the kill.
+    assert!(
+        took >= lease - Duration::from_secs(1),
+        "taken {took:?} after the kill"
+    );
+    check(
+        c.kubectl()
+            .args(["scale", "-n", &ns, "kyb/kyb", "--replicas=3"]),
+    );
+    let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
+    eventually(
+        Duration::from_secs(30),
+        "the new leader to apply the change",
+        || async { deployments.get("kyb").await.unwrap().spec.unwrap().replicas == Some(3) },
+    )
+    .await;
+}
+
+/// Skewed clocks: a holder whose clock runs an hour behind keeps its Lease for as long as it renews,
+/// and one an hour ahead loses it a lease duration after it stops. A candidate that compared the
+/// holder's `renewTime` with its own clock would get the first wrong at once and the second by an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_ignores_the_holders_clock() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let c = cluster().await;
+    let ns = c.namespace("op-skew").await;
+    let lease = Duration::from_secs(2);
+    let leases = Api::<Lease>::namespaced(c.client().await, &ns);
+    let renewed = |skew: SignedDuration| {
+        serde_json::json!({ "spec": LeaseSpec {
+            holder_identity: Some("skewed".into()),
+            lease_duration_seconds: Some(lease.as_secs() as i32),
+            renew_time: Some(MicroTime(Timestamp::now() + skew)),
+            ..Default::default()
+        }})
+    };
+    let behind = SignedDuration::from_hours(-1);
+    let mut first: Lease = serde_json::from_value(renewed(behind)).unwrap();
+    first.metadata.name = Some("kybctl-operator".into());
+    leases.create(&PostParams::default(), &first).await.unwrap();
+    let candidate = kybctl::operator::leader::LeaderElector::new(
+        c.client().await,
+        &ns,
+        "kybctl-operator",
+        "candidate",
+        lease,
+    );
+    // The holder, an hour behind, renews every 300 ms for three lease durations.
+    let renewing = std::time::Instant::now();
+    while renewing.elapsed() < lease * 3 {
+        leases
+            .patch(
+                "kybctl-operator",
+                &PatchParams::default(),
+                &Patch::Merge(renewed(behind)),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !candidate.try_lead().await.unwrap(),
+            "taken from a holder that renews"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Its last renewal stamped an hour ahead; then it stops.
+    leases
+        .patch(
+            "kybctl-operator",
+            &PatchParams::default(),
+            &Patch::Merge(renewed(SignedDuration::from_hours(1))),
+        )
+        .await
+        .unwrap();
+    let stopped = std::time::Instant::now();
+    while !candidate.try_lead().await.unwrap() {
+        assert!(
+            stopped.elapsed() < lease * 5,
+            "not taken {:?} after the holder stopped",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = stopped.elapsed();
+    assert!(took >= lease, "taken {took:?} after the holder stopped");
+    let held = leases.get("kybctl-operator").await.unwrap();
+    assert_eq!(
+        held.spec.unwrap().holder_identity.as_deref(),
+        Some("candidate")
+    );
+}
+
 /// A child the apiserver refuses (a ConfigMap of the operator's name already there, immutable, with
 /// other data): the reconcile fails, a `ReconcileFailed` Event says why, retries back off, and once
 /// the obstacle is gone the platform becomes Ready without anyone touching it.

@@ -28,6 +28,10 @@ pub struct OperatorArgs {
     /// Reconcile only while holding the Lease, so several replicas can run (`--leader-elect=false` for one).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KYB_OPERATOR_LEADER_ELECT")]
     leader_elect: bool,
+    /// How long a Lease lasts unrenewed before another replica may take it; the renew deadline is two
+    /// thirds of it, the retry period two fifteenths (client-go's 15 s / 10 s / 2 s, scaled).
+    #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
+    leader_elect_lease_duration: std::time::Duration,
     /// Namespace of the Lease (the operator's own namespace in a cluster).
     #[arg(long, default_value = "kyb-system", env = "POD_NAMESPACE")]
     lease_namespace: String,
@@ -37,7 +41,15 @@ pub struct OperatorArgs {
 }
 
 const LEASE_NAME: &str = "kybctl-operator";
-const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// At least 1 s: shorter leases renew faster than an apiserver round trip under load.
+fn parse_lease_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
 
 pub async fn run(args: OperatorArgs) -> u8 {
     // KUBECONFIG, ~/.kube/config or the in-cluster ServiceAccount, like kubectl.
@@ -83,7 +95,7 @@ pub async fn run(args: OperatorArgs) -> u8 {
         &args.lease_namespace,
         LEASE_NAME,
         &identity,
-        LEASE_DURATION,
+        args.leader_elect_lease_duration,
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
