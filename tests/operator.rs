@@ -881,7 +881,8 @@ async fn lease_expiry_ignores_the_holders_clock() {
 }
 
 /// A child the apiserver refuses (a ConfigMap of the operator's name already there, immutable, with
-/// other data): the reconcile fails, a `ReconcileFailed` Event says why, retries back off, and once
+/// other data): the reconcile fails, a `ReconcileFailed` Event and the `Reconciled` condition say why,
+/// retries back off, and once
 /// the obstacle is gone the platform becomes Ready without anyone touching it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_child_is_reported_and_retried_until_it_succeeds() {
@@ -919,8 +920,33 @@ async fn a_refused_child_is_reported_and_retried_until_it_succeeds() {
         || async { events().contains(&name) },
     )
     .await;
+    let reconciled = || async {
+        let kp = operator::platform(&ns, "kyb").await;
+        let c = kp.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Reconciled")
+                .cloned()
+        });
+        c.map(|c| (c.status, c.reason, c.message))
+    };
+    eventually(
+        Duration::from_secs(30),
+        "Reconciled False in status",
+        || async {
+            reconciled().await.is_some_and(|(s, r, m)| {
+                s == "False" && r == "ReconcileFailed" && m.contains(&name)
+            })
+        },
+    )
+    .await;
     check(c.kubectl().args(["delete", "configmap", &name, "-n", &ns]));
     operator::wait_ready(&ns, "kyb", "60s").await;
+    let (status, reason, _) = reconciled().await.unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ReconcileSucceeded")
+    );
     op.stop().await;
 }
 

@@ -797,9 +797,10 @@ pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, ctx: Arc<Context>) -> Act
     };
     let wait = retry_after(failures);
     tracing::warn!(platform = %kp.name_any(), namespace = ?kp.namespace(), error = %err, failures, retry_in = ?wait, "reconcile failed");
-    // Where `kubectl describe kyb` shows it; the backoff bounds how often.
+    // Where `kubectl describe kyb` and the status show it; the backoff bounds how often.
     let note = format!("{err} (failure {failures} in a row; retrying in {wait:?})");
     tokio::spawn(async move {
+        record_failure(&ctx, &kp, note.clone()).await;
         publish(
             &ctx,
             &kp,
@@ -810,6 +811,27 @@ pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, ctx: Arc<Context>) -> Act
         .await;
     });
     Action::requeue(wait)
+}
+
+/// `Reconciled` False with the error in the platform's status. A merge patch of the whole status as
+/// last observed plus that condition: the next successful reconcile's apply flips it back. Best
+/// effort, like the Event: the apiserver may be what failed.
+async fn record_failure(ctx: &Context, kp: &KybPlatform, message: String) {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let patch = serde_json::json!({ "status": status::failed(kp, message, &now) });
+    ctx.metrics.writes.inc();
+    let api =
+        Api::<KybPlatform>::namespaced(ctx.client.clone(), &kp.namespace().unwrap_or_default());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    if let Err(e) = api
+        .patch_status(&kp.name_any(), &params, &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, "reconcile failure not recorded in status");
+    }
 }
 
 /// Exponential backoff for a platform whose reconciles keep failing: 1 s doubling to 5 min, so a

@@ -11,6 +11,8 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const MIGRATIONS_APPLIED: &str = "MigrationsApplied";
+/// Whether the last reconcile got through (False with the error while retries back off).
+pub const RECONCILED: &str = "Reconciled";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Migration {
@@ -120,10 +122,35 @@ fn set(
     }
 }
 
+/// The status after a failed reconcile: everything as last observed, and `Reconciled` False with the
+/// error, so `kubectl get kyb -o yaml` (and whatever watches conditions) shows why nothing moves.
+pub fn failed(kp: &KybPlatform, message: String, now: &Time) -> KybPlatformStatus {
+    let mut status = kp.status.clone().unwrap_or_default();
+    set(
+        &mut status.conditions,
+        RECONCILED,
+        false,
+        "ReconcileFailed",
+        message,
+        kp.metadata.generation,
+        now,
+    );
+    status
+}
+
 pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformStatus {
     let previous = kp.status.clone().unwrap_or_default();
     let generation = kp.metadata.generation;
     let mut conds = previous.conditions.clone();
+    set(
+        &mut conds,
+        RECONCILED,
+        true,
+        "ReconcileSucceeded",
+        "every child is applied".into(),
+        generation,
+        now,
+    );
     let r = &obs.rollout;
     let progressive = obs.progressive.as_ref();
     let rolled_out = match progressive {
@@ -427,6 +454,38 @@ mod tests {
             Some("registry.example.com/kybctl:0.0.9")
         );
         assert_eq!(s.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_a_condition_until_one_succeeds() {
+        let mut platform = kp();
+        let first = next_status(&platform, &observed(3, "kyb:1", Migration::Disabled), &t(0));
+        assert_eq!(cond(&first, RECONCILED).status, "True");
+        platform.status = Some(first.clone());
+        let failed = failed(&platform, "configmaps \"x\" is immutable".into(), &t(10));
+        let c = cond(&failed, RECONCILED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ReconcileFailed")
+        );
+        assert!(c.message.contains("immutable"));
+        assert_eq!(c.last_transition_time, t(10));
+        assert_eq!(
+            cond(&failed, READY),
+            cond(&first, READY),
+            "the rest as last observed"
+        );
+        platform.status = Some(failed);
+        let again = next_status(
+            &platform,
+            &observed(3, "kyb:1", Migration::Disabled),
+            &t(20),
+        );
+        let c = cond(&again, RECONCILED);
+        assert_eq!(
+            (c.status.as_str(), c.last_transition_time.clone()),
+            ("True", t(20))
+        );
     }
 
     #[test]
