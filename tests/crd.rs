@@ -247,8 +247,9 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     assert!(listed.trim().is_empty(), "nothing half-applied: {listed}");
 }
 
-/// Hash or range routing depends on the shard list: once set, it cannot change (merchants would turn
-/// 404), while a single database may still become one shard.
+/// Hash, range or directory routing depends on the shard list: once set, it cannot change (merchants
+/// would turn 404), while a single database may still become one shard; keys and ranges belong to
+/// their own strategies only.
 #[tokio::test]
 async fn shards_cannot_be_reshuffled_once_set() {
     let c = installed().await;
@@ -257,12 +258,13 @@ async fn shards_cannot_be_reshuffled_once_set() {
     let manifest = |database: &str| {
         format!("apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata:\n  name: sharded\nspec:\n  image: x\n  database: {database}\n")
     };
-    let apply = |database: String| {
+    let apply_named = |name: &str, database: String| {
         run_with_stdin(
             c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-            &manifest(&database),
+            &manifest(&database).replace("name: sharded", &format!("name: {name}")),
         )
     };
+    let apply = |database: String| apply_named("sharded", database);
     let (ok, _, err) = apply("{primary: {name: db, key: url}}".into());
     assert!(ok, "{err}");
     let (ok, _, err) = apply(format!("{{shards: [{}]}}", shard("a")));
@@ -282,6 +284,24 @@ async fn shards_cannot_be_reshuffled_once_set() {
         "jsonpath={.spec.database.shards[*].id}",
     ]));
     assert_eq!(spec.trim(), "a", "nothing half-applied");
+
+    // Directory keys pin ids to shards: they are part of the routing too.
+    let pinned = |keys: &str| {
+        format!("{{shardingStrategy: directory, shards: [{{id: a, primary: {{name: db, key: a}}, keys: [{keys}]}}, {}]}}", shard("b"))
+    };
+    let (ok, _, err) = apply_named("directory", pinned("big-1"));
+    assert!(ok, "{err}");
+    let (ok, _, err) = apply_named("directory", pinned("big-1, big-2"));
+    assert!(!ok, "a new pinned key was accepted");
+    assert!(err.contains("directory keys"), "{err}");
+    for (database, needle) in [
+        (format!("{{shardingStrategy: hash, shards: [{{id: a, primary: {{name: db, key: a}}, keys: [x]}}, {}]}}", shard("b")), "only the directory sharding strategy"),
+        (format!("{{shardingStrategy: hash, shards: [{{id: a, primary: {{name: db, key: a}}, rangeFrom: ''}}, {}]}}", shard("b")), "only the range sharding strategy"),
+    ] {
+        let (ok, _, err) = apply_named("misplaced", database.clone());
+        assert!(!ok, "accepted: {database}");
+        assert!(err.contains(needle), "{err}");
+    }
 }
 
 /// What the operator would apply for a real KybPlatform is accepted by the apiserver (server-side

@@ -50,6 +50,8 @@ pub enum BuildError {
     Duration { field: &'static str, value: String },
     #[error("{0}")]
     Connections(String),
+    #[error("spec.database.shards: {0}")]
+    Sharding(String),
 }
 
 /// Everything the operator applies for one KybPlatform.
@@ -338,6 +340,12 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     let spec = &kp.spec;
     crate::operator::connections::budget(spec).map_err(BuildError::Connections)?;
     let rendered = render::render(&name, spec);
+    // The service refuses at start a shard layout it cannot route (a key pinned to two shards, no
+    // range starting at ""); refuse it here with the service's own check, before a pod crash-loops.
+    let config = crate::config::Config::from_yaml(&rendered.config_yaml)
+        .map_err(|e| BuildError::Sharding(format!("rendered configuration unreadable: {e}")))?;
+    crate::service::db::shard::ShardRouter::from_config(&config.database.sharding)
+        .map_err(|e| BuildError::Sharding(e.to_string()))?;
     let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
     let config_hash = hash(&[&rendered.config_yaml, &format!("{:?}", rendered.mounts)]);
     let config_map_name = config_map_name(&name, &hash(&[&rendered.config_yaml]));
@@ -1066,6 +1074,7 @@ mod tests {
             primary: kp.spec.database.primary.clone().unwrap(),
             replicas: vec![],
             range_from: None,
+            keys: vec![],
         }];
         let d = build(&kp).unwrap();
         assert_ne!(a.schema, d.schema, "a new shard is a new migration target");
@@ -1170,5 +1179,30 @@ mod tests {
             }
         ));
         assert_eq!(selector_string(&minimal()), "app.kubernetes.io/component=api,app.kubernetes.io/instance=kyb,app.kubernetes.io/name=kyb-api");
+    }
+
+    #[test]
+    fn directory_keys_reach_the_service_and_a_key_pinned_twice_is_refused() {
+        let sharded = |b_keys: &str| {
+            let mut kp = minimal();
+            kp.spec.database = serde_yaml::from_str(&format!(
+                "shardingStrategy: directory\nshards:\n- {{id: a, primary: {{name: s, key: a}}, keys: [big-1, big-2]}}\n- {{id: b, primary: {{name: s, key: b}}, keys: [{b_keys}]}}\n"
+            ))
+            .unwrap();
+            kp
+        };
+        let c = build(&sharded("big-3")).unwrap();
+        let yaml = c.config_map.data.unwrap()[CONFIG_FILE].clone();
+        let config = crate::config::Config::from_yaml(&yaml).unwrap();
+        let router =
+            crate::service::db::shard::ShardRouter::from_config(&config.database.sharding).unwrap();
+        assert_eq!(
+            ["big-1", "big-2", "big-3"].map(|k| router.route(k)),
+            [0, 0, 1]
+        );
+        assert_eq!(
+            build(&sharded("big-2")).unwrap_err(),
+            BuildError::Sharding("key \"big-2\" is listed under two shards".into())
+        );
     }
 }

@@ -329,8 +329,12 @@ pub struct SecretKeyRef {
     .message("spec.database: set either primary (one database) or shards, not both"))]
 #[x_kube(validation = Rule::new("has(self.primary) || size(self.shards) > 0")
     .message("spec.database.primary is required (or spec.database.shards)"))]
-#[x_kube(validation = Rule::new("(size(oldSelf.shards) <= 1 && size(self.shards) <= 1) || (self.shardingStrategy == oldSelf.shardingStrategy && self.shards.map(s, s.id) == oldSelf.shards.map(s, s.id) && self.shards.map(s, has(s.rangeFrom) ? s.rangeFrom : '') == oldSelf.shards.map(s, has(s.rangeFrom) ? s.rangeFrom : ''))")
-    .message("spec.database: the shards (in order), their ranges and the sharding strategy cannot change once set: existing merchants would be routed to shards that do not hold them (and answer 404). Copy the data to a new layout and point a new KybPlatform at it"))]
+#[x_kube(validation = Rule::new("(size(oldSelf.shards) <= 1 && size(self.shards) <= 1) || (self.shardingStrategy == oldSelf.shardingStrategy && self.shards.map(s, s.id) == oldSelf.shards.map(s, s.id) && self.shards.map(s, has(s.rangeFrom) ? s.rangeFrom : '') == oldSelf.shards.map(s, has(s.rangeFrom) ? s.rangeFrom : '') && self.shards.map(s, has(s.keys) ? s.keys : []) == oldSelf.shards.map(s, has(s.keys) ? s.keys : []))")
+    .message("spec.database: the shards (in order), their ranges, their directory keys and the sharding strategy cannot change once set: existing merchants would be routed to shards that do not hold them (and answer 404). Copy the data to a new layout and point a new KybPlatform at it"))]
+#[x_kube(validation = Rule::new("self.shardingStrategy == 'directory' || self.shards.all(s, !has(s.keys) || size(s.keys) == 0)")
+    .message("spec.database.shards[].keys: only the directory sharding strategy pins keys to shards"))]
+#[x_kube(validation = Rule::new("self.shardingStrategy == 'range' || self.shards.all(s, !has(s.rangeFrom))")
+    .message("spec.database.shards[].rangeFrom: only the range sharding strategy reads it"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// DSN of the primary.
@@ -398,6 +402,11 @@ pub struct ShardSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub range_from: Option<String>,
+    /// Directory strategy: business ids pinned to this shard (the others are hashed). Each may be
+    /// pinned to one shard only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 64)))]
+    pub keys: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

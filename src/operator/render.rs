@@ -137,6 +137,9 @@ pub fn render(platform: &str, spec: &KybPlatformSpec) -> Rendered {
                 if let Some(from) = &s.range_from {
                     shard["range_from"] = json!(from);
                 }
+                if !s.keys.is_empty() {
+                    shard["keys"] = json!(s.keys);
+                }
                 shard
             })
             .collect();
