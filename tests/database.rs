@@ -331,3 +331,51 @@ async fn hash_sharding_over_two_databases() {
         "ids are time-ordered, so pages follow creation order"
     );
 }
+
+/// The industry report is exact across shards: an industry 101st on every shard (2 merchants each)
+/// is first overall (4), above 200 industries with 3 merchants on one shard only. Merging each
+/// shard's top 100 would leave it out entirely.
+#[tokio::test]
+async fn the_industry_report_is_exact_across_shards() {
+    let pg = common::pg();
+    let urls = [migrated_db_on(pg).await, migrated_db_on(pg).await];
+    let mut cfg = config(&urls[0], None);
+    cfg.database.url = None;
+    cfg.database.sharding.shards = urls
+        .iter()
+        .zip(["a", "b"])
+        .map(|(url, id)| ShardConfig {
+            id: id.into(),
+            url: Some(Secret::new(url)),
+            url_file: None,
+            replica_urls: vec![],
+            replica_url_files: vec![],
+            range_from: None,
+            keys: vec![],
+        })
+        .collect();
+    for (url, prefix) in urls.iter().zip(["A", "B"]) {
+        let pool = PgPool::connect(url).await.unwrap();
+        // 100 industries of this shard's own with 3 merchants each, then the shared one with 2.
+        sqlx::query(
+            "INSERT INTO merchants (id, name, industry_id, confidence_score)
+             SELECT gen_random_uuid(), 'm', $1 || lpad(i::text, 3, '0'), 0.5
+               FROM generate_series(1, 100) i, generate_series(1, 3)
+             UNION ALL
+             SELECT gen_random_uuid(), 'z', 'Z999', 0.9 FROM generate_series(1, 2)",
+        )
+        .bind(prefix)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let s = Service::start(cfg).await;
+    let report: Value = s.get("/v1/reports/industries").await.json().await.unwrap();
+    let rows = report.as_array().unwrap();
+    assert_eq!(rows.len(), 100, "the top 100");
+    assert_eq!(rows[0]["naics_code"], "Z999", "{:?}", rows[0]);
+    assert_eq!(rows[0]["merchants"], 4);
+    assert_eq!(rows[1]["merchants"], 3);
+    assert_eq!(rows[1]["naics_code"], "A001", "ties by code");
+    s.stop().await;
+}
