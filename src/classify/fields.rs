@@ -58,6 +58,18 @@ fn err(field: &'static str, message: impl Into<String>) -> Result<(), Validation
 /// Check an input as received from a client, against exactly what the schemas below state.
 pub fn validate(input: &BusinessInput) -> Result<(), ValidationError> {
     let name = &input.name;
+    for (field, text) in [
+        ("name", Some(name)),
+        ("description", input.description.as_ref()),
+        ("website", input.website.as_ref()),
+    ] {
+        if text.is_some_and(|t| t.contains('\0')) {
+            return err(
+                field,
+                "must not contain U+0000, which PostgreSQL cannot store",
+            );
+        }
+    }
     if name.trim().is_empty() {
         return err("name", "must contain a character other than white space");
     }
@@ -111,9 +123,12 @@ fn text(nullable: bool) -> ObjectBuilder {
     ObjectBuilder::new().schema_type(kind)
 }
 
-/// A pattern that matches where the text has a character `str::trim` keeps.
+/// No U+0000 anywhere (PostgreSQL text cannot hold it).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// No U+0000, and some character `str::trim` keeps.
 fn not_blank_pattern() -> String {
-    let mut class = String::from("[^");
+    let mut class = String::from("[^\\u0000");
     for &(lo, hi) in WHITESPACE {
         class.push_str(&format!("\\u{:04x}", lo as u32));
         if hi != lo {
@@ -121,13 +136,13 @@ fn not_blank_pattern() -> String {
         }
     }
     class.push(']');
-    class
+    format!("^[^\\u0000]*{class}[^\\u0000]*$")
 }
 
 fn name_with(nullable: bool) -> Object {
     text(nullable)
         .description(Some(format!(
-            "1 to {MAX_NAME} characters, not all white space (which is trimmed)"
+            "1 to {MAX_NAME} characters, not all white space (which is trimmed), no U+0000"
         )))
         .min_length(Some(1))
         .max_length(Some(MAX_NAME))
@@ -147,18 +162,20 @@ pub fn name_or_null() -> Object {
 pub fn description() -> Object {
     text(true)
         .description(Some(format!(
-            "What the business does, at most {MAX_DESCRIPTION} characters (trimmed; empty is none)"
+            "What the business does: at most {MAX_DESCRIPTION} characters, no U+0000 (trimmed; empty is none)"
         )))
         .max_length(Some(MAX_DESCRIPTION))
+        .pattern(Some(NO_NUL))
         .build()
 }
 
 pub fn website() -> Object {
     text(true)
         .description(Some(format!(
-            "At most {MAX_WEBSITE} characters (trimmed; empty is none)"
+            "At most {MAX_WEBSITE} characters, no U+0000 (trimmed; empty is none)"
         )))
         .max_length(Some(MAX_WEBSITE))
+        .pattern(Some(NO_NUL))
         .build()
 }
 
@@ -198,7 +215,24 @@ mod tests {
         for c in (0..=0x10ffff).filter_map(char::from_u32) {
             assert_eq!(listed(c), c.is_whitespace(), "U+{:04X}", c as u32);
         }
-        assert!(not_blank_pattern().starts_with("[^\\u0009-\\u000d\\u0020\\u0085"));
+        assert!(
+            not_blank_pattern().starts_with("^[^\\u0000]*[^\\u0000\\u0009-\\u000d\\u0020\\u0085")
+        );
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_text() {
+        let mut i = BusinessInput {
+            name: "A\0".into(),
+            description: None,
+            website: None,
+            country: None,
+            declared_mcc: None,
+        };
+        assert_eq!(validate(&i).map_err(|e| e.field), Err("name"));
+        i.name = "A".into();
+        i.website = Some("\0".into());
+        assert_eq!(validate(&i).map_err(|e| e.field), Err("website"));
     }
 
     #[test]

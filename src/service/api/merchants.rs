@@ -210,6 +210,10 @@ pub async fn update(
     let current = q::get(primary.clone(), id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
+    let before = current.business.clone();
+    // An invalid patch is refused as such whatever version it names: what is wrong with the request
+    // comes before whether the merchant's state allows it.
+    let after = tidy(patch.apply_to(&before))?;
     if expected.is_some_and(|v| v != i64::from(current.version)) {
         return Err(ApiError::PreconditionFailed(format!(
             "merchant is at version {}, not {}",
@@ -217,8 +221,6 @@ pub async fn update(
             expected.unwrap_or_default()
         )));
     }
-    let before = current.business.clone();
-    let after = tidy(patch.apply_to(&before))?;
     let new_status = patch.status.filter(|s| *s != current.status);
     if new_status.is_some() && !caller.scopes.has(Scope::Status) {
         return Err(ApiError::Forbidden(
