@@ -148,6 +148,13 @@ async fn bad_input_gets_problem_details() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "country",
         ),
+        // Codes exactly as the document's enums list them: no case folding, no padding.
+        (
+            "{\"name\": \"A\", \"country\": \"us\"}",
+            Some("application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "country",
+        ),
         (
             "{\"name\": \"  \"}",
             Some("application/json"),
@@ -238,7 +245,7 @@ async fn merchant_lifecycle() {
     let r = s
         .post_json(
             "/v1/merchants",
-            &json!({"name": "Joe's Pizza", "description": "pizza restaurant", "country": "us", "declared_mcc": "5812"}),
+            &json!({"name": "Joe's Pizza", "description": "pizza restaurant", "country": "US", "declared_mcc": "5812"}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);

@@ -8,24 +8,31 @@
 //! There is no randomness and no hash-order dependence: equal normalised
 //! inputs give equal outputs on every platform.
 
+pub mod fields;
 mod index;
 mod text;
 
 use std::fmt;
 
+pub use fields::validate;
 use index::{Hit, Query, DATA};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BusinessInput {
+    #[schema(schema_with = fields::name)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = fields::description)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = fields::website)]
     pub website: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = fields::country)]
     pub country: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = fields::declared_mcc)]
     pub declared_mcc: Option<String>,
 }
 
@@ -100,10 +107,6 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
-const MAX_NAME: usize = 200;
-const MAX_DESCRIPTION: usize = 5000;
-const MAX_WEBSITE: usize = 500;
-
 /// "All Other Professional, Scientific, and Technical Services": a real 2022
 /// code used when nothing matches, so callers never see an invented code.
 const FALLBACK_NAICS: &str = "541990";
@@ -111,84 +114,6 @@ const FALLBACK_NAICS: &str = "541990";
 /// Bump when scoring or normalisation changes so cached results of the old
 /// algorithm are not served.
 const CACHE_PREFIX: &str = "classification:v1:";
-
-/// ISO 3166-1 alpha-2 codes (249, from Debian's iso-codes), sorted for binary
-/// search. A format-only check would accept "XX" or "UK".
-const ISO_COUNTRIES: &[&str] = &[
-    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
-    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
-    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
-    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
-    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
-    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
-    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
-    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
-    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
-    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
-    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
-    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
-    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
-    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
-    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
-    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
-];
-
-fn err(field: &'static str, message: impl Into<String>) -> Result<(), ValidationError> {
-    Err(ValidationError {
-        field,
-        message: message.into(),
-    })
-}
-
-/// Check an input as received from a client. Limits apply to the trimmed
-/// values, the same ones `normalise` works from.
-pub fn validate(input: &BusinessInput) -> Result<(), ValidationError> {
-    let name = input.name.trim();
-    if name.is_empty() {
-        return err("name", "must not be empty");
-    }
-    if name.chars().count() > MAX_NAME {
-        return err("name", format!("must be at most {MAX_NAME} characters"));
-    }
-    if let Some(d) = &input.description {
-        if d.trim().chars().count() > MAX_DESCRIPTION {
-            return err(
-                "description",
-                format!("must be at most {MAX_DESCRIPTION} characters"),
-            );
-        }
-    }
-    if let Some(w) = &input.website {
-        if w.trim().chars().count() > MAX_WEBSITE {
-            return err(
-                "website",
-                format!("must be at most {MAX_WEBSITE} characters"),
-            );
-        }
-    }
-    if let Some(c) = &input.country {
-        let c = c.trim().to_ascii_uppercase();
-        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
-            return err("country", "must be a 2-letter ISO 3166-1 alpha-2 code");
-        }
-        if ISO_COUNTRIES.binary_search(&c.as_str()).is_err() {
-            return err("country", format!("unknown ISO 3166-1 alpha-2 code {c:?}"));
-        }
-    }
-    if let Some(m) = &input.declared_mcc {
-        let m = m.trim();
-        if m.len() != 4 || !m.bytes().all(|b| b.is_ascii_digit()) {
-            return err("declared_mcc", "must be exactly 4 digits");
-        }
-        if !is_known_mcc(m) {
-            return err(
-                "declared_mcc",
-                format!("unknown merchant category code {m:?}"),
-            );
-        }
-    }
-    Ok(())
-}
 
 /// Reduce a website to its bare lowercase host: no scheme, credentials,
 /// "www.", port, path, query or fragment. Two URLs for the same site should
@@ -630,7 +555,10 @@ mod tests {
         assert_eq!(validate(&i).map_err(|e| e.field), Err("declared_mcc"));
         i.declared_mcc = Some("58a2".to_string());
         assert_eq!(validate(&i).map_err(|e| e.field), Err("declared_mcc"));
+        // Codes are taken exactly as the document's enums list them.
         i.declared_mcc = Some(" 5812 ".to_string());
+        assert_eq!(validate(&i).map_err(|e| e.field), Err("declared_mcc"));
+        i.declared_mcc = Some("5812".to_string());
         assert_eq!(validate(&i), Ok(()));
 
         let mut i = input("Acme", None);
@@ -641,8 +569,9 @@ mod tests {
         i.country = Some("XX".to_string());
         assert_eq!(validate(&i).map_err(|e| e.field), Err("country"));
         i.country = Some("us".to_string());
+        assert_eq!(validate(&i).map_err(|e| e.field), Err("country"));
+        i.country = Some("US".to_string());
         assert_eq!(validate(&i), Ok(()));
-        assert_eq!(normalise(&i).country.as_deref(), Some("US"));
 
         assert_eq!(
             validate(&input("   ", None)).map_err(|e| e.field),

@@ -22,6 +22,9 @@ pub enum ApiError {
     UnprocessableJson(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The route exists, but not with this method; carries the methods it has, for `Allow`.
+    #[error("this route answers only {0}")]
+    MethodNotAllowed(String),
     /// No credentials, or ones that do not check out.
     #[error("{0}")]
     Unauthorized(String),
@@ -75,6 +78,11 @@ impl ApiError {
                 "Body does not match the schema",
             ),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -158,6 +166,11 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let ApiError::MethodNotAllowed(allow) = &self {
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
         }
         if let ApiError::TooManyRequests(wait) = &self {
             // Whole seconds, rounded up: a client that waits this long is admitted.

@@ -25,15 +25,14 @@ use crate::service::state::AppState;
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
-/// Trims text fields and upper-cases the country, then validates.
+/// Validates the fields as sent (the limits the document states), then trims the free text; an
+/// empty text field becomes none.
 fn tidy(mut b: BusinessInput) -> Result<BusinessInput, ApiError> {
+    classify::validate(&b).map_err(|e| ApiError::invalid(e.field, e.message))?;
     let trim = |o: Option<String>| o.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     b.name = b.name.trim().to_owned();
     b.description = trim(b.description);
     b.website = trim(b.website);
-    b.country = trim(b.country).map(|c| c.to_ascii_uppercase());
-    b.declared_mcc = trim(b.declared_mcc);
-    classify::validate(&b).map_err(|e| ApiError::invalid(e.field, e.message))?;
     Ok(b)
 }
 
@@ -159,26 +158,28 @@ pub async fn get(
     Ok(with_etag(resp, record.version))
 }
 
-/// `If-Match: "v3"` (or `3`); `*` or absent matches any version.
-fn expected_version(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
+/// The version `If-Match` names; `*` or absent matches any version. Taken are exactly the forms the
+/// document's pattern for it (`update`) states: an ETag this API issues (`"v3"`, also weak: `W/"v3"`)
+/// or the bare version (`3`), eighteen digits at most so that every version fits an `i64`. Anything
+/// else is refused rather than guessed at.
+fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("If-Match is not text".into()))?
-        .trim();
+    let refused = || ApiError::BadRequest(format!("If-Match {v:?} is not an ETag this API issued"));
+    let s = v.to_str().map_err(|_| refused())?;
     if s == "*" {
         return Ok(None);
     }
     let digits = s
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .trim_start_matches('v');
-    digits
-        .parse()
-        .map(Some)
-        .map_err(|_| ApiError::BadRequest(format!("If-Match {s:?} is not an ETag this API issued")))
+        .strip_prefix("W/")
+        .unwrap_or(s)
+        .strip_prefix("\"v")
+        .and_then(|t| t.strip_suffix('"'))
+        .or_else(|| (!s.starts_with("W/")).then_some(s))
+        .filter(|d| (1..=18).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(refused)?;
+    digits.parse().map(Some).map_err(|_| refused())
 }
 
 /// Update a merchant; business changes re-classify it and drop its cached entries everywhere.
@@ -186,7 +187,8 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
     patch,
     path = "/v1/merchants/{id}",
     params(("id" = Uuid, Path, description = "Merchant id"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"v[0-9]{1,18}"|[0-9]{1,18})$"#,
+            description = "The ETag of a previous read (`\"v3\"`), or the bare version (`3`); `*` matches any")),
     request_body = MerchantPatch,
     responses(
         (status = 200, description = "Updated", body = Merchant),
@@ -208,15 +210,17 @@ pub async fn update(
     let current = q::get(primary.clone(), id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
-    if expected.is_some_and(|v| v != current.version) {
+    let before = current.business.clone();
+    // An invalid patch is refused as such whatever version it names: what is wrong with the request
+    // comes before whether the merchant's state allows it.
+    let after = tidy(patch.apply_to(&before))?;
+    if expected.is_some_and(|v| v != i64::from(current.version)) {
         return Err(ApiError::PreconditionFailed(format!(
             "merchant is at version {}, not {}",
             current.version,
             expected.unwrap_or_default()
         )));
     }
-    let before = current.business.clone();
-    let after = tidy(patch.apply_to(&before))?;
     let new_status = patch.status.filter(|s| *s != current.status);
     if new_status.is_some() && !caller.scopes.has(Scope::Status) {
         return Err(ApiError::Forbidden(
@@ -287,9 +291,11 @@ pub async fn update(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StatusChangeParams {
-    /// At most this many, newest first (1 to 500, default 50).
+    /// At most this many, newest first (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -301,6 +307,7 @@ pub struct StatusChangeParams {
     responses(
         (status = 200, description = "The audit trail", body = StatusChangeList),
         (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "merchants"
 )]
@@ -323,16 +330,22 @@ pub async fn status_changes(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// NAICS code or prefix (2 to 6 digits).
+    #[param(pattern = "^[0-9]{2,6}$")]
     industry: Option<String>,
     status: Option<MerchantStatus>,
-    /// Minimum classification confidence, 0 to 1.
+    /// Minimum classification confidence.
+    #[param(minimum = 0.0, maximum = 1.0)]
     min_confidence: Option<f64>,
-    /// Page size, 1 to 500 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: 16 bytes in unpadded base64url, whose 22nd character
+    /// carries two zero bits.
+    #[param(pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
 }
 
@@ -481,7 +494,22 @@ mod tests {
         assert_eq!(expected_version(&h("W/\"v3\"")).unwrap(), Some(3));
         assert_eq!(expected_version(&h("7")).unwrap(), Some(7));
         assert_eq!(expected_version(&h("*")).unwrap(), None);
-        assert!(expected_version(&h("\"abc\"")).is_err());
+        assert_eq!(
+            expected_version(&h(&"9".repeat(18))).unwrap(),
+            Some(999_999_999_999_999_999)
+        );
+        for refused in [
+            "\"abc\"",
+            "v3",
+            "\"3\"",
+            "W/3",
+            "\"v\"",
+            "",
+            "1, 2",
+            &"9".repeat(19),
+        ] {
+            assert!(expected_version(&h(refused)).is_err(), "{refused}");
+        }
         assert_eq!(expected_version(&HeaderMap::new()).unwrap(), None);
     }
 }

@@ -1,6 +1,9 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
+use std::collections::BTreeMap;
+
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{AdditionalProperties, Object, Schema, Type};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
@@ -115,9 +118,64 @@ fn add_answers(op: &mut Operation, public: bool) {
     }
 }
 
+/// serde's `flatten` comes out of utoipa as `allOf` of the flattened type and the struct's own fields.
+/// A flattened type that refuses unknown fields (`BusinessInput`) has `additionalProperties: false`,
+/// under which no object satisfies the `allOf` (each part refuses the other's fields): each such
+/// schema becomes the one object serde reads and writes, closed when a part is. A schema with a part
+/// that is not an object is left as it is (the test below says when that happens).
+fn merge_all_of(schemas: &mut BTreeMap<String, RefOr<Schema>>) {
+    let part = |schemas: &BTreeMap<String, RefOr<Schema>>, p: &RefOr<Schema>| -> Option<Object> {
+        let schema = match p {
+            RefOr::T(s) => s,
+            RefOr::Ref(r) => {
+                match schemas.get(r.ref_location.strip_prefix("#/components/schemas/")?)? {
+                    RefOr::T(s) => s,
+                    RefOr::Ref(_) => return None,
+                }
+            }
+        };
+        match schema {
+            Schema::Object(o) => Some(o.clone()),
+            _ => None,
+        }
+    };
+    let mut merged = Vec::new();
+    for (name, schema) in schemas.iter() {
+        let RefOr::T(Schema::AllOf(all)) = schema else {
+            continue;
+        };
+        let Some(parts) = all
+            .items
+            .iter()
+            .map(|p| part(schemas, p))
+            .collect::<Option<Vec<Object>>>()
+        else {
+            continue;
+        };
+        let mut object = Object::with_type(Type::Object);
+        object.description = all.description.clone();
+        for p in parts {
+            object.properties.extend(p.properties);
+            object.required.extend(p.required);
+            if matches!(
+                p.additional_properties.as_deref(),
+                Some(AdditionalProperties::FreeForm(false))
+            ) {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+        merged.push((name.clone(), object));
+    }
+    for (name, object) in merged {
+        schemas.insert(name, RefOr::T(Schema::Object(object)));
+    }
+}
+
 impl Modify for Contract {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
+        merge_all_of(&mut components.schemas);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -187,6 +245,18 @@ mod tests {
             }
         }
         assert!(checked >= 11, "{checked} operations");
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (name, schema) in schemas {
+            assert!(schema.get("allOf").is_none(), "{name} is still an allOf");
+        }
+        // Creation takes the business fields and `status`, and nothing else.
+        let new = &schemas["NewMerchant"];
+        assert_eq!(new["additionalProperties"], false);
+        assert_eq!(new["required"], serde_json::json!(["name"]));
+        for field in ["name", "country", "declared_mcc", "status"] {
+            assert!(new["properties"].get(field).is_some(), "{field}");
+        }
+        assert!(schemas["Merchant"]["properties"].get("version").is_some());
         assert!(
             doc["paths"].get("/metrics").is_none(),
             "not on the API port"

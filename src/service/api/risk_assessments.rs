@@ -61,9 +61,11 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// At most this many, newest first (1 to 200, default 20).
+    /// At most this many, newest first (default 20).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -75,6 +77,7 @@ pub struct ListParams {
     responses(
         (status = 200, description = "Assessments", body = RiskAssessmentList),
         (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "risk"
 )]

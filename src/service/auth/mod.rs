@@ -205,7 +205,18 @@ pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next:
     let wanted = match scopes::needed(req.method(), route) {
         Some(Needs::Nothing) => return next.run(req).await,
         Some(Needs::AnyOf(wanted)) => wanted,
-        None => return ApiError::NotFound("route").into_response(),
+        // A method the route lacks is 405 with `Allow`, as the router would answer (this layer sees
+        // the request first); a route the table lacks is refused as unknown.
+        None => {
+            let methods = scopes::allowed(route);
+            let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            return if allow.is_empty() {
+                ApiError::NotFound("route")
+            } else {
+                ApiError::MethodNotAllowed(allow.join(", "))
+            }
+            .into_response();
+        }
     };
     let principal = match &state.auth {
         None => anonymous(),

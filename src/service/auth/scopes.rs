@@ -103,6 +103,21 @@ pub fn needed(method: &Method, route: &str) -> Option<Needs> {
     Some(needs)
 }
 
+/// The methods the table grants on `route`, for `Allow` when another method is asked for (empty for a
+/// route it does not know).
+pub fn allowed(route: &str) -> Vec<Method> {
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ]
+    .into_iter()
+    .filter(|m| needed(m, route).is_some())
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +144,12 @@ mod tests {
             Some(Needs::AnyOf(&[Scope::Ops]))
         );
         assert_eq!(needed(&Method::DELETE, "/v1/merchants/{id}"), None);
+        assert_eq!(
+            allowed("/v1/merchants/{id}"),
+            [Method::GET, Method::PATCH],
+            "what a 405 lists in Allow"
+        );
+        assert!(allowed("/v1/nothing").is_empty());
         assert_eq!(needed(&get, "/metrics"), None, "not on the API port");
     }
 
