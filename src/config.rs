@@ -83,6 +83,40 @@ pub struct Config {
     pub cache: CacheConfig,
     pub server: ServerConfig,
     pub registry: RegistryConfig,
+    pub jobs: JobsConfig,
+}
+
+/// Recurring jobs, enqueued by every `kybctl worker` (each tick once, however many run).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+impl Default for JobsConfig {
+    /// The industry report, materialised every hour.
+    fn default() -> Self {
+        Self {
+            schedules: vec![ScheduleConfig {
+                name: "industry-report".into(),
+                cron: "0 * * * *".into(),
+                kind: crate::jobs::JobKind::IndustryReport,
+                priority: 0,
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Names the schedule in each tick's job key: renaming a schedule makes its next tick new.
+    pub name: String,
+    /// Five fields (minute hour day-of-month month weekday), or six with seconds first.
+    pub cron: String,
+    pub kind: crate::jobs::JobKind,
+    #[serde(default)]
+    pub priority: i16,
 }
 
 impl Default for Config {
@@ -96,6 +130,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             server: ServerConfig::default(),
             registry: RegistryConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod db_error;
+pub mod jobs;
 pub mod loadtest;
 pub mod local;
 pub mod markup;

@@ -3,6 +3,7 @@
 mod auth;
 mod db;
 mod demo;
+mod jobs;
 mod loadtest;
 mod migrate;
 mod operator;
@@ -15,6 +16,7 @@ mod rollout_view;
 mod serve;
 mod shard_report;
 mod slo;
+mod worker;
 
 pub use serve::start as start_service;
 
@@ -87,6 +89,11 @@ enum Command {
     /// API keys for `kybctl serve`: `auth new-key` makes one.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Run queued jobs (classification, risk assessment, reports) until SIGTERM.
+    Worker(worker::WorkerArgs),
+    /// Inspect and steer the job queue: list, show, stats, retry, cancel, dead-letters, replay.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// Run the service on a throwaway local PostgreSQL (and Redis when installed).
     Demo(demo::DemoArgs),
     /// Print the CustomResourceDefinitions (KybPlatform, KybAnalysisTemplate, KybAnalysisRun) as YAML,
@@ -143,6 +150,8 @@ pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
             Command::Migrate(cmd) => migrate::run(cmd).await,
             Command::Db(cmd) => db::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
+            Command::Jobs(cmd) => jobs::run(cmd).await,
             Command::Auth(cmd) => auth::run(cmd),
             Command::Operator(args) => operator::run(args).await,
             Command::Crd { dir } => crd(dir.as_deref()),

@@ -44,6 +44,14 @@ pub struct Merchant {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The answer to `POST /v1/merchants?async=true` (202): the merchant as stored, not classified yet,
+/// and the job that classifies it (also at `Location`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AcceptedMerchant {
+    pub merchant: Merchant,
+    pub job: crate::jobs::queue::JobView,
+}
+
 /// The body of `POST /v1/merchants`: the business, and optionally the status it starts in.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(try_from = "NewMerchantBody")]

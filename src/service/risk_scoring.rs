@@ -36,6 +36,19 @@ fn factor(code: &str, weight: f64, detail: String) -> RiskFactor {
     }
 }
 
+/// A new assessment of `m` as of now, ready to store.
+pub fn assessment(m: &Merchant) -> crate::service::model::RiskAssessment {
+    let a = assess(m);
+    crate::service::model::RiskAssessment {
+        id: uuid::Uuid::now_v7(),
+        business_id: m.id,
+        risk_level: a.level,
+        risk_score: a.score,
+        factors: a.factors,
+        assessment_date: chrono::Utc::now(),
+    }
+}
+
 pub fn assess(m: &Merchant) -> Assessment {
     let mut factors = Vec::new();
     let c = m.classification.as_ref();

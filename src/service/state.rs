@@ -35,6 +35,18 @@ impl AppState {
         if auth.is_none() {
             tracing::warn!("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches this service may read and change every merchant. For local work only.");
         }
+        Self::build_with(config, auth)
+    }
+
+    /// The state of a process that serves no API (`kybctl worker`): no authentication to configure.
+    pub fn build_without_api(config: Config) -> Result<Arc<Self>, ConfigError> {
+        Self::build_with(config, None)
+    }
+
+    fn build_with(
+        config: Config,
+        auth: Option<Arc<Authenticator>>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let db = Database::connect_lazy(&config)?;
         let c = &config.cache;

@@ -10,6 +10,9 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::{bypass_cache, json_bytes, CachedJson, State};
 use crate::classify::{self, BusinessInput, Classification};
+use crate::jobs::policy::Policy;
+use crate::jobs::queue::{self, NewJob, QueueError};
+use crate::jobs::{wake, JobKind, MerchantJob};
 use crate::service::auth::scopes::Scope;
 use crate::service::auth::Principal;
 use crate::service::cache::records::Loaded;
@@ -17,8 +20,8 @@ use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
 use crate::service::classify_cached::classify_cached;
 use crate::service::db::merchants::{self as q, ListFilter};
 use crate::service::model::{
-    Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant, StatusChange,
-    StatusChangeList,
+    AcceptedMerchant, Merchant, MerchantPage, MerchantPatch, MerchantStatus, NewMerchant,
+    StatusChange, StatusChangeList,
 };
 use crate::service::state::AppState;
 
@@ -55,13 +58,26 @@ fn with_etag(mut resp: Response, version: i64) -> Response {
     resp
 }
 
-/// Create a merchant; it is classified on the way in.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// Answer at once (202) and classify in a job (`Location: /v1/jobs/{id}`), instead of
+    /// classifying before answering (201).
+    #[serde(rename = "async")]
+    #[param(rename = "async")]
+    asynchronous: Option<bool>,
+}
+
+/// Create a merchant; it is classified on the way in, or with `async=true` by a job.
 #[utoipa::path(
     post,
     path = "/v1/merchants",
+    params(CreateParams),
     request_body = NewMerchant,
     responses(
         (status = 201, description = "Created", body = Merchant),
+        (status = 202, description = "Created; its classification is queued (see Location)", body = AcceptedMerchant),
         (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Primary database unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -69,6 +85,7 @@ fn with_etag(mut resp: Response, version: i64) -> Response {
 )]
 pub async fn create(
     axum::extract::State(state): State,
+    ApiQuery(params): ApiQuery<CreateParams>,
     ApiJson(new): ApiJson<NewMerchant>,
 ) -> Result<Response, ApiError> {
     let status = new.status.unwrap_or(MerchantStatus::Active);
@@ -76,16 +93,31 @@ pub async fn create(
     let id = Uuid::now_v7();
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
-    let classification = classification_for(&state, &input).await?;
-    let stamp = q::insert(primary, id, &input, status, &classification).await?;
-    let merchant = Merchant {
-        id,
-        business: input,
-        status,
-        classification: Some(classification),
-        version: stamp.version,
-        created_at: stamp.created_at,
-        updated_at: stamp.updated_at,
+    let (merchant, job) = if params.asynchronous == Some(true) {
+        // The merchant and the job that classifies it commit together, or neither does.
+        let mut tx = primary.begin().await?;
+        let stamp = q::insert_unclassified(&mut tx, id, &input, status).await?;
+        let job = NewJob::new(
+            JobKind::Classify,
+            serde_json::json!(MerchantJob { merchant_id: id }),
+        );
+        let ids = queue::enqueue(&mut tx, &Policy::default(), &[job])
+            .await
+            .map_err(queue_error)?;
+        tx.commit().await?;
+        let key_prefix = &state.config.cache.key_prefix;
+        wake::nudge(state.cache.redis(), key_prefix, queue::DEFAULT_QUEUE).await;
+        (
+            stamped(id, input, status, None, stamp),
+            ids.first().copied(),
+        )
+    } else {
+        let classification = classification_for(&state, &input).await?;
+        let stamp = q::insert(primary, id, &input, status, &classification).await?;
+        (
+            stamped(id, input, status, Some(classification), stamp),
+            None,
+        )
     };
     let key = keys::merchant(id);
     // A creation only stales L1 listing pages, so it is announced after the commit rather than inside
@@ -110,12 +142,53 @@ pub async fn create(
     if let Err(e) = announced {
         tracing::warn!(error = %e, "could not announce the new merchant to other instances");
     }
+    let version = merchant.version.into();
+    if let Some(job_id) = job {
+        let job = queue::get(primary, job_id)
+            .await
+            .map_err(queue_error)?
+            .ok_or_else(|| ApiError::Internal(format!("job {job_id} vanished")))?;
+        let mut resp = (
+            StatusCode::ACCEPTED,
+            axum::Json(AcceptedMerchant { merchant, job }),
+        )
+            .into_response();
+        if let Ok(loc) = HeaderValue::from_str(&format!("/v1/jobs/{job_id}")) {
+            resp.headers_mut().insert(header::LOCATION, loc);
+        }
+        return Ok(with_etag(resp, version));
+    }
     let json = HeaderValue::from_static("application/json");
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_TYPE, json)], body).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/merchants/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
-    Ok(with_etag(resp, merchant.version.into()))
+    Ok(with_etag(resp, version))
+}
+
+fn stamped(
+    id: Uuid,
+    business: BusinessInput,
+    status: MerchantStatus,
+    classification: Option<Classification>,
+    stamp: q::Stamp,
+) -> Merchant {
+    Merchant {
+        id,
+        business,
+        status,
+        classification,
+        version: stamp.version,
+        created_at: stamp.created_at,
+        updated_at: stamp.updated_at,
+    }
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    match e {
+        QueueError::Db(e) => e.into(),
+        other => ApiError::Internal(other.to_string()),
+    }
 }
 
 /// Read a merchant (cached; `Cache-Control: no-cache` reads through to the database).
@@ -278,12 +351,10 @@ pub async fn update(
     // Before answering: once the client knows of the new version, no instance may serve the old one.
     state
         .cache
-        .publish_versions(&shard.relaxed, &inv, |key| {
+        .after_commit(&shard.relaxed, &inv, |key| {
             (key == keys::merchant(id)).then_some(&body)
         })
         .await;
-    state.cache.invalidate_shared(&inv).await;
-    state.cache.invalidate_local(&inv).await;
     shard.note_write(keys::MERCHANT_LISTS).await;
     let json = HeaderValue::from_static("application/json");
     let resp = (StatusCode::OK, [(header::CONTENT_TYPE, json)], body).into_response();

@@ -3,6 +3,7 @@
 pub mod classifications;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod merchants;
 pub mod middleware;
 pub mod openapi;
@@ -48,7 +49,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/merchants/{id}/status-changes",
             get(merchants::status_changes),
         )
-        .route("/reports/industries", get(reports::industries));
+        .route("/reports/industries", get(reports::industries))
+        .route("/jobs/{id}", get(jobs::get));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health::health))

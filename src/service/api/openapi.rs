@@ -10,7 +10,7 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{classifications, error, health, merchants, reports, risk_assessments};
+use super::{classifications, error, health, jobs, merchants, reports, risk_assessments};
 use crate::classify;
 use crate::service::model;
 
@@ -31,6 +31,7 @@ use crate::service::model;
         risk_assessments::create,
         risk_assessments::list,
         reports::industries,
+        jobs::get,
         health::health,
         health::ready,
     ),
@@ -51,6 +52,8 @@ use crate::service::model;
         model::StatusChange,
         model::StatusChangeList,
         reports::IndustryCount,
+        crate::jobs::queue::JobView,
+        model::AcceptedMerchant,
         error::Problem,
     ))
 )]

@@ -9,7 +9,7 @@ use crate::service::db::merchants::industry_report;
 
 const TOP: i64 = 100;
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct IndustryCount {
     pub naics_code: String,
     pub naics_title: String,
@@ -30,11 +30,18 @@ pub struct IndustryCount {
 pub async fn industries(
     axum::extract::State(state): State,
 ) -> Result<axum::Json<Vec<IndustryCount>>, ApiError> {
+    Ok(axum::Json(top_industries(&state.db).await?))
+}
+
+/// The top 100 industries across every shard (also materialised by the `industry_report` job).
+pub async fn top_industries(
+    db: &crate::service::db::Database,
+) -> Result<Vec<IndustryCount>, crate::db_error::DbError> {
     let mut merged: std::collections::BTreeMap<String, (i64, f64)> = Default::default();
     // With several shards each returns every industry (at most the ~1,000 NAICS codes), so the merged
     // top 100 is exact: an industry 101st on every shard can be first overall.
-    let per_shard = (state.db.shards().len() == 1).then_some(TOP);
-    for shard in state.db.shards() {
+    let per_shard = (db.shards().len() == 1).then_some(TOP);
+    for shard in db.shards() {
         for (code, n, avg) in industry_report(&shard.analytics, per_shard).await? {
             let e = merged.entry(code).or_default();
             // Weighted mean across shards.
@@ -59,5 +66,5 @@ pub async fn industries(
             .then(a.naics_code.cmp(&b.naics_code))
     });
     out.truncate(TOP as usize);
-    Ok(axum::Json(out))
+    Ok(out)
 }

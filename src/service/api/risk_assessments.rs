@@ -35,15 +35,7 @@ pub async fn create(
     let merchant = merchants::get(primary.clone(), id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
-    let a = crate::service::risk_scoring::assess(&merchant);
-    let assessment = RiskAssessment {
-        id: Uuid::now_v7(),
-        business_id: id,
-        risk_level: a.level,
-        risk_score: a.score,
-        factors: a.factors,
-        assessment_date: chrono::Utc::now(),
-    };
+    let assessment = crate::service::risk_scoring::assessment(&merchant);
     let mut tx = primary.begin().await?;
     let version = q::insert(&mut tx, &assessment).await?;
     let inv = keys::invalidation_for(&Event::RiskAssessed { id, version });
@@ -53,10 +45,8 @@ pub async fn create(
     // loads the page, and no read that began before the commit can store the older one.
     state
         .cache
-        .publish_versions(&shard.relaxed, &inv, |_| None)
+        .after_commit(&shard.relaxed, &inv, |_| None)
         .await;
-    state.cache.invalidate_shared(&inv).await;
-    state.cache.invalidate_local(&inv).await;
     Ok((StatusCode::CREATED, axum::Json(assessment)).into_response())
 }
 

@@ -91,7 +91,7 @@ pub fn needed(method: &Method, route: &str) -> Option<Needs> {
         ("GET", "/v1/merchants" | "/v1/merchants/{id}" | "/v1/merchants/{id}/risk-assessments") => {
             Needs::AnyOf(&[Read])
         }
-        ("GET", "/v1/reports/industries") | ("POST", "/v1/classifications") => {
+        ("GET", "/v1/reports/industries" | "/v1/jobs/{id}") | ("POST", "/v1/classifications") => {
             Needs::AnyOf(&[Read])
         }
         ("POST", "/v1/merchants" | "/v1/merchants/{id}/risk-assessments") => Needs::AnyOf(&[Write]),

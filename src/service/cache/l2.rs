@@ -346,6 +346,13 @@ impl RedisCache {
     }
 
     /// A round trip, for readiness detail and tests.
+    /// PUBLISH `message` on `channel` (a nudge to whoever listens; nothing is lost if nobody does).
+    pub async fn publish(&self, channel: &str, message: &str) -> bool {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        self.run::<i64>(&cmd).await.is_some()
+    }
+
     pub async fn ping(&self) -> bool {
         self.run::<String>(&redis::cmd("PING")).await.is_some()
     }

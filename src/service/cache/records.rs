@@ -142,6 +142,19 @@ impl MultiLevelCache {
         }
     }
 
+    /// Everything a committed write owes the caches before it answers: the new versions (see
+    /// [`publish_versions`](Self::publish_versions)), then the shared and local entries it staled.
+    pub async fn after_commit<'b>(
+        &self,
+        pool: &sqlx::PgPool,
+        inv: &super::Invalidation,
+        body_for: impl Fn(&str) -> Option<&'b Bytes>,
+    ) {
+        self.publish_versions(pool, inv, body_for).await;
+        self.invalidate_shared(inv).await;
+        self.invalidate_local(inv).await;
+    }
+
     async fn store_record(&self, key: &str, version: i64, body: Option<&Bytes>) -> bool {
         if let Some(l2) = &self.l2 {
             return l2.set_record(key, version, body).await;

@@ -151,6 +151,30 @@ pub async fn insert(
     Ok(stamp)
 }
 
+/// Inserts a merchant not classified yet (`POST /v1/merchants?async=true`: a job classifies it), on
+/// the caller's connection, so the job that classifies it commits with it.
+pub async fn insert_unclassified(
+    conn: &mut PgConnection,
+    id: Uuid,
+    input: &BusinessInput,
+    status: MerchantStatus,
+) -> Result<Stamp, DbError> {
+    Ok(sqlx::query_as(
+        "INSERT INTO merchants (id, name, description, website, country, declared_mcc, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING version, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(&input.name)
+    .bind(&input.description)
+    .bind(&input.website)
+    .bind(&input.country)
+    .bind(&input.declared_mcc)
+    .bind(status)
+    .fetch_one(conn)
+    .await?)
+}
+
 async fn insert_classification(
     tx: &mut PgConnection,
     business_id: Uuid,
