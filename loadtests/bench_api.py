@@ -297,7 +297,10 @@ def main():
         wrk(base, 64, 5, scripts["create"])
         ids = psql(port, "SELECT id FROM merchants ORDER BY random() LIMIT 2000", db="kyb").split()
         for name, lua in {"read": read_lua(ids, key), "cached read": read_lua(ids, key, no_cache=False),
-                          "cached read, no auth": read_lua(ids, None, no_cache=False)}.items():
+                          # The same bytes to both: the header is ignored with auth off, so the
+                          # pair differs only in what the server does with it (wrk formats and
+                          # sends it on the same two cores).
+                          "cached read, no auth": read_lua(ids, key, no_cache=False)}.items():
             scripts[name] = os.path.join(tmp, name.replace(" ", "_").replace(",", "") + ".lua")
             with open(scripts[name], "w") as f:
                 f.write(lua)

@@ -62,11 +62,21 @@ fn with_etag(mut resp: Response, version: i64) -> Response {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {
-    /// Answer at once (202) and classify in a job (`Location: /v1/jobs/{id}`), instead of
+    /// `true`: answer at once (202) and classify in a job (`Location: /v1/jobs/{id}`), instead of
     /// classifying before answering (201).
     #[serde(rename = "async")]
-    #[param(rename = "async")]
-    asynchronous: Option<bool>,
+    #[param(rename = "async", inline)]
+    asynchronous: Option<Asynchronous>,
+}
+
+/// The literal `true` or `false` (no other spelling of a boolean), so the document states exactly
+/// what is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+pub enum Asynchronous {
+    #[serde(rename = "true")]
+    True,
+    #[serde(rename = "false")]
+    False,
 }
 
 /// Create a merchant; it is classified on the way in, or with `async=true` by a job.
@@ -93,7 +103,7 @@ pub async fn create(
     let id = Uuid::now_v7();
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
-    let (merchant, job) = if params.asynchronous == Some(true) {
+    let (merchant, job) = if params.asynchronous == Some(Asynchronous::True) {
         // The merchant and the job that classifies it commit together, or neither does.
         let mut tx = primary.begin().await?;
         let stamp = q::insert_unclassified(&mut tx, id, &input, status).await?;
