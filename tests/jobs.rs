@@ -810,3 +810,90 @@ async fn without_redis_jobs_still_start_within_the_poll_interval() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// `kybctl jobs` as an operator uses it: enqueue, list, show, stats, cancel, and the dead letters.
+#[tokio::test]
+async fn the_jobs_command_steers_the_queue() {
+    let db = migrated_db().await;
+    let pool = PgPool::connect(&db).await.unwrap();
+    let jobs = |args: &[&str]| {
+        let mut all = vec!["jobs"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--database-url", &db]);
+        let out = common::kybctl(&all);
+        let (stdout, stderr) = common::text(&out);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, out, err) = jobs(&["enqueue", "industry_report", "--priority", "5"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id: Uuid = out.trim().parse().unwrap();
+    let (code, _, err) = jobs(&["enqueue", "classify"]);
+    assert_eq!(code, Some(2), "needs --merchant");
+    assert!(err.contains("--merchant"), "{err}");
+
+    let (_, out, _) = jobs(&["list", "-o", "json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["id"], id.to_string());
+    assert_eq!(listed[0]["priority"], 5);
+    assert_eq!(listed[0]["status"], "queued");
+    let (_, out, _) = jobs(&["show", &id.to_string(), "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["kind"],
+        "industry_report"
+    );
+    let (_, out, _) = jobs(&["stats", "-o", "json"]);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["jobs"], 1);
+    assert_eq!(stats[0]["status"], "queued");
+
+    let (code, out, _) = jobs(&["cancel", &id.to_string()]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("cancelled"));
+    let (code, _, err) = jobs(&["cancel", &id.to_string()]);
+    assert_eq!(code, Some(1), "a cancelled job cannot be cancelled again");
+    assert!(err.contains("is cancelled"), "{err}");
+    let (code, _, err) = jobs(&["show", &Uuid::now_v7().to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+
+    // A dead job, then its replay from the command line, once.
+    let mut conn = pool.acquire().await.unwrap();
+    let dead = queue::enqueue(
+        &mut conn,
+        &Policy::default(),
+        &[NewJob::new(JobKind::Noop, json!({}))],
+    )
+    .await
+    .unwrap()[0];
+    drop(conn);
+    let one_try = Policy {
+        max_attempts: 1,
+        ..Policy::default()
+    };
+    let claimed = queue::claim(
+        &pool,
+        queue::DEFAULT_QUEUE,
+        &["noop"],
+        "cli-test",
+        1,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut last = claimed[0].clone();
+    last.max_attempts = 1;
+    queue::fail(&pool, &one_try, &last, "broken on purpose")
+        .await
+        .unwrap();
+    let (_, out, _) = jobs(&["dead-letters", "-o", "json"]);
+    let letters: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(letters[0]["job_id"], dead.to_string());
+    assert_eq!(letters[0]["errors"][0]["error"], "broken on purpose");
+    let (code, first, _) = jobs(&["replay", &dead.to_string()]);
+    assert_eq!(code, Some(0));
+    let (_, again, _) = jobs(&["replay", &dead.to_string()]);
+    assert!(
+        again.starts_with(first.trim()) && again.contains("not enqueued again"),
+        "{again}"
+    );
+}

@@ -473,6 +473,7 @@ async fn shipped_rbac_is_sufficient_and_least_privilege() {
         ("list", "httproutes.gateway.networking.k8s.io", "", "no"),
         ("delete", "httproutes.gateway.networking.k8s.io", "", "no"),
         ("patch", "deployments", "scale", "no"),
+        ("delete", "poddisruptionbudgets.policy", "", "yes"), // the workers' when they go
         ("create", "pods", "", "no"),
     ] {
         let sub = format!("--subresource={subresource}");
@@ -637,6 +638,67 @@ async fn namespaced_install_reconciles_only_its_namespaces_under_roles() {
         operator::platform(&outside, "kyb").await.status.is_none(),
         "status written outside the watched namespaces"
     );
+    op.stop().await;
+}
+
+/// `spec.workers`: a worker Deployment (after the migration) and its PDB under the shipped RBAC; both
+/// go when the field does, and the API Deployment is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_come_and_go_with_the_spec() {
+    let c = cluster().await;
+    let (ns, op) = Operator::start_shipped("op-workers").await;
+    operator::apply(
+        &ns,
+        &format!(
+            "{}  workers: {{replicas: 2, concurrency: 4, types: [classify]}}\n",
+            operator::platform_yaml("kyb")
+        ),
+    )
+    .await;
+    operator::wait_ready(&ns, "kyb", "120s").await;
+    let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
+    eventually(Duration::from_secs(30), "the worker Deployment", || async {
+        deployments.get_opt("kyb-worker").await.unwrap().is_some()
+    })
+    .await;
+    let worker = deployments.get("kyb-worker").await.unwrap().spec.unwrap();
+    assert_eq!(worker.replicas, Some(2));
+    let args = worker.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.join(" ").contains("--types classify"), "{args:?}");
+    let (_, pdb, _) = run(c
+        .kubectl()
+        .args(["get", "pdb", "kyb-worker", "-n", &ns, "-o", "name"]));
+    assert_eq!(pdb.trim(), "poddisruptionbudget.policy/kyb-worker");
+
+    check(c.kubectl().args([
+        "patch",
+        "kyb",
+        "kyb",
+        "-n",
+        &ns,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/workers"}]"#,
+    ]));
+    eventually(Duration::from_secs(30), "the workers to go", || async {
+        let (_, left, _) = run(c.kubectl().args([
+            "get",
+            "deployment,pdb",
+            "-n",
+            &ns,
+            "-l",
+            "app.kubernetes.io/component=worker",
+            "-o",
+            "name",
+        ]));
+        left.trim().is_empty()
+    })
+    .await;
+    assert!(deployments.get_opt("kyb").await.unwrap().is_some());
     op.stop().await;
 }
 

@@ -19,7 +19,7 @@ pub mod worker;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of job (the `jobs.kind` check lists the same).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Classify one merchant (`POST /v1/merchants?async=true`, or re-classification).

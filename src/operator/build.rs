@@ -46,7 +46,7 @@ const RUN_AS_USER: i64 = 65532;
 pub enum BuildError {
     #[error("the KybPlatform has no {0} (not read from the apiserver?)")]
     Missing(&'static str),
-    #[error("spec.healthCheck.{field}: {value:?} is not a whole number of seconds")]
+    #[error("spec.{field}: {value:?} is not a whole number of seconds")]
     Duration { field: &'static str, value: String },
     #[error("{0}")]
     Connections(String),
@@ -70,6 +70,9 @@ pub struct Children {
     pub migration_job: Option<Job>,
     /// `migrate up --contract`, run once the rollout has fully promoted; absent with migrations off.
     pub contract_job: Option<Job>,
+    /// The job workers' Deployment `<name>-worker` and its PodDisruptionBudget, with
+    /// `spec.workers` (deleted if they exist when that goes).
+    pub workers: Option<(Deployment, PodDisruptionBudget)>,
     /// Short hash of image and configuration: marks the revision in status and on its pods.
     pub revision: String,
     /// Short hash of what a migration depends on (the image and the databases it migrates): names the
@@ -377,8 +380,8 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     };
 
     let hc = &spec.health_check;
-    let period = seconds("interval", &hc.interval)?;
-    let timeout = seconds("timeout", &hc.timeout)?;
+    let period = seconds("healthCheck.interval", &hc.interval)?;
+    let timeout = seconds("healthCheck.timeout", &hc.timeout)?;
     let mut api = container(kp, "api", &["serve", "--config", &config_arg]);
     api.ports = Some(vec![
         ContainerPort {
@@ -586,6 +589,11 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         .as_ref()
         .map(|np| network_policy(kp, &name, np))
         .transpose()?;
+    let workers = spec
+        .workers
+        .as_ref()
+        .map(|w| workers(kp, &name, w, &config_map_name, &rendered))
+        .transpose()?;
 
     Ok(Children {
         service_account,
@@ -597,9 +605,141 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         pdb,
         migration_job,
         contract_job,
+        workers,
         revision,
         schema,
     })
+}
+
+pub fn worker_name(platform: &str) -> String {
+    format!("{platform}-worker")
+}
+
+/// Extra time a stopping worker pod gets beyond its job timeout, for its last commits and hand-back.
+const WORKER_STOP_MARGIN_SECONDS: i32 = 15;
+
+/// `kybctl worker` pods: a Deployment that replaces pods without a surge (their connections are in
+/// the budget) and whose stopping pods may finish a job of the full timeout, and a PDB.
+fn workers(
+    kp: &KybPlatform,
+    name: &str,
+    w: &crate::operator::crd::WorkersSpec,
+    config_map_name: &str,
+    rendered: &Rendered,
+) -> Result<(Deployment, PodDisruptionBudget), BuildError> {
+    let timeout = seconds("workers.jobTimeout", &w.job_timeout)?;
+    let config_arg = format!("{CONFIG_DIR}/{CONFIG_FILE}");
+    let (concurrency, job_timeout) = (w.concurrency.to_string(), format!("{timeout}s"));
+    let mut args = vec![
+        "worker",
+        "--config",
+        &config_arg,
+        "--concurrency",
+        &concurrency,
+        "--job-timeout",
+        &job_timeout,
+        "--grace",
+        &job_timeout,
+    ];
+    let types = w
+        .types
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    if !types.is_empty() {
+        args.extend(["--types", &types]);
+    }
+    let mut c = container(kp, "worker", &args);
+    c.env.get_or_insert_with(Vec::new).push(EnvVar {
+        // The worker's identity in leases (a boot id is added).
+        name: "POD_NAME".into(),
+        value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c.ports = Some(vec![ContainerPort {
+        name: Some("metrics".into()),
+        container_port: METRICS_PORT,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }]);
+    c.liveness_probe = Some(Probe {
+        http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+            path: Some("/health".into()),
+            port: IntOrString::String("metrics".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    });
+    c.resources = w.resources.clone();
+    let labels = labels(kp, "worker");
+    let selector: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(k, _)| {
+            ["name", "instance", "component"]
+                .map(|n| format!("app.kubernetes.io/{n}"))
+                .contains(k)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut pod = PodSpec {
+        service_account_name: Some(name.to_owned()),
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security_context()),
+        termination_grace_period_seconds: Some((timeout + WORKER_STOP_MARGIN_SECONDS).into()),
+        containers: vec![c],
+        volumes: Some(volumes(config_map_name, rendered)),
+        ..Default::default()
+    };
+    kp.spec.scheduling.place(&mut pod);
+    let deployment = Deployment {
+        metadata: meta(kp, worker_name(name), "worker")?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(w.replicas),
+            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(kp, worker_name(name), "worker")?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok((deployment, pdb))
 }
 
 /// Who may reach the API pods: the declared clients and the platform's own analysis Jobs on the API
@@ -1174,11 +1314,81 @@ mod tests {
         assert!(matches!(
             build(&kp).unwrap_err(),
             BuildError::Duration {
-                field: "interval",
+                field: "healthCheck.interval",
                 ..
             }
         ));
         assert_eq!(selector_string(&minimal()), "app.kubernetes.io/component=api,app.kubernetes.io/instance=kyb,app.kubernetes.io/name=kyb-api");
+    }
+
+    #[test]
+    fn workers_get_a_deployment_that_can_finish_its_jobs_and_a_pdb() {
+        let mut kp = minimal();
+        assert!(build(&kp).unwrap().workers.is_none(), "opt-in");
+        kp.spec.workers = Some(
+            serde_yaml::from_str(
+                "{replicas: 2, concurrency: 3, types: [classify, risk_assessment], jobTimeout: 2m}",
+            )
+            .unwrap(),
+        );
+        let c = build(&kp).unwrap();
+        let (d, pdb) = c.workers.unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("kyb-worker"));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let rolling = spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(
+            rolling.max_surge,
+            Some(IntOrString::Int(0)),
+            "no pod beyond the budget"
+        );
+        let selector = spec.selector.match_labels.unwrap();
+        assert_eq!(selector["app.kubernetes.io/component"], "worker");
+        assert_ne!(
+            selector,
+            selector_labels(&kp),
+            "the API Service never selects workers"
+        );
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(120 + 15),
+            "longer than the job timeout"
+        );
+        let worker = &pod.containers[0];
+        let args = worker.args.clone().unwrap().join(" ");
+        assert!(args.starts_with("worker --config "), "{args}");
+        for part in [
+            "--concurrency 3",
+            "--job-timeout 120s",
+            "--grace 120s",
+            "--types classify,risk_assessment",
+        ] {
+            assert!(args.contains(part), "{part} in {args}");
+        }
+        assert!(worker
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "POD_NAME"));
+        assert_eq!(
+            pod.volumes,
+            c.deployment.spec.unwrap().template.spec.unwrap().volumes,
+            "the API pods' configuration and Secrets"
+        );
+        assert_eq!(
+            pdb.spec.unwrap().selector.unwrap().match_labels.unwrap(),
+            selector
+        );
+        kp.spec.workers.as_mut().unwrap().job_timeout = "1500ms".into();
+        assert!(matches!(
+            build(&kp).unwrap_err(),
+            BuildError::Duration {
+                field: "workers.jobTimeout",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! How many database connections each API pod may open, from the database's budget and the most pods
-//! that can run at once (the autoscaler's maximum, plus the rollout's surge). Pure.
+//! How many database connections each pod may open, from the database's budget and the most pods
+//! that can run at once (the autoscaler's maximum, the rollout's surge, the job workers). Pure.
 //!
 //! Every pod opens its own pools (see `service::db::pools`): the main one, a small one for writes that
 //! need no durability wait, and the analytics pool, which is on the primary when there is neither a
@@ -23,7 +23,7 @@ pub const MIN_MAIN: i32 = 2;
 pub struct ConnectionBudget {
     /// The database's connections (`spec.database.maxConnections`).
     pub database: i32,
-    /// The most API pods that can run at once.
+    /// The most pods (API and workers) that can run at once.
     pub peak_pods: i32,
     /// Main pool per pod (also the size of each replica pool).
     pub main: i32,
@@ -33,9 +33,14 @@ pub struct ConnectionBudget {
     pub analytics: i32,
 }
 
-/// The most API pods that can run at once: the autoscaler's maximum (or the fixed count) and what a
-/// rollout adds on top (the surge, or a whole preview for blue-green).
+/// The most pods that can run at once: the autoscaler's maximum (or the fixed count), what a rollout
+/// adds on top (the surge, or a whole preview for blue-green), and the job workers (their Deployment
+/// replaces pods without a surge).
 pub fn peak_pods(spec: &KybPlatformSpec) -> i32 {
+    api_pods(spec) + spec.workers.as_ref().map_or(0, |w| w.replicas)
+}
+
+fn api_pods(spec: &KybPlatformSpec) -> i32 {
     let base = if spec.autoscaling.enabled {
         spec.autoscaling.max_replicas
     } else {
@@ -73,6 +78,20 @@ pub fn budget(spec: &KybPlatformSpec) -> Result<ConnectionBudget, String> {
             db.max_connections,
             MIN_MAIN + 1 + i32::from(analytics_on_primary),
         ));
+    }
+    // A worker's jobs each hold a main-pool connection for their transaction, and the worker needs
+    // one more for claims and heartbeats.
+    if let Some(w) = spec.workers.as_ref().filter(|w| w.replicas > 0) {
+        if w.concurrency + 1 > main {
+            return Err(format!(
+                "spec.workers.concurrency {} needs {} connections per worker pod, but each pod gets \
+                 {main} from spec.database.maxConnections {} over {pods} pods: lower the concurrency \
+                 or the replica counts, or raise maxConnections",
+                w.concurrency,
+                w.concurrency + 1,
+                db.max_connections,
+            ));
+        }
     }
     Ok(ConnectionBudget {
         database: db.max_connections,
@@ -119,6 +138,21 @@ mod tests {
     fn blue_green_counts_the_whole_preview() {
         let s = spec("autoscaling: {enabled: false}\nreplicas: 5\nrollout: {strategy: BlueGreen, blueGreen: {}}\n");
         assert_eq!(peak_pods(&s), 10);
+    }
+
+    #[test]
+    fn workers_are_pods_too_and_their_jobs_need_connections() {
+        let s = spec("autoscaling: {enabled: false}\nreplicas: 2\nworkers: {replicas: 3}\n");
+        let b = budget(&s).unwrap();
+        assert_eq!(
+            b.peak_pods,
+            3 + 3,
+            "2 API pods, their surge of 1, 3 workers"
+        );
+        assert!(b.main >= 11, "10 jobs and the claims: {b:?}");
+        let s = spec("autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 20}\nworkers: {replicas: 2, concurrency: 10}\n");
+        let e = budget(&s).unwrap_err();
+        assert!(e.contains("spec.workers.concurrency 10 needs 11 connections per worker pod, but each pod gets 5 from"), "{e}");
     }
 
     #[test]

@@ -712,6 +712,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         },
         Some(job) => job_run(ctx, &ns, job).await?,
     };
+    apply_workers(ctx, &ns, &name, &children, &migration).await?;
 
     let (observed_rollout, fully_promoted, progressive_status, requeue, blocker) = if progressive {
         let outcome =
@@ -785,6 +786,55 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
     Ok(Action::requeue(requeue.map_or(wait, |r| {
         r.min(wait).max(Duration::from_millis(100))
     })))
+}
+
+/// The job workers' Deployment and PDB, or their removal once `spec.workers` goes. Workers run the
+/// release's code against its schema, so, like the API pods, they roll out only once its migration
+/// is applied.
+async fn apply_workers(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    children: &Children,
+    migration: &Migration,
+) -> Result<(), Error> {
+    let (client, metrics, caches) = (&ctx.client, &ctx.metrics, &ctx.caches);
+    let worker = build::worker_name(name);
+    let live = cached(&caches.deployments, ns, &worker);
+    let live_pdb = cached(&caches.pdbs, ns, &worker);
+    match &children.workers {
+        Some((deployment, pdb)) => {
+            if matches!(migration, Migration::Disabled | Migration::Succeeded { .. }) {
+                apply(
+                    client,
+                    ns,
+                    deployment.clone(),
+                    meta(&live),
+                    object(&live)?,
+                    metrics,
+                )
+                .await?;
+            }
+            apply(
+                client,
+                ns,
+                pdb.clone(),
+                meta(&live_pdb),
+                object(&live_pdb)?,
+                metrics,
+            )
+            .await?;
+        }
+        None => {
+            if live.is_some() {
+                delete::<Deployment>(client, ns, &worker, metrics).await?;
+            }
+            if live_pdb.is_some() {
+                delete::<PodDisruptionBudget>(client, ns, &worker, metrics).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Transient errors back off; they are logged and counted by reason.

@@ -125,6 +125,45 @@ pub struct KybPlatformSpec {
     /// network plugin enforces NetworkPolicies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// Job workers (`kybctl worker`): a Deployment `<name>-worker` with its own
+    /// PodDisruptionBudget; none when absent. Their pods count against the database's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    /// Job kinds these workers run (default all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub types: Vec<crate::jobs::JobKind>,
+    /// Jobs each pod runs at once (the plan's 10).
+    #[serde(default = "WorkersSpec::default_concurrency")]
+    #[schemars(range(min = 1, max = 100))]
+    pub concurrency: i32,
+    #[serde(default = "WorkersSpec::default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// How long a job may run; pods get this plus a margin to finish their jobs when stopped.
+    #[serde(default = "WorkersSpec::default_job_timeout")]
+    #[schemars(regex(pattern = DURATION))]
+    pub job_timeout: String,
+    /// Requests and limits of the worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+impl WorkersSpec {
+    fn default_concurrency() -> i32 {
+        10
+    }
+    fn default_replicas() -> i32 {
+        1
+    }
+    fn default_job_timeout() -> String {
+        "60s".into()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

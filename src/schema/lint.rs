@@ -341,6 +341,8 @@ impl QueryCorpus {
 }
 
 const SERVICE_SOURCES: &[(&str, &str)] = &[
+    ("src/jobs/queue.rs", include_str!("../jobs/queue.rs")),
+    ("src/jobs/handlers.rs", include_str!("../jobs/handlers.rs")),
     (
         "src/service/db/freshness.rs",
         include_str!("../service/db/freshness.rs"),
