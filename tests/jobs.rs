@@ -423,8 +423,15 @@ async fn a_panicking_job_fails_its_attempt_not_the_worker() {
         })
         .await
     );
+    // Its failure is recorded once the handler's task has ended, maybe after the others succeeded.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            queue::get(&pool, ids[3]).await.unwrap().unwrap().status == "failed"
+        })
+        .await,
+        "retried later"
+    );
     let panicked = queue::get(&pool, ids[3]).await.unwrap().unwrap();
-    assert_eq!(panicked.status, "failed", "retried later");
     assert!(
         panicked
             .last_error
@@ -725,13 +732,14 @@ async fn scheduler_loops_enqueue_on_the_clock() {
     for l in loops {
         l.await.unwrap();
     }
-    // The tick before the start (caught up) and the three or four that passed.
+    // The tick before the start (caught up) and the three or four that passed (the last may come
+    // after the stop on a busy machine).
     let n = count(&pool, "SELECT count(*) FROM jobs").await;
     let keys: Vec<String> = sqlx::query_scalar("SELECT unique_key FROM jobs ORDER BY 1")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert!((4..=5).contains(&n), "{n} jobs: {keys:?}");
+    assert!((3..=5).contains(&n), "{n} jobs: {keys:?}");
 }
 
 /// With Redis the workers wake at once; with Redis stopped nothing is lost and jobs start within the

@@ -87,6 +87,9 @@ pub async fn enqueue_ticks(
     Ok(queue::enqueue(&mut conn, policy, &jobs).await?.len())
 }
 
+/// The most ticks of one schedule one round enqueues.
+const CATCH_UP: usize = 60;
+
 /// Runs `schedules` until shutdown, enqueueing into `pool` (the first shard's primary). On start it
 /// catches up the latest tick missed while no scheduler ran.
 pub async fn run(
@@ -111,7 +114,9 @@ pub async fn run(
     loop {
         let now = Utc::now();
         for (s, after) in schedules.iter().zip(last.iter_mut()) {
-            let ticks = s.due(*after, now, 1);
+            // A round late by a few seconds (a busy machine) still enqueues every tick it missed; only
+            // a long outage is caught up with fewer (the newest CATCH_UP).
+            let ticks = s.due(*after, now, CATCH_UP);
             if ticks.is_empty() {
                 continue;
             }
