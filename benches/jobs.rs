@@ -8,6 +8,8 @@
 //! - latency: enqueue-to-start at half the measured capacity, with the Redis wake-up.
 //!
 //! `cargo bench --bench jobs [-- REPS]` (default 3). Prints each rep, medians (min-max) and ratios.
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs one small rep, so the target stays
+//! compiled and working without costing test time.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -27,8 +29,14 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-const JOBS: usize = 20_000;
 const CONCURRENCY: usize = 10;
+
+/// What one rep measures: the full run, or the smoke run under `cargo test`.
+#[derive(Clone, Copy)]
+struct Size {
+    jobs: usize,
+    latency_for: Duration,
+}
 
 async fn fill(pool: &PgPool, n: usize) {
     let policy = Policy::default();
@@ -45,8 +53,8 @@ async fn fresh(pg: &TempPostgres) -> (String, PgPool) {
 }
 
 /// The reference: CONCURRENCY loops claiming 10 at a time and finishing each with one UPDATE.
-async fn raw_loop(pool: &PgPool) -> f64 {
-    fill(pool, JOBS).await;
+async fn raw_loop(pool: &PgPool, size: Size) -> f64 {
+    fill(pool, size.jobs).await;
     let started = Instant::now();
     let loops: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
@@ -78,7 +86,7 @@ async fn raw_loop(pool: &PgPool) -> f64 {
     for l in loops {
         l.await.unwrap();
     }
-    JOBS as f64 / started.elapsed().as_secs_f64()
+    size.jobs as f64 / started.elapsed().as_secs_f64()
 }
 
 fn bench_worker(identity: &str) -> WorkerConfig {
@@ -88,9 +96,9 @@ fn bench_worker(identity: &str) -> WorkerConfig {
     cfg
 }
 
-/// The worker, no-op handler: JOBS jobs, start to last completion.
-async fn through_worker(db: &str, pool: &PgPool) -> f64 {
-    fill(pool, JOBS).await;
+/// The worker, no-op handler: `size.jobs` jobs, start to last completion.
+async fn through_worker(db: &str, pool: &PgPool, size: Size) -> f64 {
+    fill(pool, size.jobs).await;
     let mut cfg = config(db, None);
     cfg.database.pool.max_connections = 20;
     let state = AppState::build_without_api(cfg).unwrap();
@@ -112,7 +120,7 @@ async fn through_worker(db: &str, pool: &PgPool) -> f64 {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rate = JOBS as f64 / started.elapsed().as_secs_f64();
+    let rate = size.jobs as f64 / started.elapsed().as_secs_f64();
     stop.cancel();
     task.await.unwrap();
     rate
@@ -144,9 +152,9 @@ async fn enqueue_costs(pool: &PgPool) -> (f64, f64) {
     (batched, single)
 }
 
-/// Enqueue-to-start at `rate` jobs a second for 10 s, each its own transaction followed by a Redis
-/// nudge, into an idle worker: p50 and p99 in milliseconds.
-async fn latency(db: &str, pool: &PgPool, redis: &TempRedis, rate: f64) -> (f64, f64) {
+/// Enqueue-to-start at `rate` jobs a second (for 10 s in a full run), each its own transaction
+/// followed by a Redis nudge, into an idle worker: p50 and p99 in milliseconds.
+async fn latency(db: &str, pool: &PgPool, redis: &TempRedis, rate: f64, size: Size) -> (f64, f64) {
     let mut cfg = config(db, Some(&redis.url()));
     cfg.database.pool.max_connections = 20;
     let state = AppState::build_without_api(cfg).unwrap();
@@ -166,7 +174,7 @@ async fn latency(db: &str, pool: &PgPool, redis: &TempRedis, rate: f64) -> (f64,
     let every = Duration::from_secs_f64(1.0 / rate);
     let mut tick = tokio::time::interval(every);
     let prefix = state.config.cache.key_prefix.clone();
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + size.latency_for;
     let job = NewJob::new(JobKind::Noop, json!({}));
     let enqueuers = Arc::new(tokio::sync::Semaphore::new(8));
     while Instant::now() < end {
@@ -216,10 +224,24 @@ fn median(v: &[f64]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let reps: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(3);
+    let full = std::env::args().any(|a| a == "--bench");
+    let (reps, size) = if full {
+        let reps = std::env::args()
+            .skip(1)
+            .find_map(|a| a.parse().ok())
+            .unwrap_or(3);
+        let size = Size {
+            jobs: 20_000,
+            latency_for: Duration::from_secs(10),
+        };
+        (reps, size)
+    } else {
+        let size = Size {
+            jobs: 200,
+            latency_for: Duration::from_secs(1),
+        };
+        (1, size)
+    };
     kybctl::tls::ensure_crypto_provider();
     let pg = TempPostgres::start().expect("PostgreSQL");
     let redis = TempRedis::start().expect("Redis");
@@ -227,15 +249,15 @@ async fn main() {
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for rep in 1..=reps {
         let (_, pool) = fresh(&pg).await;
-        raw.push(raw_loop(&pool).await);
+        raw.push(raw_loop(&pool, size).await);
         let (db, pool) = fresh(&pg).await;
-        worked.push(through_worker(&db, &pool).await);
+        worked.push(through_worker(&db, &pool, size).await);
         let (_, pool) = fresh(&pg).await;
         let (b, s) = enqueue_costs(&pool).await;
         batched.push(b * 1000.0);
         single.push(s * 1000.0);
         let (db, pool) = fresh(&pg).await;
-        let (a, z) = latency(&db, &pool, &redis, worked[rep - 1] / 2.0).await;
+        let (a, z) = latency(&db, &pool, &redis, worked[rep - 1] / 2.0, size).await;
         p50.push(a);
         p99.push(z);
         eprintln!(
@@ -243,7 +265,10 @@ async fn main() {
             raw[rep - 1], worked[rep - 1], batched[rep - 1], single[rep - 1], worked[rep - 1] / 2.0, a, z
         );
     }
-    println!("\n{reps} reps, medians (min-max); {CONCURRENCY} slots / loops, {JOBS} no-op jobs");
+    println!(
+        "\n{reps} reps, medians (min-max); {CONCURRENCY} slots / loops, {} no-op jobs",
+        size.jobs
+    );
     println!("raw claim-and-complete loop   {} jobs/s", summary(&raw));
     println!("worker, no-op jobs            {} jobs/s", summary(&worked));
     println!("enqueue 100, one statement    {} ms", summary(&batched));

@@ -702,6 +702,20 @@ async fn workers_come_and_go_with_the_spec() {
     op.stop().await;
 }
 
+/// Who holds the operators' Lease in `ns`, as `kubectl` reads it.
+fn holder_of_lease(c: &cluster::Cluster, ns: &str) -> String {
+    let (_, out, _) = run(c.kubectl().args([
+        "get",
+        "lease",
+        "kybctl-operator",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]));
+    out.trim().to_owned()
+}
+
 /// An elected operator for platforms in `ns`, its Lease in `ns` too: its metrics, its stop, its task.
 fn start_elected(
     client: kube::Client,
@@ -743,18 +757,7 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
         async move { start_elected(cluster().await.client().await, &ns, identity, lease) }
     };
     let (a_metrics, a_stop, a_task) = start("operator-a").await;
-    let lease_holder = || {
-        let (_, out, _) = run(c.kubectl().args([
-            "get",
-            "lease",
-            "kybctl-operator",
-            "-n",
-            &ns,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]));
-        out.trim().to_owned()
-    };
+    let lease_holder = || holder_of_lease(c, &ns);
     eventually(Duration::from_secs(15), "operator-a to lead", || async {
         lease_holder() == "operator-a"
     })
@@ -817,18 +820,7 @@ async fn a_killed_leader_is_replaced_after_one_lease() {
             .spawn()
             .unwrap()
     };
-    let lease_holder = || {
-        let (_, out, _) = run(c.kubectl().args([
-            "get",
-            "lease",
-            "kybctl-operator",
-            "-n",
-            &ns,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]));
-        out.trim().to_owned()
-    };
+    let lease_holder = || holder_of_lease(c, &ns);
     let mut a = spawn("operator-a");
     eventually(Duration::from_secs(20), "operator-a to lead", || async {
         lease_holder() == "operator-a"

@@ -555,18 +555,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         })
         .transpose()?;
 
-    let pdb = PodDisruptionBudget {
-        metadata: meta(kp, name.clone(), "api")?,
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pdb = one_at_a_time(meta(kp, name.clone(), "api")?, selector);
 
     // Named by what it migrates and how, so a new image, a new shard or a fixed pod annotation gets a
     // fresh Job instead of finding the failed one (Jobs are immutable anyway), while a change that
@@ -727,8 +716,14 @@ fn workers(
         }),
         ..Default::default()
     };
-    let pdb = PodDisruptionBudget {
-        metadata: meta(kp, worker_name(name), "worker")?,
+    let pdb = one_at_a_time(meta(kp, worker_name(name), "worker")?, selector);
+    Ok((deployment, pdb))
+}
+
+/// A PodDisruptionBudget that lets voluntary disruptions take one of the `selector`'s pods at a time.
+fn one_at_a_time(metadata: ObjectMeta, selector: BTreeMap<String, String>) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata,
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
@@ -738,8 +733,7 @@ fn workers(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    Ok((deployment, pdb))
+    }
 }
 
 /// Who may reach the API pods: the declared clients and the platform's own analysis Jobs on the API
