@@ -382,6 +382,9 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    /// The body limit of `POST /v1/merchants:import` (NDJSON; each line is held to
+    /// `max_body_bytes`).
+    pub max_import_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -392,6 +395,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            max_import_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -621,6 +625,12 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be > 0".into(),
+            ));
+        }
+        if self.server.max_import_bytes < self.server.max_body_bytes {
+            return Err(ConfigError::Invalid(
+                "server.max_import_bytes must be >= server.max_body_bytes (an import of one merchant)"
+                    .into(),
             ));
         }
         if self.metrics_listen == self.listen {

@@ -105,6 +105,10 @@ async fn the_service_keeps_its_openapi_contract() {
         "/tests/contract/schemathesis.toml"
     );
     let out = tokio::process::Command::new(&st)
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/contract/hooks.py"),
+        )
         .args(["--config-file", settings, "--no-color", "run"])
         .arg(s.url("/openapi.json"))
         .args(["--checks", "all"])

@@ -5,8 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{business, config, eventually, migrated_db_on, Service};
-use kybctl::config::ShardingStrategy;
-use kybctl::config::{ReadYourWrites, Secret, ShardConfig};
+use kybctl::config::{ReadYourWrites, Secret};
 use kybctl::local::TempPostgres;
 use kybctl::service::db::{Role, ShardPools};
 use reqwest::StatusCode;
@@ -234,21 +233,7 @@ async fn hash_sharding_over_two_databases() {
     let pg = common::pg();
     let a = migrated_db_on(pg).await;
     let b = migrated_db_on(pg).await;
-    let mut cfg = config(&a, None);
-    cfg.database.url = None;
-    cfg.database.sharding.strategy = ShardingStrategy::Hash;
-    cfg.database.sharding.shards = [("a", &a), ("b", &b)]
-        .into_iter()
-        .map(|(id, url)| ShardConfig {
-            id: id.into(),
-            url: Some(Secret::new(url)),
-            url_file: None,
-            replica_urls: vec![],
-            replica_url_files: vec![],
-            range_from: None,
-            keys: vec![],
-        })
-        .collect();
+    let cfg = common::sharded(config(&a, None), &[&a, &b]);
     let router =
         kybctl::service::db::shard::ShardRouter::from_config(&cfg.database.sharding).unwrap();
     let s = Service::start(cfg).await;
@@ -339,21 +324,7 @@ async fn hash_sharding_over_two_databases() {
 async fn the_industry_report_is_exact_across_shards() {
     let pg = common::pg();
     let urls = [migrated_db_on(pg).await, migrated_db_on(pg).await];
-    let mut cfg = config(&urls[0], None);
-    cfg.database.url = None;
-    cfg.database.sharding.shards = urls
-        .iter()
-        .zip(["a", "b"])
-        .map(|(url, id)| ShardConfig {
-            id: id.into(),
-            url: Some(Secret::new(url)),
-            url_file: None,
-            replica_urls: vec![],
-            replica_url_files: vec![],
-            range_from: None,
-            keys: vec![],
-        })
-        .collect();
+    let cfg = common::sharded(config(&urls[0], None), &[&urls[0], &urls[1]]);
     for (url, prefix) in urls.iter().zip(["A", "B"]) {
         let pool = PgPool::connect(url).await.unwrap();
         // 100 industries of this shard's own with 3 merchants each, then the shared one with 2.

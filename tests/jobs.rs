@@ -905,3 +905,159 @@ async fn the_jobs_command_steers_the_queue() {
         "{again}"
     );
 }
+
+/// `n` NDJSON lines of merchants named `prefix N`.
+fn ndjson(prefix: &str, n: usize) -> String {
+    (1..=n)
+        .map(|i| {
+            format!(
+                "{}\n",
+                business(&format!("{prefix} {i}"), "bakery bread and cakes")
+            )
+        })
+        .collect()
+}
+
+async fn post_ndjson(s: &Service, body: String, content_type: &str) -> reqwest::Response {
+    s.http
+        .post(s.url("/v1/merchants:import"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A bulk import over two shards: every line checked before anything is written, each shard's
+/// merchants committed with their jobs (batches of 1,000 inside one transaction), and a worker
+/// classifies them all. A shard whose transaction fails (its jobs table is gone) keeps none of its
+/// lines and names them, while the other shard's stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_commits_per_shard_with_a_job_per_line() {
+    let pg = common::pg();
+    let urls = [
+        common::migrated_db_on(pg).await,
+        common::migrated_db_on(pg).await,
+    ];
+    let mut cfg = common::sharded(config(&urls[0], None), &[&urls[0], &urls[1]]);
+    cfg.server.max_import_bytes = 1024 * 1024;
+    let router =
+        kybctl::service::db::shard::ShardRouter::from_config(&cfg.database.sharding).unwrap();
+    let pools = [
+        PgPool::connect(&urls[0]).await.unwrap(),
+        PgPool::connect(&urls[1]).await.unwrap(),
+    ];
+    let merchants = |i: usize| count(&pools[i], "SELECT count(*) FROM merchants");
+    let s = Service::start(cfg.clone()).await;
+
+    // Refused whole, nothing written: a bad line (named), another media type, an oversized body.
+    let mut bad = ndjson("Bad", 1_500);
+    bad.push_str("{\"name\": \"\"}\n");
+    let r = post_ndjson(&s, bad, "application/x-ndjson").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1501: name"),
+        "{problem}"
+    );
+    let r = post_ndjson(&s, ndjson("Json", 2), "application/json").await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = post_ndjson(&s, ndjson("Huge", 20_000), "application/x-ndjson").await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!((merchants(0).await, merchants(1).await), (0, 0));
+
+    // 2,500 lines: about 1,250 a shard, so each shard's transaction holds two batches.
+    let r = post_ndjson(&s, ndjson("Imported", 2_500), "application/x-ndjson").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let result: Value = r.json().await.unwrap();
+    let imported = result["imported"].as_array().unwrap();
+    assert_eq!(imported.len(), 2_500);
+    assert!(result["failed"].as_array().unwrap().is_empty());
+    let mut on = [0i64; 2];
+    for (n, line) in imported.iter().enumerate() {
+        assert_eq!(line["line"], n + 1, "in line order");
+        on[router.route(line["id"].as_str().unwrap())] += 1;
+    }
+    assert!(on[0] > 1_000 && on[1] > 1_000, "{on:?}");
+    for i in 0..2 {
+        assert_eq!(merchants(i).await, on[i]);
+        assert_eq!(
+            count(
+                &pools[i],
+                "SELECT count(*) FROM jobs WHERE kind = 'classify'"
+            )
+            .await,
+            on[i],
+            "one job per merchant on shard {i}"
+        );
+    }
+    let first = &imported[0];
+    let merchant: Value = s
+        .get(&format!("/v1/merchants/{}", first["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(merchant["name"], "Imported 1");
+    assert!(merchant["classification"].is_null());
+
+    // A worker classifies every one of them, on both shards.
+    let state = AppState::build_without_api(cfg.clone()).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker::run(
+        state,
+        quick("import"),
+        handlers::standard(),
+        stop.clone(),
+    ));
+    let unclassified = "SELECT count(*) FROM merchants WHERE industry_id IS NULL";
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            count(&pools[0], unclassified).await + count(&pools[1], unclassified).await == 0
+        })
+        .await,
+        "{} + {} merchants still unclassified",
+        count(&pools[0], unclassified).await,
+        count(&pools[1], unclassified).await
+    );
+    let job: Value = s
+        .get(&format!("/v1/jobs/{}", first["job"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    stop.cancel();
+    task.await.unwrap();
+
+    // Shard 1 loses its jobs table: its merchants' INSERT succeeds, their jobs' fails, and the
+    // transaction takes both back. Shard 0's lines stand; shard 1's come back as failed.
+    sqlx::query("DROP TABLE jobs CASCADE")
+        .execute(&pools[1])
+        .await
+        .unwrap();
+    let before = [merchants(0).await, merchants(1).await];
+    let r = post_ndjson(&s, ndjson("Partial", 400), "application/x-ndjson").await;
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    let result: Value = r.json().await.unwrap();
+    let (ok, failed) = (
+        result["imported"].as_array().unwrap(),
+        result["failed"].as_array().unwrap(),
+    );
+    assert_eq!(ok.len() + failed.len(), 400);
+    assert!(ok
+        .iter()
+        .all(|l| router.route(l["id"].as_str().unwrap()) == 0));
+    assert!(!failed.is_empty() && !ok.is_empty(), "{result}");
+    assert!(
+        !failed[0]["detail"].as_str().unwrap().contains("jobs"),
+        "no internals in {}",
+        failed[0]
+    );
+    assert_eq!(merchants(0).await, before[0] + ok.len() as i64);
+    assert_eq!(merchants(1).await, before[1], "nothing half-applied");
+    s.stop().await;
+}

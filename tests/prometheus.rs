@@ -125,7 +125,10 @@ async fn scrapes_the_service_and_fails_fast_once_stopped() {
         "{bad}"
     );
 
-    // Stopped mid-analysis: the next query fails at once, naming the refused connection.
+    // Stopped mid-analysis: the next query fails at once, naming the transport failure. Which one
+    // depends on a race the test does not control: a new connection is refused, while a kept-alive
+    // one from the pool (if the kill lands before the client sees it close) is closed under the
+    // request. Either way it is "unreachable", never a PromQL error or a timeout.
     prom.stop();
     let t = Instant::now();
     let err = prom
@@ -133,7 +136,11 @@ async fn scrapes_the_service_and_fails_fast_once_stopped() {
         .await
         .unwrap_err();
     assert!(err.is_unreachable(), "{err}");
-    assert!(err.to_string().contains("Connection refused"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("Connection refused") || text.contains("connection closed"),
+        "{err}"
+    );
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "took {:?}",

@@ -77,6 +77,28 @@ pub fn config(db_url: &str, redis_url: Option<&str>) -> Config {
     c
 }
 
+/// `cfg` over the databases at `urls` as hash shards `s0`, `s1`, ... (no replicas), in place of its
+/// single database.
+pub fn sharded(mut cfg: Config, urls: &[&str]) -> Config {
+    use kybctl::config::{ShardConfig, ShardingStrategy};
+    cfg.database.url = None;
+    cfg.database.sharding.strategy = ShardingStrategy::Hash;
+    cfg.database.sharding.shards = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| ShardConfig {
+            id: format!("s{i}"),
+            url: Some(Secret::new(*url)),
+            url_file: None,
+            replica_urls: vec![],
+            replica_url_files: vec![],
+            range_from: None,
+            keys: vec![],
+        })
+        .collect();
+    cfg
+}
+
 pub struct Service {
     pub base: String,
     /// Where `/metrics` is served (its own listener, off the API port).

@@ -30,7 +30,7 @@ const MAX_LIMIT: u32 = 500;
 
 /// Validates the fields as sent (the limits the document states), then trims the free text; an
 /// empty text field becomes none.
-fn tidy(mut b: BusinessInput) -> Result<BusinessInput, ApiError> {
+pub(super) fn tidy(mut b: BusinessInput) -> Result<BusinessInput, ApiError> {
     classify::validate(&b).map_err(|e| ApiError::invalid(e.field, e.message))?;
     let trim = |o: Option<String>| o.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     b.name = b.name.trim().to_owned();
@@ -194,7 +194,7 @@ fn stamped(
     }
 }
 
-fn queue_error(e: QueueError) -> ApiError {
+pub(super) fn queue_error(e: QueueError) -> ApiError {
     match e {
         QueueError::Db(e) => e.into(),
         other => ApiError::Internal(other.to_string()),

@@ -3,6 +3,7 @@
 pub mod classifications;
 pub mod error;
 pub mod health;
+pub mod imports;
 pub mod jobs;
 pub mod merchants;
 pub mod middleware;
@@ -37,6 +38,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/classifications", post(classifications::create))
         .route("/merchants", post(merchants::create).get(merchants::list))
+        // Its own body limit: a file of merchants, each line held to the one-merchant limit.
+        .route(
+            "/merchants:import",
+            post(imports::import).layer(DefaultBodyLimit::max(server.max_import_bytes)),
+        )
         .route(
             "/merchants/{id}",
             get(merchants::get).patch(merchants::update),

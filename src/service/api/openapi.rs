@@ -10,7 +10,7 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{classifications, error, health, jobs, merchants, reports, risk_assessments};
+use super::{classifications, error, health, imports, jobs, merchants, reports, risk_assessments};
 use crate::classify;
 use crate::service::model;
 
@@ -24,6 +24,7 @@ use crate::service::model;
     paths(
         classifications::create,
         merchants::create,
+        imports::import,
         merchants::get,
         merchants::update,
         merchants::list,
@@ -36,6 +37,9 @@ use crate::service::model;
         health::ready,
     ),
     components(schemas(
+        imports::ImportResult,
+        imports::ImportedLine,
+        imports::FailedLine,
         classify::BusinessInput,
         classify::Classification,
         classify::Alternative,
@@ -192,6 +196,7 @@ impl Modify for Contract {
             "apiKey",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+        bound_import_lines(doc);
         for (path, item) in doc.paths.paths.iter_mut() {
             let public = !path.starts_with("/v1/");
             for op in [
@@ -206,6 +211,23 @@ impl Modify for Contract {
             {
                 add_answers(op, public);
             }
+        }
+    }
+}
+
+/// The import's lines as an array of 1 to [`imports::MAX_LINES`]: utoipa's `request_body` takes no
+/// bounds for a `Vec`, and a fuzzer must know an empty or oversized import is refused.
+fn bound_import_lines(doc: &mut utoipa::openapi::OpenApi) {
+    let body = doc
+        .paths
+        .paths
+        .get_mut("/v1/merchants:import")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|op| op.request_body.as_mut());
+    for content in body.into_iter().flat_map(|b| b.content.values_mut()) {
+        if let Some(RefOr::T(Schema::Array(lines))) = content.schema.as_mut() {
+            lines.min_items = Some(1);
+            lines.max_items = Some(imports::MAX_LINES);
         }
     }
 }
@@ -260,6 +282,16 @@ mod tests {
             assert!(new["properties"].get(field).is_some(), "{field}");
         }
         assert!(schemas["Merchant"]["properties"].get("version").is_some());
+        let lines = &doc["paths"]["/v1/merchants:import"]["post"]["requestBody"]["content"]
+            ["application/x-ndjson"]["schema"];
+        assert_eq!(
+            (&lines["minItems"], &lines["maxItems"]),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(imports::MAX_LINES)
+            ),
+            "{lines}"
+        );
         assert!(
             doc["paths"].get("/metrics").is_none(),
             "not on the API port"

@@ -94,7 +94,10 @@ pub fn needed(method: &Method, route: &str) -> Option<Needs> {
         ("GET", "/v1/reports/industries" | "/v1/jobs/{id}") | ("POST", "/v1/classifications") => {
             Needs::AnyOf(&[Read])
         }
-        ("POST", "/v1/merchants" | "/v1/merchants/{id}/risk-assessments") => Needs::AnyOf(&[Write]),
+        (
+            "POST",
+            "/v1/merchants" | "/v1/merchants:import" | "/v1/merchants/{id}/risk-assessments",
+        ) => Needs::AnyOf(&[Write]),
         // Which of the two depends on the fields changed; the handler checks the rest.
         ("PATCH", "/v1/merchants/{id}") => Needs::AnyOf(&[Write, Status]),
         ("GET", "/v1/merchants/{id}/status-changes") => Needs::AnyOf(&[Ops]),

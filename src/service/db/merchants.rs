@@ -175,6 +175,60 @@ pub async fn insert_unclassified(
     .await?)
 }
 
+/// Inserts many merchants not classified yet in one statement (`POST /v1/merchants:import`), on the
+/// caller's connection so their jobs commit with them. Returns each row's stamp in the order given.
+pub async fn insert_unclassified_many(
+    conn: &mut PgConnection,
+    rows: &[(Uuid, &BusinessInput, MerchantStatus)],
+) -> Result<Vec<Stamp>, DbError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let (mut names, mut descriptions, mut websites) = (vec![], vec![], vec![]);
+    let (mut countries, mut mccs, mut statuses) = (vec![], vec![], vec![]);
+    for (id, b, status) in rows {
+        ids.push(*id);
+        names.push(b.name.as_str());
+        descriptions.push(b.description.as_deref());
+        websites.push(b.website.as_deref());
+        countries.push(b.country.as_deref());
+        mccs.push(b.declared_mcc.as_deref());
+        statuses.push(status.as_str());
+    }
+    // `WITH ORDINALITY` and the ORDER BY give the stamps back in the order of `rows`: RETURNING
+    // alone promises no order.
+    let stamped: Vec<(i64, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[])
+                      WITH ORDINALITY AS t(id, name, description, website, country, declared_mcc,
+                                           status, n)
+         ), inserted AS (
+             INSERT INTO merchants (id, name, description, website, country, declared_mcc, status)
+             SELECT id, name, description, website, country, declared_mcc, status FROM input
+             RETURNING id, version, created_at, updated_at
+         )
+         SELECT input.n, inserted.version, inserted.created_at, inserted.updated_at
+           FROM inserted JOIN input USING (id)
+          ORDER BY input.n",
+    )
+    .bind(&ids)
+    .bind(&names)
+    .bind(&descriptions)
+    .bind(&websites)
+    .bind(&countries)
+    .bind(&mccs)
+    .bind(&statuses)
+    .fetch_all(conn)
+    .await?;
+    Ok(stamped
+        .into_iter()
+        .map(|(_, version, created_at, updated_at)| Stamp {
+            version,
+            created_at,
+            updated_at,
+        })
+        .collect())
+}
+
 async fn insert_classification(
     tx: &mut PgConnection,
     business_id: Uuid,

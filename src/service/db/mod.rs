@@ -53,7 +53,12 @@ impl Database {
 
     /// The shard that holds `business_id`.
     pub fn shard_for(&self, business_id: &str) -> &Arc<ShardPools> {
-        &self.shards[self.router.route(business_id)]
+        &self.shards[self.shard_index_for(business_id)]
+    }
+
+    /// The position in [`Self::shards`] of the shard that holds `business_id`.
+    pub fn shard_index_for(&self, business_id: &str) -> usize {
+        self.router.route(business_id)
     }
 
     pub fn shards(&self) -> &[Arc<ShardPools>] {
