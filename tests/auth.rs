@@ -126,8 +126,16 @@ async fn call(
     auth: Option<&str>,
 ) -> reqwest::Response {
     let mut req = s.http.request(method.clone(), s.url(path));
-    if let Some(b) = body {
-        req = req.json(b);
+    match body {
+        // An array is an import's lines: NDJSON.
+        Some(Value::Array(lines)) => {
+            let ndjson: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            req = req
+                .header("content-type", "application/x-ndjson")
+                .body(ndjson);
+        }
+        Some(b) => req = req.json(b),
+        None => {}
     }
     if let Some(a) = auth {
         req = req.bearer_auth(a);
@@ -195,6 +203,12 @@ async fn every_route_checks_credentials_and_scope() {
             Method::POST,
             "/v1/merchants".into(),
             Some(business("Auth Bakery", "bakery")),
+            Scope::Write,
+        ),
+        (
+            Method::POST,
+            "/v1/merchants:import".into(),
+            Some(json!([business("Auth Import", "bakery")])),
             Scope::Write,
         ),
         (Method::GET, merchant.clone(), None, Scope::Read),
