@@ -1,11 +1,13 @@
 //! The Gateway API standard-channel CRDs (upstream `sigs.k8s.io/gateway-api`, downloaded by
-//! `tests/cluster/gateway-api-crds`) install into the test control plane, and an HTTPRoute splitting
+//! `tests/cluster/upstream-crds gateway-api`) install into the test control plane, and an HTTPRoute splitting
 //! traffic between two Services is accepted, defaulted and read back through kube-rs `DynamicObject`.
 
 #[path = "common/cluster.rs"]
 mod cluster;
 #[path = "common/gateway.rs"]
 mod gateway;
+#[path = "common/upstream.rs"]
+mod upstream;
 
 use cluster::{check, cluster};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -71,8 +73,9 @@ async fn standard_crds_install_and_an_httproute_round_trips() {
         "jsonpath={.metadata.annotations.gateway\\.networking\\.k8s\\.io/bundle-version} \
          {.metadata.annotations.gateway\\.networking\\.k8s\\.io/channel}",
     ]));
-    // The version pinned in tests/cluster/gateway-api-crds (`.../gateway-api@v1.6.3/config/...`).
-    let pinned = gateway::crds_dir()
+    // The version pinned in tests/cluster/upstream-crds (`.../gateway-api@v1.6.3/config/...`).
+    let dir = gateway::crds_dir();
+    let pinned = dir
         .ancestors()
         .find_map(|d| d.file_name()?.to_str()?.strip_prefix("gateway-api@"))
         .expect("module version in the CRD directory");

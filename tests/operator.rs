@@ -8,6 +8,8 @@ mod cluster;
 mod gateway;
 #[path = "common/operator.rs"]
 mod operator;
+#[path = "common/upstream.rs"]
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

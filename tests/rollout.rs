@@ -12,6 +12,8 @@ mod cluster;
 mod gateway;
 #[path = "common/operator.rs"]
 mod operator;
+#[path = "common/upstream.rs"]
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

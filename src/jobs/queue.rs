@@ -638,6 +638,8 @@ pub async fn purge_finished(
 #[derive(Debug, Default)]
 pub struct Gauges {
     pub depth: Vec<(String, String, i16, i64)>,
+    /// Jobs running now (all queues).
+    pub running: i64,
     pub oldest_ready_seconds: Vec<(String, f64)>,
     pub dead_letters: Vec<(String, i64)>,
 }
@@ -662,8 +664,12 @@ pub async fn gauges(pool: &PgPool) -> Result<Gauges, QueueError> {
     )
     .fetch_all(pool)
     .await?;
+    let running = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(pool)
+        .await?;
     Ok(Gauges {
         depth,
+        running,
         oldest_ready_seconds,
         dead_letters,
     })

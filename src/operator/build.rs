@@ -73,6 +73,9 @@ pub struct Children {
     /// The job workers' Deployment `<name>-worker` and its PodDisruptionBudget, with
     /// `spec.workers` (deleted if they exist when that goes).
     pub workers: Option<(Deployment, PodDisruptionBudget)>,
+    /// KEDA's objects for the workers, with `spec.workers.maxReplicas`; applied only where KEDA's
+    /// CRDs are installed (see `keda`).
+    pub worker_scaling: Option<super::keda::Scaling>,
     /// Short hash of image and configuration: marks the revision in status and on its pods.
     pub revision: String,
     /// Short hash of what a migration depends on (the image and the databases it migrates): names the
@@ -142,7 +145,12 @@ fn owner(kp: &KybPlatform) -> Result<OwnerReference, BuildError> {
         .ok_or(BuildError::Missing("uid"))
 }
 
-fn meta(kp: &KybPlatform, name: String, component: &str) -> Result<ObjectMeta, BuildError> {
+/// Name, namespace, the platform's labels for `component`, and the platform as controlling owner.
+pub(super) fn meta(
+    kp: &KybPlatform,
+    name: String,
+    component: &str,
+) -> Result<ObjectMeta, BuildError> {
     Ok(ObjectMeta {
         name: Some(name),
         namespace: kp.metadata.namespace.clone(),
@@ -583,6 +591,10 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         .as_ref()
         .map(|w| workers(kp, &name, w, &config_map_name, &rendered))
         .transpose()?;
+    let worker_scaling = match &spec.workers {
+        Some(w) => super::keda::render(kp, &name, w)?,
+        None => None,
+    };
 
     Ok(Children {
         service_account,
@@ -595,6 +607,7 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         migration_job,
         contract_job,
         workers,
+        worker_scaling,
         revision,
         schema,
     })
@@ -602,6 +615,14 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
 
 pub fn worker_name(platform: &str) -> String {
     format!("{platform}-worker")
+}
+
+/// The Deployment without `spec.replicas`, for an autoscaler (KEDA's HPA) that owns the field: an
+/// applied value would reset its choice on every reconcile.
+pub fn leave_replicas_to_autoscaler(d: &mut Deployment) {
+    if let Some(spec) = d.spec.as_mut() {
+        spec.replicas = None;
+    }
 }
 
 /// Extra time a stopping worker pod gets beyond its job timeout, for its last commits and hand-back.

@@ -35,9 +35,13 @@ pub struct ConnectionBudget {
 
 /// The most pods that can run at once: the autoscaler's maximum (or the fixed count), what a rollout
 /// adds on top (the surge, or a whole preview for blue-green), and the job workers (their Deployment
-/// replaces pods without a surge).
+/// replaces pods without a surge; KEDA may scale them up to `maxReplicas`).
 pub fn peak_pods(spec: &KybPlatformSpec) -> i32 {
-    api_pods(spec) + spec.workers.as_ref().map_or(0, |w| w.replicas)
+    api_pods(spec)
+        + spec
+            .workers
+            .as_ref()
+            .map_or(0, |w| w.max_replicas.unwrap_or(w.replicas).max(w.replicas))
 }
 
 fn api_pods(spec: &KybPlatformSpec) -> i32 {
@@ -81,7 +85,11 @@ pub fn budget(spec: &KybPlatformSpec) -> Result<ConnectionBudget, String> {
     }
     // A worker's jobs each hold a main-pool connection for their transaction, and the worker needs
     // one more for claims and heartbeats.
-    if let Some(w) = spec.workers.as_ref().filter(|w| w.replicas > 0) {
+    if let Some(w) = spec
+        .workers
+        .as_ref()
+        .filter(|w| w.replicas > 0 || w.max_replicas.is_some())
+    {
         if w.concurrency + 1 > main {
             return Err(format!(
                 "spec.workers.concurrency {} needs {} connections per worker pod, but each pod gets \
@@ -150,6 +158,14 @@ mod tests {
             "2 API pods, their surge of 1, 3 workers"
         );
         assert!(b.main >= 11, "10 jobs and the claims: {b:?}");
+        let s = spec(
+            "autoscaling: {enabled: false}\nreplicas: 2\nworkers: {replicas: 0, maxReplicas: 8}\n",
+        );
+        assert_eq!(
+            budget(&s).unwrap().peak_pods,
+            3 + 8,
+            "as many workers as KEDA may run"
+        );
         let s = spec("autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 20}\nworkers: {replicas: 2, concurrency: 10}\n");
         let e = budget(&s).unwrap_err();
         assert!(e.contains("spec.workers.concurrency 10 needs 11 connections per worker pod, but each pod gets 5 from"), "{e}");

@@ -34,9 +34,10 @@ use sha2::{Digest, Sha256};
 use super::build::{self, Children, FIELD_MANAGER};
 use super::drift;
 use super::metrics::OperatorMetrics;
+use super::queue_status;
 use super::render;
 use super::revisions;
-use super::status::{self, Blocker, Migration, Observed, Rollout};
+use super::status::{self, Blocker, Migration, Observed, Rollout, WorkerScaling};
 use crate::operator::crd::{KybPlatform, RolloutStrategy};
 use crate::service::auth::api_keys;
 use crate::service::auth::scopes::Scope;
@@ -85,6 +86,25 @@ pub struct Context {
     pub caches: Caches,
     /// Consecutive failed reconciles per platform, for the retry backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<KybPlatform>, u32>>,
+    /// Whether KEDA's CRDs were installed when last asked, and when: asked again after
+    /// [`KEDA_RECHECK`], so installing KEDA later takes effect without a restart.
+    pub keda: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+const KEDA_RECHECK: Duration = Duration::from_secs(60);
+
+impl Context {
+    async fn keda_installed(&self) -> Result<bool, Error> {
+        let mut known = self.keda.lock().await;
+        if let Some((at, installed)) = *known {
+            if at.elapsed() < KEDA_RECHECK {
+                return Ok(installed);
+            }
+        }
+        let installed = super::keda::installed(&self.client).await?;
+        *known = Some((std::time::Instant::now(), installed));
+        Ok(installed)
+    }
 }
 
 /// The children as last seen by the controller's watches. Those whose fields can be edited are kept
@@ -572,6 +592,8 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         selector: build::selector_string(kp),
         endpoint: Some(format!("http://{name}.{ns}.svc:80")),
         progressive: None,
+        worker_scaling: None,
+        queue: None,
     };
     let live = cached(&caches.deployments, &ns, &name);
 
@@ -712,7 +734,21 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         },
         Some(job) => job_run(ctx, &ns, job).await?,
     };
-    apply_workers(ctx, &ns, &name, &children, &migration).await?;
+    // KEDA's objects may exist only if the last status said it scaled the workers.
+    let was_scaled = kp.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::WORKERS_AUTOSCALED && c.status == "True")
+    });
+    let worker_scaling = apply_workers(ctx, &ns, &name, &children, &migration, was_scaled).await?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let previous_queue = kp.status.as_ref().and_then(|s| s.queue.as_ref());
+    let queue = match &kp.spec.workers {
+        Some(_) if queue_status::due(previous_queue, &now) => {
+            Some(queue_status::read(client, &ns, kp, now).await)
+        }
+        _ => None,
+    };
 
     let (observed_rollout, fully_promoted, progressive_status, requeue, blocker) = if progressive {
         let outcome =
@@ -766,6 +802,8 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         revision: Some(children.revision.clone()),
         blocker,
         progressive: progressive_status,
+        worker_scaling,
+        queue,
         ..base
     };
     let progressing = obs
@@ -780,6 +818,8 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         (Migration::Failed { .. }, _) if requeue.is_none() => return Ok(Action::await_change()),
         // Pods moving: the Deployment watch wakes the reconcile, this is the safety net.
         _ if progressing => WAIT_FOR_PODS,
+        // The queue's figures in status are read again on this clock.
+        _ if kp.spec.workers.is_some() => queue_status::REFRESH.min(RESYNC),
         _ => RESYNC,
     };
     // A pause that ends or a delay that expires is due even if nothing else happens.
@@ -790,30 +830,35 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
 
 /// The job workers' Deployment and PDB, or their removal once `spec.workers` goes. Workers run the
 /// release's code against its schema, so, like the API pods, they roll out only once its migration
-/// is applied.
+/// is applied. With `maxReplicas` and KEDA installed, KEDA's ScaledObject sizes them and the
+/// Deployment leaves `replicas` to it. Returns who sizes them, when scaling was asked for.
 async fn apply_workers(
     ctx: &Context,
     ns: &str,
     name: &str,
     children: &Children,
     migration: &Migration,
-) -> Result<(), Error> {
+    was_scaled: bool,
+) -> Result<Option<WorkerScaling>, Error> {
     let (client, metrics, caches) = (&ctx.client, &ctx.metrics, &ctx.caches);
     let worker = build::worker_name(name);
     let live = cached(&caches.deployments, ns, &worker);
     let live_pdb = cached(&caches.pdbs, ns, &worker);
+    // Asked only when scaling is wanted or was in place: other platforms never touch KEDA.
+    let keda = (children.worker_scaling.is_some() || was_scaled) && ctx.keda_installed().await?;
+    let scaling = match (&children.worker_scaling, keda) {
+        (Some(_), true) => Some(WorkerScaling::Keda),
+        (Some(_), false) => Some(WorkerScaling::KedaMissing),
+        (None, _) => None,
+    };
     match &children.workers {
         Some((deployment, pdb)) => {
             if matches!(migration, Migration::Disabled | Migration::Succeeded { .. }) {
-                apply(
-                    client,
-                    ns,
-                    deployment.clone(),
-                    meta(&live),
-                    object(&live)?,
-                    metrics,
-                )
-                .await?;
+                let mut deployment = deployment.clone();
+                if scaling == Some(WorkerScaling::Keda) {
+                    build::leave_replicas_to_autoscaler(&mut deployment);
+                }
+                apply(client, ns, deployment, meta(&live), object(&live)?, metrics).await?;
             }
             apply(
                 client,
@@ -834,7 +879,15 @@ async fn apply_workers(
             }
         }
     }
-    Ok(())
+    if keda {
+        let applied = children
+            .worker_scaling
+            .as_ref()
+            .filter(|_| children.workers.is_some());
+        let writes = super::keda::reconcile(client, ns, name, applied).await?;
+        metrics.writes.inc_by(u64::from(writes));
+    }
+    Ok(scaling)
 }
 
 /// Transient errors back off; they are logged and counted by reason.
@@ -1006,6 +1059,7 @@ async fn run_scope(
             },
         ),
         failures: Default::default(),
+        keda: Default::default(),
         caches: Caches {
             deployments,
             jobs,

@@ -58,6 +58,12 @@ pub(crate) const DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
         description = "Percent of traffic on the canary or preview"
     ),
     printcolumn(
+        name = "Queue",
+        type_ = "integer",
+        json_path = ".status.queue.ready",
+        description = "Jobs ready to run, not started (all shards)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -131,7 +137,9 @@ pub struct KybPlatformSpec {
     pub workers: Option<WorkersSpec>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.maxReplicas) || self.maxReplicas >= self.replicas")
+    .message("spec.workers.maxReplicas must be >= replicas (the fewest pods KEDA scales to)"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkersSpec {
     /// Job kinds these workers run (default all).
@@ -142,9 +150,16 @@ pub struct WorkersSpec {
     #[serde(default = "WorkersSpec::default_concurrency")]
     #[schemars(range(min = 1, max = 100))]
     pub concurrency: i32,
+    /// Pods; with `maxReplicas`, the fewest KEDA scales to (0 lets idle workers scale to none).
     #[serde(default = "WorkersSpec::default_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
+    /// Scale on the queue: when KEDA is installed, a ScaledObject sizes the workers to the jobs
+    /// ready or running of their types (`concurrency` per pod), up to this many. Without KEDA the
+    /// workers stay at `replicas` and the WorkersAutoscaled condition says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: Option<i32>,
     /// How long a job may run; pods get this plus a margin to finish their jobs when stopped.
     #[serde(default = "WorkersSpec::default_job_timeout")]
     #[schemars(regex(pattern = DURATION))]
@@ -968,6 +983,28 @@ pub struct KybPlatformStatus {
     /// The database connections each pod may open, sized from `spec.database.maxConnections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_connections: Option<crate::operator::connections::ConnectionBudget>,
+    /// The job queue, read from the databases every 30 s or so while `spec.workers` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
+}
+
+/// The job queue over all shards, as the operator last read it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Jobs ready to run and not started.
+    pub ready: i64,
+    /// Jobs running now.
+    pub running: i64,
+    /// How long the oldest ready job has waited, in whole seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_ready_seconds: Option<i64>,
+    /// Dead letters not replayed.
+    pub dead_letters: i64,
+    pub observed_at: Option<Time>,
+    /// Why the last read failed (the figures above are from the read before); none when it worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The CustomResourceDefinitions as the files of `crds/`: the KybPlatform, and the two analysis kinds.

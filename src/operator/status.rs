@@ -13,6 +13,17 @@ pub const DEGRADED: &str = "Degraded";
 pub const MIGRATIONS_APPLIED: &str = "MigrationsApplied";
 /// Whether the last reconcile got through (False with the error while retries back off).
 pub const RECONCILED: &str = "Reconciled";
+/// With `spec.workers.maxReplicas`: whether KEDA sizes the workers to the queue.
+pub const WORKERS_AUTOSCALED: &str = "WorkersAutoscaled";
+
+/// Who sizes the job workers, when `spec.workers.maxReplicas` asks for scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerScaling {
+    /// A ScaledObject is applied.
+    Keda,
+    /// KEDA's CRDs are not installed: the workers stay at `replicas`.
+    KedaMissing,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Migration {
@@ -66,6 +77,10 @@ pub struct Observed {
     pub endpoint: Option<String>,
     /// A blue-green or canary rollout's own status (see `progressive`); `None` for rolling updates.
     pub progressive: Option<RolloutStatus>,
+    /// `None` without `spec.workers.maxReplicas`.
+    pub worker_scaling: Option<WorkerScaling>,
+    /// Freshly read queue figures; `None` keeps the previous ones (while `spec.workers` is set).
+    pub queue: Option<crate::operator::crd::QueueStatus>,
 }
 
 /// Every desired pod runs the spec's image and is ready.
@@ -279,6 +294,30 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         now,
     );
 
+    match obs.worker_scaling {
+        Some(WorkerScaling::Keda) => set(
+            &mut conds,
+            WORKERS_AUTOSCALED,
+            true,
+            "KEDA",
+            "a KEDA ScaledObject sizes the workers to their queue".into(),
+            generation,
+            now,
+        ),
+        Some(WorkerScaling::KedaMissing) => set(
+            &mut conds,
+            WORKERS_AUTOSCALED,
+            false,
+            "KEDANotInstalled",
+            "spec.workers.maxReplicas asks for scaling on the queue, but KEDA's CRDs \
+             (scaledobjects.keda.sh) are not installed: the workers stay at spec.workers.replicas"
+                .into(),
+            generation,
+            now,
+        ),
+        None => conds.retain(|c| c.type_ != WORKERS_AUTOSCALED),
+    }
+
     let aborted = progressive.is_some_and(|p| p.phase == progressive::ABORTED);
     let phase = if aborted {
         "Aborted"
@@ -306,6 +345,11 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         endpoint: obs.endpoint.clone(),
         phase: Some(phase.into()),
         database_connections: crate::operator::connections::budget(&kp.spec).ok(),
+        queue: kp
+            .spec
+            .workers
+            .as_ref()
+            .and(obs.queue.clone().or(previous.queue)),
         rollout: Some(match progressive {
             Some(p) => p.clone(),
             None => RolloutStatus {
@@ -360,7 +404,57 @@ mod tests {
             selector: "a=b".into(),
             endpoint: None,
             progressive: None,
+            worker_scaling: None,
+            queue: None,
         }
+    }
+
+    #[test]
+    fn workers_report_their_scaling_and_keep_the_last_queue_figures() {
+        let mut k = kp();
+        let obs = observed(3, &k.spec.image.clone(), Migration::Disabled);
+        assert!(
+            next_status(&k, &obs, &t(1)).queue.is_none(),
+            "no workers, no queue"
+        );
+        k.spec.workers = Some(serde_yaml::from_str("{replicas: 1, maxReplicas: 4}").unwrap());
+        let figures = crate::operator::crd::QueueStatus {
+            ready: 1200,
+            observed_at: Some(t(5)),
+            ..Default::default()
+        };
+        let s = next_status(
+            &k,
+            &Observed {
+                worker_scaling: Some(WorkerScaling::KedaMissing),
+                queue: Some(figures.clone()),
+                ..obs.clone()
+            },
+            &t(5),
+        );
+        assert_eq!(s.queue.as_ref(), Some(&figures));
+        let c = cond(&s, WORKERS_AUTOSCALED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "KEDANotInstalled")
+        );
+        k.status = Some(s);
+        // Not read this time: the last figures stay; KEDA installed since.
+        let s = next_status(
+            &k,
+            &Observed {
+                worker_scaling: Some(WorkerScaling::Keda),
+                ..obs.clone()
+            },
+            &t(9),
+        );
+        assert_eq!(s.queue, Some(figures));
+        assert_eq!(cond(&s, WORKERS_AUTOSCALED).status, "True");
+        k.status = Some(s);
+        k.spec.workers = None;
+        let s = next_status(&k, &obs, &t(12));
+        assert!(s.queue.is_none());
+        assert!(!s.conditions.iter().any(|c| c.type_ == WORKERS_AUTOSCALED));
     }
 
     fn cond<'a>(s: &'a KybPlatformStatus, kind: &str) -> &'a Condition {
