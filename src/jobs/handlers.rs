@@ -1,7 +1,9 @@
 //! What each kind of job does. Every effect in PostgreSQL is written in the transaction that marks the
 //! job succeeded ([`queue::begin_fenced`] then [`queue::complete`]), so an attempt that dies before
 //! its commit leaves nothing, one that lost its lease commits nothing, and a retried job never applies
-//! its effect twice. Cache notices follow the commit, as they do for the API's own writes.
+//! its effect twice. A job whose only write is its result (a report, a no-op) or whose writes are
+//! idempotent by themselves finishes in one fenced statement ([`queue::finish`]). Cache notices follow
+//! the commit, as they do for the API's own writes.
 
 use std::sync::Arc;
 
@@ -69,10 +71,7 @@ pub async fn run(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
         Some(JobKind::RiskAssessment) => assess_risk(ctx, job).await,
         Some(JobKind::IndustryReport) => industry_report(ctx, job).await,
         Some(JobKind::ReclassifyAll) => reclassify_all(ctx, job).await,
-        Some(JobKind::Noop) => {
-            let tx = queue::begin_fenced(ctx.primary()?, job, &ctx.policy).await?;
-            Ok(queue::complete(tx, job, None).await?)
-        }
+        Some(JobKind::Noop) => Ok(queue::finish(ctx.primary()?, job, None).await?),
         None => Err(HandlerError::Failed(format!(
             "unknown job kind {:?} (enqueued by a newer release?)",
             job.kind
@@ -176,8 +175,8 @@ async fn assess_risk(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
 async fn industry_report(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
     let rows = crate::service::api::reports::top_industries(&ctx.state.db).await?;
     let result = json!({ "generated_at": chrono::Utc::now(), "industries": rows });
-    let tx = queue::begin_fenced(ctx.primary()?, job, &ctx.policy).await?;
-    Ok(queue::complete(tx, job, Some(result)).await?)
+    // The report is the job's result: its completion is its only write.
+    Ok(queue::finish(ctx.primary()?, job, Some(result)).await?)
 }
 
 /// A classification job for every merchant of every shard, in that shard's queue. Keyed by this
@@ -201,6 +200,6 @@ async fn reclassify_all(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
         .await?;
         enqueued += done.rows_affected();
     }
-    let tx = queue::begin_fenced(ctx.primary()?, job, &ctx.policy).await?;
-    Ok(queue::complete(tx, job, Some(json!({ "enqueued": enqueued }))).await?)
+    // The enqueues are idempotent by their keys, so they need no transaction with the completion.
+    Ok(queue::finish(ctx.primary()?, job, Some(json!({ "enqueued": enqueued }))).await?)
 }
