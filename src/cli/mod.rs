@@ -6,6 +6,7 @@ mod demo;
 mod jobs;
 mod loadtest;
 mod migrate;
+mod monitoring;
 mod operator;
 mod output;
 mod progress;
@@ -113,6 +114,12 @@ enum Command {
     /// retry, undo.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// Alerting and recording rules of a KybPlatform: `alerts render -f FILE`.
+    #[command(subcommand)]
+    Alerts(monitoring::AlertsCommand),
+    /// The Grafana dashboard of a KybPlatform: `dashboard render -f FILE`.
+    #[command(subcommand)]
+    Dashboard(monitoring::DashboardCommand),
     /// Print a shell completion script: `source <(kybctl completions bash)`.
     Completions {
         #[arg(value_enum)]
@@ -158,6 +165,8 @@ pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
             Command::Slo(cmd) => slo::run(cmd),
             Command::Loadtest(args) => loadtest::run(args).await,
             Command::Rollout(cmd) => rollout::run(cmd).await,
+            Command::Alerts(cmd) => monitoring::alerts(cmd),
+            Command::Dashboard(cmd) => monitoring::dashboard(cmd),
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

@@ -76,6 +76,11 @@ pub struct Children {
     /// KEDA's objects for the workers, with `spec.workers.maxReplicas`; applied only where KEDA's
     /// CRDs are installed (see `keda`).
     pub worker_scaling: Option<super::keda::Scaling>,
+    /// The PodMonitor and PrometheusRule (as JSON objects), with `spec.monitoring.enabled`; applied
+    /// only where the Prometheus Operator's CRDs are installed (see `monitoring`).
+    pub monitoring: Option<(serde_json::Value, serde_json::Value)>,
+    /// The Grafana dashboard ConfigMap `<name>-dashboard`, with monitoring and its dashboard on.
+    pub dashboard: Option<ConfigMap>,
     /// Short hash of image and configuration: marks the revision in status and on its pods.
     pub revision: String,
     /// Short hash of what a migration depends on (the image and the databases it migrates): names the
@@ -595,6 +600,23 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         Some(w) => super::keda::render(kp, &name, w)?,
         None => None,
     };
+    let m = &spec.monitoring;
+    let monitoring = if m.enabled {
+        Some((
+            super::monitoring::pod_monitor(kp, m, meta(kp, name.clone(), "monitoring")?),
+            super::monitoring::prometheus_rule(kp, m, meta(kp, name.clone(), "monitoring")?),
+        ))
+    } else {
+        None
+    };
+    let dashboard = if m.enabled && m.dashboard {
+        Some(super::monitoring::dashboard_config_map(
+            kp,
+            meta(kp, dashboard_name(&name), "monitoring")?,
+        ))
+    } else {
+        None
+    };
 
     Ok(Children {
         service_account,
@@ -608,9 +630,16 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         contract_job,
         workers,
         worker_scaling,
+        monitoring,
+        dashboard,
         revision,
         schema,
     })
+}
+
+/// The Grafana dashboard ConfigMap's name.
+pub fn dashboard_name(platform: &str) -> String {
+    format!("{platform}-dashboard")
 }
 
 pub fn worker_name(platform: &str) -> String {

@@ -86,23 +86,35 @@ pub struct Context {
     pub caches: Caches,
     /// Consecutive failed reconciles per platform, for the retry backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<KybPlatform>, u32>>,
-    /// Whether KEDA's CRDs were installed when last asked, and when: asked again after
-    /// [`KEDA_RECHECK`], so installing KEDA later takes effect without a restart.
-    pub keda: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// Whether optional APIs (KEDA's, the Prometheus Operator's) were served when last asked, and
+    /// when: asked again after [`OPTIONAL_API_RECHECK`], so installing one later takes effect
+    /// without a restart.
+    pub optional_apis:
+        tokio::sync::Mutex<std::collections::HashMap<OptionalApi, (std::time::Instant, bool)>>,
 }
 
-const KEDA_RECHECK: Duration = Duration::from_secs(60);
+/// APIs the operator uses where they are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptionalApi {
+    Keda,
+    PrometheusOperator,
+}
+
+const OPTIONAL_API_RECHECK: Duration = Duration::from_secs(60);
 
 impl Context {
-    async fn keda_installed(&self) -> Result<bool, Error> {
-        let mut known = self.keda.lock().await;
-        if let Some((at, installed)) = *known {
-            if at.elapsed() < KEDA_RECHECK {
-                return Ok(installed);
+    async fn installed(&self, api: OptionalApi) -> Result<bool, Error> {
+        let mut known = self.optional_apis.lock().await;
+        if let Some((at, installed)) = known.get(&api) {
+            if at.elapsed() < OPTIONAL_API_RECHECK {
+                return Ok(*installed);
             }
         }
-        let installed = super::keda::installed(&self.client).await?;
-        *known = Some((std::time::Instant::now(), installed));
+        let installed = match api {
+            OptionalApi::Keda => super::keda::installed(&self.client).await?,
+            OptionalApi::PrometheusOperator => super::monitoring::installed(&self.client).await?,
+        };
+        known.insert(api, (std::time::Instant::now(), installed));
         Ok(installed)
     }
 }
@@ -594,6 +606,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         progressive: None,
         worker_scaling: None,
         queue: None,
+        monitoring: None,
     };
     let live = cached(&caches.deployments, &ns, &name);
 
@@ -741,6 +754,12 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
             .any(|c| c.type_ == status::WORKERS_AUTOSCALED && c.status == "True")
     });
     let worker_scaling = apply_workers(ctx, &ns, &name, &children, &migration, was_scaled).await?;
+    let was_monitored = kp.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::MONITORING && c.status == "True")
+    });
+    let monitoring = apply_monitoring(ctx, &ns, &name, &children, was_monitored).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous_queue = kp.status.as_ref().and_then(|s| s.queue.as_ref());
     let queue = match &kp.spec.workers {
@@ -804,6 +823,7 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         progressive: progressive_status,
         worker_scaling,
         queue,
+        monitoring,
         ..base
     };
     let progressing = obs
@@ -845,7 +865,8 @@ async fn apply_workers(
     let live = cached(&caches.deployments, ns, &worker);
     let live_pdb = cached(&caches.pdbs, ns, &worker);
     // Asked only when scaling is wanted or was in place: other platforms never touch KEDA.
-    let keda = (children.worker_scaling.is_some() || was_scaled) && ctx.keda_installed().await?;
+    let keda = (children.worker_scaling.is_some() || was_scaled)
+        && ctx.installed(OptionalApi::Keda).await?;
     let scaling = match (&children.worker_scaling, keda) {
         (Some(_), true) => Some(WorkerScaling::Keda),
         (Some(_), false) => Some(WorkerScaling::KedaMissing),
@@ -888,6 +909,44 @@ async fn apply_workers(
         metrics.writes.inc_by(u64::from(writes));
     }
     Ok(scaling)
+}
+
+/// The dashboard ConfigMap, and the PodMonitor and PrometheusRule where the Prometheus Operator's
+/// CRDs are installed; each deleted when the spec no longer asks for it. Returns what became of
+/// monitoring, when enabled.
+async fn apply_monitoring(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    children: &Children,
+    was_monitored: bool,
+) -> Result<Option<status::Monitoring>, Error> {
+    let (client, metrics) = (&ctx.client, &ctx.metrics);
+    let dashboard = build::dashboard_name(name);
+    let live = cached(&ctx.caches.config_maps, ns, &dashboard);
+    match &children.dashboard {
+        Some(cm) => {
+            apply(client, ns, cm.clone(), meta(&live), None, metrics).await?;
+        }
+        None if live.is_some() => delete::<ConfigMap>(client, ns, &dashboard, metrics).await?,
+        None => {}
+    }
+    if children.monitoring.is_none() && !was_monitored {
+        return Ok(None);
+    }
+    if !ctx.installed(OptionalApi::PrometheusOperator).await? {
+        return Ok(children
+            .monitoring
+            .as_ref()
+            .map(|_| status::Monitoring::PrometheusOperatorMissing));
+    }
+    let writes =
+        super::monitoring::reconcile(client, ns, name, children.monitoring.as_ref()).await?;
+    metrics.writes.inc_by(u64::from(writes));
+    Ok(children
+        .monitoring
+        .as_ref()
+        .map(|_| status::Monitoring::Rendered))
 }
 
 /// Transient errors back off; they are logged and counted by reason.
@@ -1059,7 +1118,7 @@ async fn run_scope(
             },
         ),
         failures: Default::default(),
-        keda: Default::default(),
+        optional_apis: Default::default(),
         caches: Caches {
             deployments,
             jobs,

@@ -135,6 +135,41 @@ pub struct KybPlatformSpec {
     /// PodDisruptionBudget; none when absent. Their pods count against the database's connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<WorkersSpec>,
+    /// Alerts, scraping and a dashboard: where the Prometheus Operator's CRDs are installed, a
+    /// PodMonitor and a PrometheusRule (the plan's thresholds and burn-rate alerts on `slos`); a
+    /// Grafana dashboard ConfigMap everywhere.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MonitoringSpec {
+    pub enabled: bool,
+    /// Scrape and rule-evaluation interval (the plan's 30 s).
+    #[schemars(regex(pattern = DURATION))]
+    pub interval: String,
+    /// How long a threshold alert's condition must hold before it fires.
+    #[schemars(regex(pattern = DURATION))]
+    pub alert_for: String,
+    /// Labels added to the PodMonitor and PrometheusRule, for Prometheus's selectors (e.g.
+    /// `release: prometheus`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A Grafana dashboard ConfigMap, labelled `grafana_dashboard: "1"` for Grafana's sidecar.
+    pub dashboard: bool,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: "30s".into(),
+            alert_for: "5m".into(),
+            labels: BTreeMap::new(),
+            dashboard: true,
+        }
+    }
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

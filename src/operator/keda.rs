@@ -9,17 +9,16 @@
 //! the same target, and one Deployment runs all of `spec.workers.types`. Its HPA takes the largest
 //! of the triggers, so with several shards the workers are sized to the busiest shard.
 //!
-//! Rendering is pure ([`render`]); the rest is thin I/O: whether the CRDs exist (API discovery) and
-//! applying or deleting the objects.
+//! Rendering is pure ([`render`]); the rest is thin I/O through `dynamic`: whether the CRDs exist
+//! (API discovery) and applying or deleting the objects.
 
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
 use serde_json::{json, Value};
 
-use super::build::{self, BuildError, FIELD_MANAGER};
+use super::build::{self, BuildError};
 use super::crd::{KybPlatform, WorkersSpec};
+use super::dynamic;
 use crate::jobs::JobKind;
 
 pub const GROUP: &str = "keda.sh";
@@ -28,8 +27,6 @@ pub const VERSION: &str = "v1alpha1";
 const POLLING_SECONDS: i32 = 15;
 /// How long an idle queue keeps its pods before KEDA scales to `replicas` (KEDA's default).
 const COOLDOWN_SECONDS: i32 = 300;
-/// Marks what was applied, so an unchanged object is not written again.
-const APPLIED_HASH: &str = "kyb.io/applied-hash";
 
 pub fn scaled_object_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -134,45 +131,11 @@ pub fn render(
 
 /// Whether the apiserver serves KEDA's ScaledObject (its CRDs are installed).
 pub async fn installed(client: &Client) -> Result<bool, kube::Error> {
-    let gvk = GroupVersionKind::gvk(GROUP, VERSION, "ScaledObject");
-    match kube::discovery::pinned_kind(client, &gvk).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
-        Err(kube::Error::Discovery(_)) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn hash(o: &DynamicObject) -> String {
-    use sha2::{Digest, Sha256};
-    let bytes = serde_json::to_vec(&(&o.metadata, &o.data)).unwrap_or_default();
-    hex::encode(&Sha256::digest(&bytes)[..8])
-}
-
-/// Applies `desired` unless the live object was applied from the same state.
-async fn apply(api: &Api<DynamicObject>, mut desired: DynamicObject) -> Result<bool, kube::Error> {
-    let name = desired.metadata.name.clone().unwrap_or_default();
-    let h = hash(&desired);
-    let live = api.get_opt(&name).await?;
-    let applied = live
-        .as_ref()
-        .and_then(|l| l.metadata.annotations.as_ref())
-        .and_then(|a| a.get(APPLIED_HASH));
-    if applied == Some(&h) {
-        return Ok(false);
-    }
-    desired
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(APPLIED_HASH.into(), h);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
+    dynamic::served(
+        client,
+        &GroupVersionKind::gvk(GROUP, VERSION, "ScaledObject"),
     )
-    .await?;
-    Ok(true)
+    .await
 }
 
 /// Makes KEDA's objects for `name`'s workers match `scaling`: applied when present, deleted (with
@@ -199,12 +162,11 @@ pub async fn reconcile(
         .collect();
     if let Some(s) = scaling {
         for a in &s.authentications {
-            writes += u32::from(apply(&auths, a.clone()).await?);
+            writes += u32::from(dynamic::apply(&auths, a.clone()).await?);
         }
-        writes += u32::from(apply(&objects, s.scaled_object.clone()).await?);
-    } else if objects.get_opt(&worker).await?.is_some() {
-        objects.delete(&worker, &DeleteParams::default()).await?;
-        writes += 1;
+        writes += u32::from(dynamic::apply(&objects, s.scaled_object.clone()).await?);
+    } else {
+        writes += u32::from(dynamic::delete(&objects, &worker).await?);
     }
     // TriggerAuthentications of databases no longer in the spec (or of all, without scaling).
     let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=worker");
@@ -214,8 +176,7 @@ pub async fn reconcile(
     {
         let n = a.metadata.name.clone().unwrap_or_default();
         if !keep.contains(&n) {
-            auths.delete(&n, &DeleteParams::default()).await?;
-            writes += 1;
+            writes += u32::from(dynamic::delete(&auths, &n).await?);
         }
     }
     Ok(writes)

@@ -16,6 +16,18 @@ pub const RECONCILED: &str = "Reconciled";
 /// With `spec.workers.maxReplicas`: whether KEDA sizes the workers to the queue.
 pub const WORKERS_AUTOSCALED: &str = "WorkersAutoscaled";
 
+/// With `spec.monitoring.enabled`: whether the PodMonitor and PrometheusRule are applied.
+pub const MONITORING: &str = "Monitoring";
+
+/// What became of `spec.monitoring`, when enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Monitoring {
+    /// The PodMonitor and PrometheusRule are applied.
+    Rendered,
+    /// The Prometheus Operator's CRDs are not installed: only the dashboard is.
+    PrometheusOperatorMissing,
+}
+
 /// Who sizes the job workers, when `spec.workers.maxReplicas` asks for scaling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerScaling {
@@ -81,6 +93,8 @@ pub struct Observed {
     pub worker_scaling: Option<WorkerScaling>,
     /// Freshly read queue figures; `None` keeps the previous ones (while `spec.workers` is set).
     pub queue: Option<crate::operator::crd::QueueStatus>,
+    /// `None` with monitoring disabled (or not reached by this reconcile).
+    pub monitoring: Option<Monitoring>,
 }
 
 /// Every desired pod runs the spec's image and is ready.
@@ -317,6 +331,31 @@ pub fn next_status(kp: &KybPlatform, obs: &Observed, now: &Time) -> KybPlatformS
         ),
         None => conds.retain(|c| c.type_ != WORKERS_AUTOSCALED),
     }
+    match obs.monitoring {
+        Some(Monitoring::Rendered) => set(
+            &mut conds,
+            MONITORING,
+            true,
+            "Rendered",
+            "a PodMonitor and a PrometheusRule (alerts) are applied, and the Grafana dashboard".into(),
+            generation,
+            now,
+        ),
+        Some(Monitoring::PrometheusOperatorMissing) => set(
+            &mut conds,
+            MONITORING,
+            false,
+            "PrometheusOperatorNotInstalled",
+            "the Prometheus Operator's CRDs (podmonitors and prometheusrules.monitoring.coreos.com) \
+             are not installed: no scraping or alerts are rendered (`kybctl alerts render` prints \
+             the rules)"
+                .into(),
+            generation,
+            now,
+        ),
+        None if !kp.spec.monitoring.enabled => conds.retain(|c| c.type_ != MONITORING),
+        None => {}
+    }
 
     let aborted = progressive.is_some_and(|p| p.phase == progressive::ABORTED);
     let phase = if aborted {
@@ -406,6 +445,7 @@ mod tests {
             progressive: None,
             worker_scaling: None,
             queue: None,
+            monitoring: None,
         }
     }
 

@@ -126,6 +126,14 @@ impl TempPrometheus {
     /// `("127.0.0.1:8080", &[("revision", "canary"), ("service", "kyb")])`) and returns once `/-/ready`
     /// answers 200. Panics, with the last log lines, when it is not installed or not ready within 30 s.
     pub fn start(targets: &[(&str, &[(&str, &str)])]) -> TempPrometheus {
+        Self::start_with_rules(targets, None)
+    }
+
+    /// [`Self::start`], evaluating the rule file `rules` (YAML, `groups:`) too.
+    pub fn start_with_rules(
+        targets: &[(&str, &[(&str, &str)])],
+        rules: Option<&str>,
+    ) -> TempPrometheus {
         let bin = find_bin().unwrap_or_else(|| {
             panic!(
                 "the tests need Prometheus: install it (Debian: apt-get install --no-install-recommends \
@@ -133,7 +141,12 @@ impl TempPrometheus {
             )
         });
         let dir = kybctl::local::owned_temp_dir("kyb-prometheus-").expect("temporary directory");
-        let cfg = serde_json::to_string_pretty(&config(targets)).unwrap();
+        let mut cfg = config(targets);
+        if let Some(rules) = rules {
+            std::fs::write(dir.path().join("rules.yml"), rules).expect("write rules.yml");
+            cfg["rule_files"] = json!([dir.path().join("rules.yml")]);
+        }
+        let cfg = serde_json::to_string_pretty(&cfg).unwrap();
         std::fs::write(dir.path().join("prometheus.yml"), cfg).expect("write prometheus.yml");
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -287,6 +300,18 @@ impl TempPrometheus {
 
     /// `/api/v1/targets`: each active target's labels, health, last error and last scrape, for failure
     /// messages.
+    /// `/api/v1/alerts`: the alerts pending or firing now.
+    pub async fn alerts(&self) -> Result<Value, QueryError> {
+        self.api("/api/v1/alerts", &[]).await
+    }
+
+    /// `/api/v1/targets/metadata` of this Prometheus's job: each family's type and help as scraped.
+    pub async fn metadata(&self) -> Result<Value, QueryError> {
+        let target = format!(r#"{{job="{JOB}"}}"#);
+        self.api("/api/v1/targets/metadata", &[("match_target", &target)])
+            .await
+    }
+
     pub async fn targets(&self) -> Result<Value, QueryError> {
         self.api("/api/v1/targets", &[("state", "active")]).await
     }

@@ -1,7 +1,12 @@
-//! Job workers sized by KEDA, against the real control plane with KEDA's CRDs from its upstream Go
-//! module (`tests/cluster/upstream-crds keda`; the CRDs only, no KEDA operator runs, so nothing here
-//! scales a pod: the apiserver validates what the operator applies against KEDA's own schema). The
-//! queue's figures in status are read from a real PostgreSQL holding real jobs.
+//! What the operator does with APIs a cluster may or may not have, against the real control plane
+//! with their CRDs from the upstream Go modules (`tests/cluster/upstream-crds`; the CRDs only, no
+//! KEDA or Prometheus Operator runs, so the apiserver validates what the operator applies against
+//! their own schemas, and nothing here scales a pod or scrapes one):
+//!
+//! - KEDA: job workers sized to their queue; the queue's figures in status are read from a real
+//!   PostgreSQL holding real jobs.
+//! - The Prometheus Operator: a PodMonitor and a PrometheusRule per platform; the Grafana dashboard
+//!   ConfigMap either way.
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -20,10 +25,14 @@ use kybctl::jobs::policy::Policy;
 use kybctl::jobs::queue::{self, NewJob};
 use kybctl::jobs::JobKind;
 use kybctl::operator::crd::KybPlatform;
-use kybctl::operator::keda;
+use kybctl::operator::{keda, monitoring};
 use operator::{condition, Operator};
 
 const CRDS: [&str; 2] = ["scaledobjects.keda.sh", "triggerauthentications.keda.sh"];
+const MONITORING_CRDS: [&str; 2] = [
+    "podmonitors.monitoring.coreos.com",
+    "prometheusrules.monitoring.coreos.com",
+];
 
 /// Whether the operator's own apply of `d` sets `spec.replicas` (KEDA's HPA must own it instead).
 fn operator_sets_replicas(d: &Deployment) -> bool {
@@ -184,4 +193,118 @@ async fn keda_sizes_the_workers_once_installed_and_status_shows_the_queue() {
     .await;
     op.stop().await;
     upstream::uninstall(&CRDS).await;
+}
+
+/// Without the Prometheus Operator the dashboard ConfigMap is there and the Monitoring condition
+/// says what is missing; once its CRDs are installed the PodMonitor and PrometheusRule are applied
+/// (accepted by its own schemas) under the shipped RBAC; `spec.monitoring.enabled: false` removes
+/// all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_is_rendered_where_the_prometheus_operator_is_installed() {
+    let c = cluster().await;
+    upstream::uninstall(&MONITORING_CRDS).await;
+    let (ns, op) = Operator::start_shipped("op-monitoring").await;
+    operator::apply(
+        &ns,
+        &format!(
+            "{}  monitoring: {{labels: {{release: prometheus}}}}\n",
+            operator::platform_yaml("kyb")
+        ),
+    )
+    .await;
+    let platforms = Api::<KybPlatform>::namespaced(c.client().await, &ns);
+    let config_maps =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(c.client().await, &ns);
+    eventually(
+        Duration::from_secs(60),
+        "PrometheusOperatorNotInstalled",
+        || async {
+            let kp = platforms.get("kyb").await.unwrap();
+            condition(&kp, "Monitoring")
+                == Some(("False".into(), "PrometheusOperatorNotInstalled".into()))
+        },
+    )
+    .await;
+    let dashboard = config_maps.get("kyb-dashboard").await.unwrap();
+    assert_eq!(
+        dashboard.metadata.labels.as_ref().unwrap()["grafana_dashboard"],
+        "1"
+    );
+    let model: serde_json::Value =
+        serde_json::from_str(&dashboard.data.unwrap()["kyb-kyb.json"]).unwrap();
+    assert!(model["panels"].as_array().unwrap().len() >= 9, "{model}");
+    op.stop().await;
+
+    upstream::install(
+        c,
+        "prometheus-operator",
+        &[
+            "monitoring.coreos.com_podmonitors.yaml",
+            "monitoring.coreos.com_prometheusrules.yaml",
+        ],
+        &MONITORING_CRDS.map(String::from),
+    );
+    let op = operator_for(&ns).await;
+    let monitors = Api::<DynamicObject>::namespaced_with(
+        c.client().await,
+        &ns,
+        &monitoring::resource("PodMonitor", "podmonitors"),
+    );
+    let rules = Api::<DynamicObject>::namespaced_with(
+        c.client().await,
+        &ns,
+        &monitoring::resource("PrometheusRule", "prometheusrules"),
+    );
+    eventually(Duration::from_secs(60), "Monitoring Rendered", || async {
+        let kp = platforms.get("kyb").await.unwrap();
+        condition(&kp, "Monitoring") == Some(("True".into(), "Rendered".into()))
+    })
+    .await;
+    let pm = monitors.get("kyb").await.unwrap();
+    assert_eq!(
+        pm.metadata.labels.as_ref().unwrap()["release"],
+        "prometheus"
+    );
+    assert_eq!(pm.data["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let owner = &pm.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "KybPlatform");
+    let rule = rules.get("kyb").await.unwrap();
+    let alerts: Vec<&str> = rule.data["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for a in [
+        "KybHighErrorRate",
+        "KybHighLatency",
+        "KybQueueDeep",
+        "KybErrorBudgetBurn",
+    ] {
+        assert!(alerts.contains(&a), "{a} in {alerts:?}");
+    }
+
+    operator::apply(
+        &ns,
+        &format!(
+            "{}  monitoring: {{enabled: false}}\n",
+            operator::platform_yaml("kyb")
+        ),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "monitoring to go", || async {
+        let kp = platforms.get("kyb").await.unwrap();
+        monitors.get_opt("kyb").await.unwrap().is_none()
+            && rules.get_opt("kyb").await.unwrap().is_none()
+            && config_maps
+                .get_opt("kyb-dashboard")
+                .await
+                .unwrap()
+                .is_none()
+            && condition(&kp, "Monitoring").is_none()
+    })
+    .await;
+    op.stop().await;
+    upstream::uninstall(&MONITORING_CRDS).await;
 }
