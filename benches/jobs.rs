@@ -210,6 +210,77 @@ async fn latency(db: &str, pool: &PgPool, redis: &TempRedis, rate: f64, size: Si
     (at(0.5), at(0.99))
 }
 
+/// What the `jobs` table looks like after a wave of churn.
+struct Upkeep {
+    table_kib: i64,
+    dead_rows: i64,
+    autovacuums: i64,
+    hot_update_share: f64,
+}
+
+/// Table upkeep under churn: `waves` of `per_wave` no-op jobs run through the worker and purged
+/// (finished jobs deleted at once), on `db` as migrated or, with `defaults`, with `jobs` reset to
+/// PostgreSQL's storage and autovacuum defaults (the reference). The table after each wave.
+async fn churn(
+    db: &str,
+    pool: &PgPool,
+    defaults: bool,
+    waves: usize,
+    per_wave: usize,
+) -> Vec<Upkeep> {
+    if defaults {
+        sqlx::query(
+            "ALTER TABLE jobs RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,
+                                    autovacuum_analyze_scale_factor, autovacuum_vacuum_cost_delay,
+                                    fillfactor)",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let size = Size {
+        jobs: per_wave,
+        latency_for: Duration::ZERO,
+    };
+    let mut out = Vec::new();
+    for _ in 0..waves {
+        through_worker(db, pool, size).await;
+        while queue::purge_finished(pool, Duration::ZERO).await.unwrap() > 0 {}
+        // Time for autovacuum (its naptime is set to 1 s for this phase) to see the wave.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (table_kib, dead_rows, autovacuums, hot, updates): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT pg_table_size('jobs') / 1024, n_dead_tup, autovacuum_count, n_tup_hot_upd,
+                        n_tup_upd
+                   FROM pg_stat_user_tables WHERE relname = 'jobs'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        out.push(Upkeep {
+            table_kib,
+            dead_rows,
+            autovacuums,
+            hot_update_share: hot as f64 / updates.max(1) as f64,
+        });
+    }
+    out
+}
+
+fn print_churn(label: &str, waves: &[Upkeep]) {
+    println!("{label}");
+    for (i, w) in waves.iter().enumerate() {
+        println!(
+            "  wave {}: table {:>6} KiB, dead rows {:>6}, autovacuums {:>2}, HOT updates {:>4.0} %",
+            i + 1,
+            w.table_kib,
+            w.dead_rows,
+            w.autovacuums,
+            w.hot_update_share * 100.0
+        );
+    }
+}
+
 fn summary(v: &[f64]) -> String {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -278,6 +349,22 @@ async fn main() {
         summary(&p50)
     );
     println!("enqueue-to-start p99          {} ms", summary(&p99));
+    if full {
+        // Upkeep: its own PostgreSQL, autovacuum waking every second so that a short run shows what
+        // a long one would (the default naptime is a minute).
+        let pg = TempPostgres::start_with(&["autovacuum_naptime=1s"]).expect("PostgreSQL");
+        let (waves, per_wave) = (5, size.jobs);
+        let (db, pool) = fresh(&pg).await;
+        let ours = churn(&db, &pool, false, waves, per_wave).await;
+        let (db, pool) = fresh(&pg).await;
+        let reference = churn(&db, &pool, true, waves, per_wave).await;
+        println!("\njobs table under churn: {waves} waves of {per_wave} jobs run and purged");
+        print_churn(
+            "the migration's settings (fillfactor 80, vacuum at 1 % + 1,000 rows, no cost delay)",
+            &ours,
+        );
+        print_churn("PostgreSQL's defaults (the reference)", &reference);
+    }
     let ratio = median(&worked) / median(&raw);
     let speedup = median(&single) / median(&batched);
     println!("\ntarget                                   measured  wanted");

@@ -293,3 +293,31 @@ fn operator_stops_promptly_on_sigterm_with_its_apiserver_gone() {
         );
     }
 }
+
+/// The two ways to build the image make the same layout: the Dockerfile's final stage and
+/// `tests/cluster/kybctl-image` (which the real-node tests run) put the binary at the same path, run
+/// it as the same numeric user, and the operator's pods check for a non-root user of that kind.
+#[test]
+fn the_dockerfile_and_the_engineless_image_agree() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let script = std::fs::read_to_string(format!("{root}/tests/cluster/kybctl-image")).unwrap();
+    let final_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(
+        final_stage.starts_with("gcr.io/distroless/"),
+        "{final_stage}"
+    );
+    assert!(
+        final_stage.contains("\nUSER 65532:65532\n"),
+        "{final_stage}"
+    );
+    assert!(
+        final_stage.contains(r#"ENTRYPOINT ["/usr/local/bin/kybctl"]"#),
+        "{final_stage}"
+    );
+    assert!(
+        script.contains("--entrypoint /usr/local/bin/kybctl --user 65532:65532"),
+        "{script}"
+    );
+    assert!(script.contains("=/usr/local/bin/kybctl"), "{script}");
+}

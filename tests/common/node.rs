@@ -69,43 +69,17 @@ pub fn next_release_image() -> &'static str {
 
 /// Packs `binary` as the release image does (stripped at /usr/local/bin/kybctl, the shared libraries
 /// it links at the paths ldd resolves them to, a passwd entry for uid 65532) and imports it as `name`.
+/// `tests/cluster/kybctl-image` (the Dockerfile's layout, built without an engine), imported into the
+/// node's containerd as `name`.
 fn import(binary: &Path, name: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let stripped = dir.path().join("kybctl");
-    run(
-        Command::new("strip").arg("-o").arg(&stripped).arg(binary),
-        "strip",
-    );
-    std::fs::write(
-        dir.path().join("passwd"),
-        "kyb:x:65532:65532:kybctl:/nonexistent:/sbin/nologin\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("group"), "kyb:x:65532:\n").unwrap();
-    let mut files = vec![
-        format!("{}=/usr/local/bin/kybctl", stripped.display()),
-        format!("{}=/etc/passwd:644", dir.path().join("passwd").display()),
-        format!("{}=/etc/group:644", dir.path().join("group").display()),
-    ];
-    let ldd = Command::new("ldd")
-        .arg(&stripped)
-        .output()
-        .expect("run ldd");
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        if let Some(p) = line.split_whitespace().find(|w| w.starts_with('/')) {
-            let real = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
-            files.push(format!("{}={p}", real.display()));
-        }
-    }
     let archive = dir.path().join("image.tar");
     run(
-        Command::new("python3")
-            .arg(cluster_dir().join("oci-image"))
-            .arg(&archive)
+        Command::new(cluster_dir().join("kybctl-image"))
+            .arg(binary)
             .arg(name)
-            .args(["--entrypoint", "/usr/local/bin/kybctl"])
-            .args(&files),
-        "oci-image",
+            .arg(&archive),
+        "kybctl-image",
     );
     let _ = ctr().args(["images", "rm", name]).output();
     run(
