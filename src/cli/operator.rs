@@ -35,12 +35,18 @@ pub struct OperatorArgs {
     /// Namespace of the Lease (the operator's own namespace in a cluster).
     #[arg(long, default_value = "kyb-system", env = "POD_NAMESPACE")]
     lease_namespace: String,
+    /// Name of the Lease: one per install, so two installs in one namespace (say, two namespaced
+    /// Helm releases) do not take turns reconciling each other's platforms.
+    #[arg(
+        long,
+        default_value = "kybctl-operator",
+        env = "KYB_OPERATOR_LEASE_NAME"
+    )]
+    lease_name: String,
     /// This replica's identity in the Lease (default: the pod name, else host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
 }
-
-const LEASE_NAME: &str = "kybctl-operator";
 
 /// At least 1 s: shorter leases renew faster than an apiserver round trip under load.
 fn parse_lease_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -93,7 +99,7 @@ pub async fn run(args: OperatorArgs) -> u8 {
     let elector = LeaderElector::new(
         client.clone(),
         &args.lease_namespace,
-        LEASE_NAME,
+        &args.lease_name,
         &identity,
         args.leader_elect_lease_duration,
     );

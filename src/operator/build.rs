@@ -646,11 +646,13 @@ pub fn worker_name(platform: &str) -> String {
     format!("{platform}-worker")
 }
 
-/// The Deployment without `spec.replicas`, for an autoscaler (KEDA's HPA) that owns the field: an
-/// applied value would reset its choice on every reconcile.
-pub fn leave_replicas_to_autoscaler(d: &mut Deployment) {
-    if let Some(spec) = d.spec.as_mut() {
-        spec.replicas = None;
+/// The Deployment's replica count while an autoscaler (KEDA's HPA) owns it: the count it has now
+/// (`live`), so applying the rest of the Deployment never changes it. Leaving the field out instead
+/// would drop it, and the Deployment's default of 1 would apply until the autoscaler acts. Before
+/// the Deployment exists, the spec's count stands.
+pub fn replicas_as_autoscaled(d: &mut Deployment, live: Option<i32>) {
+    if let (Some(spec), Some(now)) = (d.spec.as_mut(), live) {
+        spec.replicas = Some(now);
     }
 }
 

@@ -747,19 +747,8 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
         },
         Some(job) => job_run(ctx, &ns, job).await?,
     };
-    // KEDA's objects may exist only if the last status said it scaled the workers.
-    let was_scaled = kp.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == status::WORKERS_AUTOSCALED && c.status == "True")
-    });
-    let worker_scaling = apply_workers(ctx, &ns, &name, &children, &migration, was_scaled).await?;
-    let was_monitored = kp.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == status::MONITORING && c.status == "True")
-    });
-    let monitoring = apply_monitoring(ctx, &ns, &name, &children, was_monitored).await?;
+    let worker_scaling = apply_workers(ctx, &ns, &name, &children, &migration).await?;
+    let monitoring = apply_monitoring(ctx, &ns, &name, &children).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous_queue = kp.status.as_ref().and_then(|s| s.queue.as_ref());
     let queue = match &kp.spec.workers {
@@ -850,34 +839,46 @@ async fn reconcile_inner(kp: &KybPlatform, ctx: &Context) -> Result<Action, Erro
 
 /// The job workers' Deployment and PDB, or their removal once `spec.workers` goes. Workers run the
 /// release's code against its schema, so, like the API pods, they roll out only once its migration
-/// is applied. With `maxReplicas` and KEDA installed, KEDA's ScaledObject sizes them and the
-/// Deployment leaves `replicas` to it. Returns who sizes them, when scaling was asked for.
+/// is applied. With `maxReplicas` and KEDA installed, KEDA's ScaledObject sizes them: it is applied
+/// first, and the Deployment then carries the replica count it has (KEDA's HPA's choice), so the
+/// switch neither drops nor resets the pods. Returns who sizes them, when scaling was asked for.
 async fn apply_workers(
     ctx: &Context,
     ns: &str,
     name: &str,
     children: &Children,
     migration: &Migration,
-    was_scaled: bool,
 ) -> Result<Option<WorkerScaling>, Error> {
     let (client, metrics, caches) = (&ctx.client, &ctx.metrics, &ctx.caches);
     let worker = build::worker_name(name);
     let live = cached(&caches.deployments, ns, &worker);
     let live_pdb = cached(&caches.pdbs, ns, &worker);
-    // Asked only when scaling is wanted or was in place: other platforms never touch KEDA.
-    let keda = (children.worker_scaling.is_some() || was_scaled)
-        && ctx.installed(OptionalApi::Keda).await?;
+    let keda = ctx.installed(OptionalApi::Keda).await?;
     let scaling = match (&children.worker_scaling, keda) {
         (Some(_), true) => Some(WorkerScaling::Keda),
         (Some(_), false) => Some(WorkerScaling::KedaMissing),
         (None, _) => None,
     };
+    if keda {
+        // Wherever KEDA is installed, so that objects left by any earlier spec (or by a reconcile
+        // that failed after applying them) go once the spec no longer asks for them.
+        let wanted = children
+            .worker_scaling
+            .as_ref()
+            .filter(|_| children.workers.is_some());
+        let writes = super::keda::reconcile(client, ns, name, wanted).await?;
+        metrics.writes.inc_by(u64::from(writes));
+    }
     match &children.workers {
         Some((deployment, pdb)) => {
             if matches!(migration, Migration::Disabled | Migration::Succeeded { .. }) {
                 let mut deployment = deployment.clone();
                 if scaling == Some(WorkerScaling::Keda) {
-                    build::leave_replicas_to_autoscaler(&mut deployment);
+                    let now = live
+                        .as_ref()
+                        .and_then(|d| d.spec.as_ref())
+                        .and_then(|s| s.replicas);
+                    build::replicas_as_autoscaled(&mut deployment, now);
                 }
                 apply(client, ns, deployment, meta(&live), object(&live)?, metrics).await?;
             }
@@ -900,14 +901,6 @@ async fn apply_workers(
             }
         }
     }
-    if keda {
-        let applied = children
-            .worker_scaling
-            .as_ref()
-            .filter(|_| children.workers.is_some());
-        let writes = super::keda::reconcile(client, ns, name, applied).await?;
-        metrics.writes.inc_by(u64::from(writes));
-    }
     Ok(scaling)
 }
 
@@ -919,7 +912,6 @@ async fn apply_monitoring(
     ns: &str,
     name: &str,
     children: &Children,
-    was_monitored: bool,
 ) -> Result<Option<status::Monitoring>, Error> {
     let (client, metrics) = (&ctx.client, &ctx.metrics);
     let dashboard = build::dashboard_name(name);
@@ -931,9 +923,8 @@ async fn apply_monitoring(
         None if live.is_some() => delete::<ConfigMap>(client, ns, &dashboard, metrics).await?,
         None => {}
     }
-    if children.monitoring.is_none() && !was_monitored {
-        return Ok(None);
-    }
+    // Reconciled wherever the Prometheus Operator is installed, so that objects left by an earlier
+    // spec go whatever the last status said.
     if !ctx.installed(OptionalApi::PrometheusOperator).await? {
         return Ok(children
             .monitoring

@@ -139,8 +139,12 @@ pub fn rule_groups(kp: &KybPlatform, m: &MonitoringSpec) -> Value {
         .collect();
     let for_ = m.alert_for.as_str();
     let p95 = p95_seconds(kp);
+    // The platform's pods by name, as kube-state-metrics and cAdvisor label them: `<name>-<hash>-<id>`
+    // (the API Deployment), `<name>-<revision>-<hash>-<id>` (a revision's), `<name>-worker-<hash>-<id>`.
+    // Exact enough that a platform `kyb` does not take in `kyb-staging`'s pods; pod labels would be
+    // exact, but kube-state-metrics exports none unless told to.
     let pods = format!(
-        r#"namespace="{}",pod=~"{name}-.+""#,
+        r#"namespace="{}",pod=~"{name}-((worker|[0-9a-f]{{10}})-)?[a-z0-9]{{1,10}}-[a-z0-9]{{5}}""#,
         kp.metadata.namespace.as_deref().unwrap_or_default()
     );
     let thresholds = vec![
@@ -345,11 +349,12 @@ fn panels(kp: &KybPlatform) -> Vec<Panel> {
     ]
 }
 
-/// Every PromQL query of the dashboard, with Grafana's `$__rate_interval` as written.
-pub fn dashboard_queries(kp: &KybPlatform) -> Vec<String> {
+/// Every PromQL query of the dashboard with its panel's title, Grafana's `$__rate_interval` as
+/// written.
+pub fn dashboard_queries(kp: &KybPlatform) -> Vec<(&'static str, String)> {
     panels(kp)
         .into_iter()
-        .flat_map(|p| p.targets.into_iter().map(|(_, q)| q))
+        .flat_map(|p| p.targets.into_iter().map(move |(_, q)| (p.title, q)))
         .collect()
 }
 
@@ -570,6 +575,41 @@ mod tests {
     }
 
     #[test]
+    fn resource_alerts_take_this_platforms_pods_only() {
+        let k = kp();
+        let groups = rule_groups(&k, &k.spec.monitoring);
+        let cpu = rules(&groups)
+            .into_iter()
+            .find(|r| r["alert"] == "KybHighCpu")
+            .unwrap()["expr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let pattern = cpu
+            .split(r#"pod=~""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        for ours in [
+            "kyb-6d4cf56db6-x7k2p",
+            "kyb-worker-5f9c7b-abcde",
+            "kyb-0123456789-7c9d8f-zz9q1",
+        ] {
+            assert!(re.is_match(ours), "{ours}");
+        }
+        for theirs in [
+            "kyb-staging-6d4cf56db6-x7k2p",
+            "kyb-staging-worker-5f9c7b-abcde",
+            "kyb2-6d4cf56db6-x7k2p",
+        ] {
+            assert!(!re.is_match(theirs), "{theirs}");
+        }
+    }
+
+    #[test]
     fn objectives_and_knobs_come_from_the_spec() {
         let mut k = kp();
         k.spec.slos.error_rate_percent = 1.0;
@@ -658,7 +698,7 @@ mod tests {
         }
         assert!(d["uid"].as_str().unwrap().len() <= 40);
         assert_eq!(dashboard(&k)["uid"], d["uid"], "stable");
-        assert!(dashboard_queries(&k).iter().all(|q| q.contains("kyb")));
+        assert!(dashboard_queries(&k).iter().all(|(_, q)| q.contains("kyb")));
         let cm = dashboard_config_map(&k, ObjectMeta::default());
         assert_eq!(cm.metadata.labels.unwrap()["grafana_dashboard"], "1");
         let json: Value = serde_json::from_str(cm.data.unwrap().values().next().unwrap()).unwrap();

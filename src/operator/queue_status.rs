@@ -31,6 +31,19 @@ pub fn due(previous: Option<&QueueStatus>, now: &Time) -> bool {
     age < 0 || age >= REFRESH.as_secs() as i64 - 2
 }
 
+/// `host` as the platform's pods resolve it from namespace `ns`: a single-label name (a Service of
+/// that namespace, `db`) becomes `db.NS.svc`, since the operator resolves names from its own
+/// namespace and would otherwise reach another namespace's `db`, or none. Dotted names, addresses,
+/// `localhost` and socket paths stand.
+pub fn as_pods_resolve(host: &str, ns: &str) -> String {
+    let single_label = !host.contains('.') && !host.contains(':') && !host.starts_with('/');
+    if single_label && host != "localhost" && !host.is_empty() {
+        format!("{host}.{ns}.svc")
+    } else {
+        host.to_owned()
+    }
+}
+
 /// Where jobs live, each with a name for it: every shard's primary (`shard-<id>`), or the one
 /// primary (`primary`).
 pub fn job_databases(kp: &KybPlatform) -> Vec<(String, &SecretKeyRef)> {
@@ -61,7 +74,7 @@ pub async fn read(client: &Client, ns: &str, kp: &KybPlatform, now: Time) -> Que
     };
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     for (_, db) in job_databases(kp) {
-        match read_one(&secrets, db).await {
+        match read_one(&secrets, ns, db).await {
             Ok(g) => {
                 total.ready += g.depth.iter().map(|d| d.3).sum::<i64>();
                 total.running += g.running;
@@ -82,7 +95,11 @@ pub async fn read(client: &Client, ns: &str, kp: &KybPlatform, now: Time) -> Que
 }
 
 /// One database's gauges. Errors name the Secret, never its value.
-async fn read_one(secrets: &Api<Secret>, db: &SecretKeyRef) -> Result<queue::Gauges, String> {
+async fn read_one(
+    secrets: &Api<Secret>,
+    ns: &str,
+    db: &SecretKeyRef,
+) -> Result<queue::Gauges, String> {
     let secret = secrets
         .get(&db.name)
         .await
@@ -94,7 +111,10 @@ async fn read_one(secrets: &Api<Secret>, db: &SecretKeyRef) -> Result<queue::Gau
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
         .ok_or_else(|| format!("Secret {} has no UTF-8 key {}", db.name, db.key))?;
     let options = PgConnectOptions::from_str(url.trim())
-        .map_err(|_| format!("Secret {} key {}: not a PostgreSQL URL", db.name, db.key))?
+        .map_err(|_| format!("Secret {} key {}: not a PostgreSQL URL", db.name, db.key))?;
+    let host = as_pods_resolve(options.get_host(), ns);
+    let options = options
+        .host(&host)
         .application_name("kybctl-operator")
         .options([("statement_timeout", "5s")]);
     let pool = PgPoolOptions::new()
@@ -116,6 +136,21 @@ mod tests {
 
     fn at(seconds: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn short_host_names_resolve_in_the_platforms_namespace() {
+        assert_eq!(as_pods_resolve("db", "team"), "db.team.svc");
+        for stands in [
+            "db.data.svc",
+            "10.0.0.7",
+            "::1",
+            "localhost",
+            "/var/run/postgresql",
+            "db.example.com",
+        ] {
+            assert_eq!(as_pods_resolve(stands, "team"), stands);
+        }
     }
 
     #[test]

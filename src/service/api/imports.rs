@@ -185,8 +185,9 @@ fn failure_detail(e: &ApiError) -> String {
 /// Import merchants from NDJSON (one `NewMerchant` per line, at most 10,000); each is classified by
 /// a job. Every line is checked first: one bad line refuses the request, naming it, and nothing is
 /// written. Merchants are then written per shard, each shard all-or-nothing: 202 when all were
-/// imported, 207 when some shard failed (its lines are in `failed`: send them again), 503 when none
-/// could be written.
+/// imported, 207 when some shard failed (its lines are in `failed`: send them again), 503 when every
+/// shard was unavailable, 500 when none took them otherwise. A 503 from the server's write timeout
+/// leaves each shard all-or-nothing without saying which: look before sending again.
 #[utoipa::path(
     post,
     path = "/v1/merchants:import",
@@ -202,6 +203,7 @@ fn failure_detail(e: &ApiError) -> String {
         (status = 413, description = "Body larger than the import limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not NDJSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A line is invalid (named in `field`); nothing was written", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "No shard took the merchants, not all for unavailability; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No database could take the merchants; nothing was written", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "merchants"
@@ -241,6 +243,7 @@ pub async fn import(
         failed: Vec::new(),
     };
     let mut last_error = None;
+    let mut any_internal = false;
     let inv = keys::invalidation_for(&Event::MerchantCreated);
     for ((i, lines), outcome) in by_shard.iter().zip(outcomes) {
         match outcome {
@@ -262,6 +265,7 @@ pub async fn import(
             Err(e) => {
                 tracing::warn!(error = %e, lines = lines.len(), "import: a shard's merchants were not written");
                 let detail = failure_detail(&e);
+                any_internal |= !matches!(e, ApiError::Unavailable(_));
                 result.failed.extend(lines.iter().map(|p| FailedLine {
                     line: p.line,
                     detail: detail.clone(),
@@ -271,7 +275,12 @@ pub async fn import(
         }
     }
     if result.imported.is_empty() {
-        return Err(last_error.unwrap_or_else(|| ApiError::Internal("nothing imported".into())));
+        // 503 only when every shard was unavailable (worth retrying as it is); otherwise 500.
+        return Err(match last_error {
+            Some(e @ ApiError::Unavailable(_)) if !any_internal => e,
+            Some(e) => ApiError::Internal(format!("no shard took the import: {e}")),
+            None => ApiError::Internal("nothing imported".into()),
+        });
     }
     state.cache.invalidate_local(&inv).await;
     let key_prefix = &state.config.cache.key_prefix;

@@ -27,3 +27,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "mode must be cluster or namespaced, not %q" .Values.mode) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Cluster-scoped objects: the release's name and namespace, so releases of the same name in two
+namespaces do not collide. */}}
+{{- define "kybctl.clusterName" -}}
+{{- printf "%s-%s" .Release.Name .Release.Namespace | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
