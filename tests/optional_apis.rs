@@ -291,6 +291,53 @@ async fn monitoring_is_rendered_where_the_prometheus_operator_is_installed() {
         assert!(alerts.contains(&a), "{a} in {alerts:?}");
     }
 
+    // An edit of an owned field (the error-rate alert's expression) is undone at the next reconcile,
+    // woken here by a spec change that leaves the rules as they were (no rule reads the throughput).
+    let groups = rule.data["spec"]["groups"].as_array().unwrap();
+    let (g, r) = groups
+        .iter()
+        .enumerate()
+        .find_map(|(g, group)| {
+            let rules = group["rules"].as_array().unwrap();
+            let r = rules
+                .iter()
+                .position(|r| r["alert"] == "KybHighErrorRate")?;
+            Some((g, r))
+        })
+        .unwrap();
+    let original = groups[g]["rules"][r]["expr"].clone();
+    let edit = serde_json::json!([{
+        "op": "replace",
+        "path": format!("/spec/groups/{g}/rules/{r}/expr"),
+        "value": "vector(0) > 1",
+    }]);
+    check(c.kubectl().args([
+        "patch",
+        "prometheusrule",
+        "kyb",
+        "-n",
+        &ns,
+        "--type",
+        "json",
+        "-p",
+        &edit.to_string(),
+    ]));
+    check(c.kubectl().args([
+        "patch",
+        "kyb",
+        "kyb",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec": {"slos": {"throughputRpm": 12345}}}"#,
+    ]));
+    eventually(Duration::from_secs(60), "the edit undone", || async {
+        rules.get("kyb").await.unwrap().data["spec"]["groups"][g]["rules"][r]["expr"] == original
+    })
+    .await;
+
     operator::apply(
         &ns,
         &format!(

@@ -117,6 +117,17 @@ impl Context {
         known.insert(api, (std::time::Instant::now(), installed));
         Ok(installed)
     }
+
+    /// Forgets what was known of `api`, so the next reconcile asks again: its CRDs were removed.
+    async fn forget(&self, api: OptionalApi) {
+        self.optional_apis.lock().await.remove(&api);
+    }
+}
+
+/// Whether `e` says the kind itself is not served (its CRD was deleted since discovery), rather than
+/// that one object is missing.
+fn kind_gone(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(a) if a.code == 404)
 }
 
 /// The children as last seen by the controller's watches. Those whose fields can be edited are kept
@@ -866,8 +877,14 @@ async fn apply_workers(
             .worker_scaling
             .as_ref()
             .filter(|_| children.workers.is_some());
-        let writes = super::keda::reconcile(client, ns, name, wanted).await?;
-        metrics.writes.inc_by(u64::from(writes));
+        match super::keda::reconcile(client, ns, name, wanted).await {
+            Ok(writes) => {
+                metrics.writes.inc_by(u64::from(writes));
+            }
+            // KEDA was uninstalled since it was discovered: asked again next time.
+            Err(e) if kind_gone(&e) => ctx.forget(OptionalApi::Keda).await,
+            Err(e) => return Err(e.into()),
+        };
     }
     match &children.workers {
         Some((deployment, pdb)) => {
@@ -931,9 +948,19 @@ async fn apply_monitoring(
             .as_ref()
             .map(|_| status::Monitoring::PrometheusOperatorMissing));
     }
-    let writes =
-        super::monitoring::reconcile(client, ns, name, children.monitoring.as_ref()).await?;
-    metrics.writes.inc_by(u64::from(writes));
+    match super::monitoring::reconcile(client, ns, name, children.monitoring.as_ref()).await {
+        Ok(writes) => {
+            metrics.writes.inc_by(u64::from(writes));
+        }
+        Err(e) if kind_gone(&e) => {
+            ctx.forget(OptionalApi::PrometheusOperator).await;
+            return Ok(children
+                .monitoring
+                .as_ref()
+                .map(|_| status::Monitoring::PrometheusOperatorMissing));
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(children
         .monitoring
         .as_ref()

@@ -28,7 +28,9 @@ fn hash(o: &DynamicObject) -> String {
 }
 
 /// Applies `desired` (server-side, forced: these fields are the operator's) unless the live object
-/// was applied from the same state. Returns whether it wrote.
+/// was applied from the same state and still holds every desired field (an edit of one, say a
+/// `kubectl edit` of an alert's threshold, is undone as for the typed children). Returns whether
+/// it wrote.
 pub async fn apply(
     api: &Api<DynamicObject>,
     mut desired: DynamicObject,
@@ -40,8 +42,16 @@ pub async fn apply(
         .as_ref()
         .and_then(|l| l.metadata.annotations.as_ref())
         .and_then(|a| a.get(APPLIED_HASH));
+    let edited = live
+        .as_ref()
+        .and_then(|l| super::drift::drift(&desired.data, &l.data));
     if applied == Some(&h) {
-        return Ok(false);
+        match edited {
+            None => return Ok(false),
+            Some(path) => {
+                tracing::info!(name = %name, field = %path, "undoing an edit of an owned field")
+            }
+        }
     }
     desired
         .metadata
