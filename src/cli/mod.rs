@@ -139,7 +139,8 @@ pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
     let cli = Cli::parse();
     output::set_color_allowed(!cli.no_color);
     let color_logs = !cli.no_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    telemetry::init(cli.log_format, color_logs);
+    // Held to the end: dropping it flushes the traces still batched.
+    let _telemetry = telemetry::init(cli.log_format, color_logs);
     crate::tls::ensure_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -304,6 +304,32 @@ fn volume_mounts() -> Vec<VolumeMount> {
     .collect()
 }
 
+/// The OpenTelemetry SDK's standard variables for `spec.tracing`; none without it. The resource
+/// names the platform as the service and the container and namespace as Kubernetes attributes, so
+/// a trace backend tells the API pods, the workers and the migration Job apart.
+fn tracing_env(kp: &KybPlatform, container: &str) -> Vec<(String, String)> {
+    let Some(t) = &kp.spec.tracing else {
+        return vec![];
+    };
+    let namespace = kp.metadata.namespace.as_deref().unwrap_or("default");
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), t.endpoint.clone()),
+        (
+            "OTEL_SERVICE_NAME".into(),
+            kp.metadata.name.clone().unwrap_or_default(),
+        ),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            format!("k8s.namespace.name={namespace},k8s.container.name={container}"),
+        ),
+        (
+            "OTEL_TRACES_SAMPLER".into(),
+            "parentbased_traceidratio".into(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG".into(), t.sample_ratio.to_string()),
+    ]
+}
+
 fn container(kp: &KybPlatform, name: &str, args: &[&str]) -> Container {
     let spec = &kp.spec;
     Container {
@@ -318,11 +344,17 @@ fn container(kp: &KybPlatform, name: &str, args: &[&str]) -> Container {
             .into(),
         ),
         args: Some(args.iter().map(|a| a.to_string()).collect()),
-        env: Some(vec![EnvVar {
-            name: "KYB_LOG_FORMAT".into(),
-            value: Some("json".into()),
-            ..Default::default()
-        }]),
+        env: Some(
+            [("KYB_LOG_FORMAT".to_owned(), "json".to_owned())]
+                .into_iter()
+                .chain(tracing_env(kp, name))
+                .map(|(name, value)| EnvVar {
+                    name,
+                    value: Some(value),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         volume_mounts: Some(volume_mounts()),
         security_context: Some(restricted_container_context()),
         ..Default::default()
@@ -1054,6 +1086,72 @@ mod tests {
         let data = s.string_data.unwrap();
         assert_eq!(data["key"], "kyb_abc");
         assert_eq!(data["keys.yaml"], "- client: x\n");
+    }
+
+    #[test]
+    fn tracing_renders_the_sdk_variables_into_every_kybctl_container_and_nothing_without_it() {
+        let env_of = |d: &Deployment| -> BTreeMap<String, String> {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect()
+        };
+        let mut kp = platform(include_str!("../../manifests/samples/full.yaml"));
+        kp.spec.workers = Some(serde_yaml::from_str("{concurrency: 2, replicas: 1}").unwrap());
+        let traced = kp.spec.tracing.take().expect("the full sample traces");
+        let untraced = build(&kp).unwrap();
+        assert!(env_of(&untraced.deployment)
+            .keys()
+            .all(|k| !k.starts_with("OTEL_")));
+        kp.spec.tracing = Some(crate::operator::crd::TracingSpec {
+            sample_ratio: 0.25,
+            ..traced
+        });
+        let c = build(&kp).unwrap();
+        let api = env_of(&c.deployment);
+        assert_eq!(
+            api["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            "http://otel-collector.observability:4318"
+        );
+        assert_eq!(api["OTEL_SERVICE_NAME"], "kyb-full");
+        assert_eq!(
+            api["OTEL_RESOURCE_ATTRIBUTES"],
+            "k8s.namespace.name=team,k8s.container.name=api"
+        );
+        assert_eq!(api["OTEL_TRACES_SAMPLER"], "parentbased_traceidratio");
+        assert_eq!(api["OTEL_TRACES_SAMPLER_ARG"], "0.25");
+        assert_eq!(api["KYB_LOG_FORMAT"], "json");
+        let worker = env_of(&c.workers.as_ref().unwrap().0);
+        assert_eq!(
+            worker["OTEL_RESOURCE_ATTRIBUTES"],
+            "k8s.namespace.name=team,k8s.container.name=worker"
+        );
+        let job = c.migration_job.as_ref().unwrap();
+        let job_env = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .as_ref()
+            .unwrap();
+        assert!(job_env
+            .iter()
+            .any(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT"));
     }
 
     #[test]

@@ -140,6 +140,30 @@ pub struct KybPlatformSpec {
     /// Grafana dashboard ConfigMap everywhere.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// OpenTelemetry traces from the service, the workers and the migration Job, over OTLP/HTTP to a
+    /// collector; none when absent. Rendered as the standard `OTEL_*` variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended), e.g.
+    /// `http://otel-collector.observability:4318`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: String,
+    /// Share of the traces this platform starts that are kept (a caller's own decision, carried in its
+    /// `traceparent`, is followed).
+    #[serde(default = "TracingSpec::default_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_ratio: f64,
+}
+
+impl TracingSpec {
+    fn default_sample_ratio() -> f64 {
+        1.0
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

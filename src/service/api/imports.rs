@@ -22,6 +22,7 @@ use crate::service::cache::{keys, Event, MultiLevelCache};
 use crate::service::db::merchants as q;
 use crate::service::db::ShardPools;
 use crate::service::model::{MerchantStatus, NewMerchant};
+use crate::telemetry::spans;
 
 /// Lines one request may carry: a request this size commits in well under a second per shard and
 /// keeps its answer (one entry per line) small enough to read back.
@@ -132,7 +133,7 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Writes one shard's lines and their jobs in one transaction; returns each line's job.
 async fn commit_shard(shard: &ShardPools, lines: &[&Parsed]) -> Result<Vec<Uuid>, ApiError> {
     let primary = shard.writable()?;
-    let mut tx = primary.begin().await?;
+    let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
     let mut jobs = Vec::with_capacity(lines.len());
     for chunk in lines.chunks(BATCH) {
         let rows: Vec<_> = chunk
@@ -163,7 +164,7 @@ async fn commit_shard(shard: &ShardPools, lines: &[&Parsed]) -> Result<Vec<Uuid>
         }
         jobs.extend(ids);
     }
-    tx.commit().await?;
+    spans::db("COMMIT", "", tx.commit()).await?;
     Ok(jobs)
 }
 

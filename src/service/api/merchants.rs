@@ -24,6 +24,7 @@ use crate::service::model::{
     StatusChange, StatusChangeList,
 };
 use crate::service::state::AppState;
+use crate::telemetry::spans;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
@@ -105,7 +106,7 @@ pub async fn create(
     let primary = shard.writable()?;
     let (merchant, job) = if params.asynchronous == Some(Asynchronous::True) {
         // The merchant and the job that classifies it commit together, or neither does.
-        let mut tx = primary.begin().await?;
+        let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
         let stamp = q::insert_unclassified(&mut tx, id, &input, status).await?;
         let job = NewJob::new(
             JobKind::Classify,
@@ -114,7 +115,7 @@ pub async fn create(
         let ids = queue::enqueue(&mut tx, &Policy::default(), &[job])
             .await
             .map_err(queue_error)?;
-        tx.commit().await?;
+        spans::db("COMMIT", "", tx.commit()).await?;
         let key_prefix = &state.config.cache.key_prefix;
         wake::nudge(state.cache.redis(), key_prefix, queue::DEFAULT_QUEUE).await;
         (
@@ -321,7 +322,7 @@ pub async fn update(
     } else {
         None
     };
-    let mut tx = primary.begin().await?;
+    let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
     let locked = q::get_for_update(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
@@ -356,7 +357,7 @@ pub async fn update(
         previous_classification_key: classify::cache_key(&classify::normalise(&before)),
     });
     MultiLevelCache::publish(&mut *tx, &inv).await?;
-    tx.commit().await?;
+    spans::db("COMMIT", "", tx.commit()).await?;
     let body = json_bytes(&merchant)?;
     // Before answering: once the client knows of the new version, no instance may serve the old one.
     state

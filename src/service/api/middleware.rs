@@ -24,6 +24,7 @@ use super::error::ApiError;
 use super::X_REQUEST_ID;
 use crate::service::metrics::RequestLabels;
 use crate::service::state::AppState;
+use crate::telemetry::traces;
 
 /// Wraps every request in a span carrying its request id (so every log line of the request has it),
 /// sets `X-Response-Time`, and records count and latency by route template and status.
@@ -80,7 +81,25 @@ where
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %method,
+            route = %route,
+            otel.name = tracing::field::Empty,
+            otel.kind = "server",
+            http.request.method = tracing::field::Empty,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // The semantic-convention names only when a trace backend reads them; logs have method/route.
+        if traces::enabled() {
+            span.record("otel.name", format!("{method} {route}"));
+            span.record("http.request.method", method.as_str());
+            span.record("http.route", route.as_str());
+            traces::accept_parent(&span, req.headers(), request_id);
+        }
         ObserveFuture {
             inner: self.inner.call(req).instrument(span.clone()),
             done: Some(Done {
@@ -126,6 +145,13 @@ where
             done.span.in_scope(|| {
                 tracing::debug!(status, elapsed_us = elapsed.as_micros() as u64, "served");
             });
+            if traces::enabled() {
+                done.span.record("http.response.status_code", status);
+                // Server spans are errors on 5xx only; a 4xx is the caller's (semantic conventions).
+                if status >= 500 {
+                    done.span.record("otel.status_code", "error");
+                }
+            }
             if let Ok(v) =
                 HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0))
             {

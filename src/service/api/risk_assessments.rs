@@ -12,6 +12,7 @@ use crate::service::cache::records::Loaded;
 use crate::service::cache::{keys, CacheStatus, Event, MultiLevelCache};
 use crate::service::db::{merchants, risk_assessments as q};
 use crate::service::model::{RiskAssessment, RiskAssessmentList};
+use crate::telemetry::spans;
 
 const DEFAULT_LIMIT: i64 = 20;
 
@@ -36,11 +37,11 @@ pub async fn create(
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
     let assessment = crate::service::risk_scoring::assessment(&merchant);
-    let mut tx = primary.begin().await?;
+    let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
     let version = q::insert(&mut tx, &assessment).await?;
     let inv = keys::invalidation_for(&Event::RiskAssessed { id, version });
     MultiLevelCache::publish(&mut *tx, &inv).await?;
-    tx.commit().await?;
+    spans::db("COMMIT", "", tx.commit()).await?;
     // The writer does not hold the new default page, so it stores the version alone: the next read
     // loads the page, and no read that began before the commit can store the older one.
     state

@@ -15,6 +15,7 @@ use redis::cluster_async::ClusterConnection;
 
 use crate::config::{ConfigError, RedisConfig};
 use crate::service::metrics::Metrics;
+use crate::telemetry::spans;
 
 enum Backend {
     Single(ConnectionManager),
@@ -147,7 +148,11 @@ impl RedisCache {
 
     /// One command, no degraded-mode gate: failures still mark the cache degraded.
     async fn raw<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
-        let fut = async {
+        let command = match cmd.args_iter().next() {
+            Some(redis::Arg::Simple(name)) => std::str::from_utf8(name).unwrap_or("redis"),
+            _ => "redis",
+        };
+        let fut = spans::redis(command, async {
             match &self.backend {
                 Backend::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
                 Backend::Cluster { client, conn } => {
@@ -157,7 +162,7 @@ impl RedisCache {
                     cmd.query_async::<T>(&mut c.clone()).await
                 }
             }
-        };
+        });
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),

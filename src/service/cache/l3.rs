@@ -7,6 +7,7 @@ use bytes::Bytes;
 use sqlx::PgPool;
 
 use crate::service::metrics::{LevelLabel, Metrics};
+use crate::telemetry::spans;
 
 pub struct DbCache {
     pool: PgPool,
@@ -34,11 +35,15 @@ impl DbCache {
     }
 
     pub async fn get(&self, key: &str) -> Option<Bytes> {
-        let r: Result<Option<String>, _> = sqlx::query_scalar(
-            "SELECT value FROM cache_entries WHERE key = $1 AND expires_at > now()",
+        let r: Result<Option<String>, _> = spans::db(
+            "SELECT",
+            "cache_entries",
+            sqlx::query_scalar(
+                "SELECT value FROM cache_entries WHERE key = $1 AND expires_at > now()",
+            )
+            .bind(format!("{}{key}", self.prefix))
+            .fetch_optional(&self.pool),
         )
-        .bind(format!("{}{key}", self.prefix))
-        .fetch_optional(&self.pool)
         .await;
         r.map_err(|e| self.failed(e))
             .ok()
@@ -50,7 +55,7 @@ impl DbCache {
         let Ok(text) = std::str::from_utf8(value) else {
             return;
         };
-        let r = sqlx::query(
+        let r = spans::db("INSERT", "cache_entries", sqlx::query(
             "INSERT INTO cache_entries (key, value, expires_at)
              VALUES ($1, $2, now() + make_interval(secs => $3))
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
@@ -59,7 +64,7 @@ impl DbCache {
         .bind(text)
         .bind(self.ttl.as_secs_f64())
         .execute(&self.pool)
-        .await;
+        ).await;
         if let Err(e) = r {
             self.failed(e);
         }
@@ -67,10 +72,14 @@ impl DbCache {
 
     pub async fn delete(&self, keys: &[String]) {
         let keys: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
-        if let Err(e) = sqlx::query("DELETE FROM cache_entries WHERE key = ANY($1)")
-            .bind(&keys)
-            .execute(&self.pool)
-            .await
+        if let Err(e) = spans::db(
+            "DELETE",
+            "cache_entries",
+            sqlx::query("DELETE FROM cache_entries WHERE key = ANY($1)")
+                .bind(&keys)
+                .execute(&self.pool),
+        )
+        .await
         {
             self.failed(e);
         }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CacheConfig;
 use crate::service::metrics::{LevelLabel, Metrics};
+use crate::telemetry::spans;
 pub use keys::{Event, Invalidation};
 use l2::RedisCache;
 use l3::DbCache;
@@ -124,6 +125,7 @@ impl MultiLevelCache {
 
     /// Returns the cached body for `key`, or runs `load` once however many requests miss at the same
     /// time (moka coalesces them), storing the result in every level of `levels`.
+    #[tracing::instrument(level = "debug", name = "cache.get", skip_all, fields(cache.key = key, cache.status))]
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,
@@ -146,6 +148,7 @@ impl MultiLevelCache {
         } else {
             CacheStatus::HitL1
         };
+        tracing::Span::current().record("cache.status", status.header_value());
         Ok((entry.value().body.clone(), status))
     }
 
@@ -244,11 +247,15 @@ impl MultiLevelCache {
         E: sqlx::Executor<'e, Database = sqlx::Postgres>,
     {
         let payload = serde_json::to_string(inv).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(INVALIDATION_CHANNEL)
-            .bind(payload)
-            .execute(executor)
-            .await?;
+        spans::db(
+            "SELECT",
+            "pg_notify",
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(INVALIDATION_CHANNEL)
+                .bind(payload)
+                .execute(executor),
+        )
+        .await?;
         Ok(())
     }
 

@@ -50,6 +50,7 @@ impl MultiLevelCache {
     /// Serves `key` from the shared level (or L1 without Redis) unless it is older than a version
     /// heard of; otherwise `load` reads it from the primary. `fresh` (`Cache-Control: no-cache`)
     /// skips the cached copy but still stores what it loads.
+    #[tracing::instrument(level = "debug", name = "cache.get_record", skip_all, fields(cache.key = key, cache.status))]
     pub async fn get_record<F, Fut, E>(&self, key: &str, fresh: bool, load: F) -> Result<Record, E>
     where
         F: FnOnce() -> Fut,
@@ -58,6 +59,7 @@ impl MultiLevelCache {
         let heard = self.heard.get(key);
         if !fresh {
             if let Some(hit) = self.cached_record(key, heard).await {
+                tracing::Span::current().record("cache.status", hit.status.header_value());
                 return Ok(hit);
             }
         }
@@ -66,6 +68,7 @@ impl MultiLevelCache {
             self.store_record(key, loaded.version, Some(&loaded.body))
                 .await;
         }
+        tracing::Span::current().record("cache.status", CacheStatus::Miss.header_value());
         Ok(Record {
             version: loaded.version,
             body: loaded.body,

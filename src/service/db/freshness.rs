@@ -5,6 +5,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::config::ReadYourWrites;
+use crate::telemetry::spans;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteMark {
@@ -51,9 +52,13 @@ impl Freshness {
                 // Asked after commit, so the position covers the commit record. The insert position, not
                 // pg_current_wal_lsn(): with synchronous_commit=off the commit record may not be written
                 // out yet, and the write position would then be behind our own commit.
-                match sqlx::query_scalar::<_, String>("SELECT pg_current_wal_insert_lsn()::text")
-                    .fetch_one(primary)
-                    .await
+                match spans::db(
+                    "SELECT",
+                    "pg_current_wal_insert_lsn",
+                    sqlx::query_scalar::<_, String>("SELECT pg_current_wal_insert_lsn()::text")
+                        .fetch_one(primary),
+                )
+                .await
                 {
                     Ok(lsn) => WriteMark::Lsn(lsn),
                     Err(_) => WriteMark::PrimaryOnly,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
 use crate::db_error::DbError;
 use crate::service::model::{Merchant, MerchantStatus, StatusChange};
+use crate::telemetry::spans;
 
 /// The merchant columns, active classification included: one primary-key lookup, no join (the
 /// classification is copied onto the row; see the `merchant_active_classification` migration). A macro
@@ -80,10 +81,14 @@ impl From<Row> for Merchant {
 }
 
 pub async fn get(pool: PgPool, id: Uuid) -> Result<Option<Merchant>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(concat!(select_merchants!(), " WHERE m.id = $1"))
-        .bind(id)
-        .fetch_optional(&pool)
-        .await?;
+    let row: Option<Row> = spans::db(
+        "SELECT",
+        "merchants",
+        sqlx::query_as(concat!(select_merchants!(), " WHERE m.id = $1"))
+            .bind(id)
+            .fetch_optional(&pool),
+    )
+    .await?;
     Ok(row.map(Into::into))
 }
 
@@ -92,11 +97,14 @@ pub async fn get_for_update(
     tx: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<Merchant>, sqlx::Error> {
-    let row: Option<Row> =
+    let row: Option<Row> = spans::db(
+        "SELECT",
+        "merchants",
         sqlx::query_as(concat!(select_merchants!(), " WHERE m.id = $1 FOR UPDATE"))
             .bind(id)
-            .fetch_optional(tx)
-            .await?;
+            .fetch_optional(tx),
+    )
+    .await?;
     Ok(row.map(Into::into))
 }
 
@@ -118,8 +126,11 @@ pub async fn insert(
     status: MerchantStatus,
     c: &Classification,
 ) -> Result<Stamp, DbError> {
-    let stamp = sqlx::query_as(
-        "WITH m AS (
+    let stamp = spans::db(
+        "INSERT",
+        "merchants",
+        sqlx::query_as(
+            "WITH m AS (
              INSERT INTO merchants (id, name, description, website, country, declared_mcc, status,
                                     industry_id, mcc, confidence_score, classification_method,
                                     matched_terms, alternatives)
@@ -131,22 +142,23 @@ pub async fn insert(
              VALUES ($14, $1, $8, $9, $10, $11, $12, $13)
          )
          SELECT version, created_at, updated_at FROM m",
+        )
+        .bind(id)
+        .bind(&input.name)
+        .bind(&input.description)
+        .bind(&input.website)
+        .bind(&input.country)
+        .bind(&input.declared_mcc)
+        .bind(status)
+        .bind(&c.naics_code)
+        .bind(&c.mcc)
+        .bind(c.confidence)
+        .bind(c.method.as_str())
+        .bind(&c.matched_terms)
+        .bind(sqlx::types::Json(&c.alternatives))
+        .bind(Uuid::now_v7())
+        .fetch_one(pool),
     )
-    .bind(id)
-    .bind(&input.name)
-    .bind(&input.description)
-    .bind(&input.website)
-    .bind(&input.country)
-    .bind(&input.declared_mcc)
-    .bind(status)
-    .bind(&c.naics_code)
-    .bind(&c.mcc)
-    .bind(c.confidence)
-    .bind(c.method.as_str())
-    .bind(&c.matched_terms)
-    .bind(sqlx::types::Json(&c.alternatives))
-    .bind(Uuid::now_v7())
-    .fetch_one(pool)
     .await?;
     Ok(stamp)
 }
@@ -159,19 +171,23 @@ pub async fn insert_unclassified(
     input: &BusinessInput,
     status: MerchantStatus,
 ) -> Result<Stamp, DbError> {
-    Ok(sqlx::query_as(
-        "INSERT INTO merchants (id, name, description, website, country, declared_mcc, status)
+    Ok(spans::db(
+        "INSERT",
+        "merchants",
+        sqlx::query_as(
+            "INSERT INTO merchants (id, name, description, website, country, declared_mcc, status)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          RETURNING version, created_at, updated_at",
+        )
+        .bind(id)
+        .bind(&input.name)
+        .bind(&input.description)
+        .bind(&input.website)
+        .bind(&input.country)
+        .bind(&input.declared_mcc)
+        .bind(status)
+        .fetch_one(conn),
     )
-    .bind(id)
-    .bind(&input.name)
-    .bind(&input.description)
-    .bind(&input.website)
-    .bind(&input.country)
-    .bind(&input.declared_mcc)
-    .bind(status)
-    .fetch_one(conn)
     .await?)
 }
 
@@ -195,8 +211,11 @@ pub async fn insert_unclassified_many(
     }
     // `WITH ORDINALITY` and the ORDER BY give the stamps back in the order of `rows`: RETURNING
     // alone promises no order.
-    let stamped: Vec<(i64, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "WITH input AS (
+    let stamped: Vec<(i64, i32, DateTime<Utc>, DateTime<Utc>)> = spans::db(
+        "INSERT",
+        "merchants",
+        sqlx::query_as(
+            "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[])
                       WITH ORDINALITY AS t(id, name, description, website, country, declared_mcc,
@@ -209,15 +228,16 @@ pub async fn insert_unclassified_many(
          SELECT input.n, inserted.version, inserted.created_at, inserted.updated_at
            FROM inserted JOIN input USING (id)
           ORDER BY input.n",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .bind(&descriptions)
+        .bind(&websites)
+        .bind(&countries)
+        .bind(&mccs)
+        .bind(&statuses)
+        .fetch_all(conn),
     )
-    .bind(&ids)
-    .bind(&names)
-    .bind(&descriptions)
-    .bind(&websites)
-    .bind(&countries)
-    .bind(&mccs)
-    .bind(&statuses)
-    .fetch_all(conn)
     .await?;
     Ok(stamped
         .into_iter()
@@ -234,20 +254,24 @@ async fn insert_classification(
     business_id: Uuid,
     c: &Classification,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO classifications (id, business_id, industry_id, mcc, confidence_score,
+    spans::db(
+        "INSERT",
+        "classifications",
+        sqlx::query(
+            "INSERT INTO classifications (id, business_id, industry_id, mcc, confidence_score,
                                       classification_method, matched_terms, alternatives)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(business_id)
+        .bind(&c.naics_code)
+        .bind(&c.mcc)
+        .bind(c.confidence)
+        .bind(c.method.as_str())
+        .bind(&c.matched_terms)
+        .bind(sqlx::types::Json(&c.alternatives))
+        .execute(tx),
     )
-    .bind(Uuid::now_v7())
-    .bind(business_id)
-    .bind(&c.naics_code)
-    .bind(&c.mcc)
-    .bind(c.confidence)
-    .bind(c.method.as_str())
-    .bind(&c.matched_terms)
-    .bind(sqlx::types::Json(&c.alternatives))
-    .execute(tx)
     .await?;
     Ok(())
 }
@@ -260,7 +284,7 @@ pub async fn update(
     status: MerchantStatus,
     reclassified: Option<&Classification>,
 ) -> Result<(), DbError> {
-    sqlx::query(
+    spans::db("UPDATE", "merchants", sqlx::query(
         "UPDATE merchants SET name = $2, description = $3, website = $4, country = $5, declared_mcc = $6,
                 status = $7, version = version + 1, updated_at = now()
           WHERE id = $1",
@@ -273,26 +297,30 @@ pub async fn update(
     .bind(&input.declared_mcc)
     .bind(status)
     .execute(&mut *tx)
-    .await?;
+    ).await?;
     if let Some(c) = reclassified {
-        sqlx::query("UPDATE classifications SET status = 'superseded' WHERE business_id = $1 AND status = 'active'")
+        spans::db("UPDATE", "classifications", sqlx::query("UPDATE classifications SET status = 'superseded' WHERE business_id = $1 AND status = 'active'")
             .bind(id)
             .execute(&mut *tx)
-            .await?;
+            ).await?;
         // The columns the trigger on `classifications` would copy, written here so it finds nothing to do.
-        sqlx::query(
-            "UPDATE merchants SET industry_id = $2, mcc = $3, confidence_score = $4,
+        spans::db(
+            "UPDATE",
+            "merchants",
+            sqlx::query(
+                "UPDATE merchants SET industry_id = $2, mcc = $3, confidence_score = $4,
                     classification_method = $5, matched_terms = $6, alternatives = $7
               WHERE id = $1",
+            )
+            .bind(id)
+            .bind(&c.naics_code)
+            .bind(&c.mcc)
+            .bind(c.confidence)
+            .bind(c.method.as_str())
+            .bind(&c.matched_terms)
+            .bind(sqlx::types::Json(&c.alternatives))
+            .execute(&mut *tx),
         )
-        .bind(id)
-        .bind(&c.naics_code)
-        .bind(&c.mcc)
-        .bind(c.confidence)
-        .bind(c.method.as_str())
-        .bind(&c.matched_terms)
-        .bind(sqlx::types::Json(&c.alternatives))
-        .execute(&mut *tx)
         .await?;
         insert_classification(tx, id, c).await?;
     }
@@ -305,20 +333,24 @@ pub async fn record_status_change(
     merchant: Uuid,
     change: &StatusChange,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO merchant_status_changes
+    spans::db(
+        "INSERT",
+        "merchant_status_changes",
+        sqlx::query(
+            "INSERT INTO merchant_status_changes
              (id, merchant_id, from_status, to_status, from_version, to_version, actor, request_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(merchant)
+        .bind(change.from_status)
+        .bind(change.to_status)
+        .bind(change.from_version)
+        .bind(change.to_version)
+        .bind(&change.actor)
+        .bind(&change.request_id)
+        .execute(tx),
     )
-    .bind(Uuid::now_v7())
-    .bind(merchant)
-    .bind(change.from_status)
-    .bind(change.to_status)
-    .bind(change.from_version)
-    .bind(change.to_version)
-    .bind(&change.actor)
-    .bind(&change.request_id)
-    .execute(tx)
     .await?;
     Ok(())
 }
@@ -329,14 +361,18 @@ pub async fn status_changes(
     merchant: Uuid,
     limit: i64,
 ) -> Result<Vec<StatusChange>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT from_status, to_status, from_version, to_version, actor, request_id, changed_at
+    spans::db(
+        "SELECT",
+        "merchant_status_changes",
+        sqlx::query_as(
+            "SELECT from_status, to_status, from_version, to_version, actor, request_id, changed_at
            FROM merchant_status_changes WHERE merchant_id = $1
           ORDER BY changed_at DESC, id DESC LIMIT $2",
+        )
+        .bind(merchant)
+        .bind(limit)
+        .fetch_all(pool),
     )
-    .bind(merchant)
-    .bind(limit)
-    .fetch_all(pool)
     .await
 }
 
@@ -374,7 +410,8 @@ pub async fn list(pool: PgPool, f: &ListFilter) -> Result<Vec<Merchant>, sqlx::E
     }
     q.push(" ORDER BY m.id LIMIT ")
         .push_bind(i64::from(f.limit) + 1);
-    let rows: Vec<Row> = q.build_query_as().fetch_all(&pool).await?;
+    let rows: Vec<Row> =
+        spans::db("SELECT", "merchants", q.build_query_as().fetch_all(&pool)).await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
@@ -384,12 +421,16 @@ pub async fn industry_report(
     pool: &PgPool,
     limit: Option<i64>,
 ) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT industry_id, count(*), coalesce(avg(confidence_score), 0)::float8
+    spans::db(
+        "SELECT",
+        "merchants",
+        sqlx::query_as(
+            "SELECT industry_id, count(*), coalesce(avg(confidence_score), 0)::float8
            FROM merchants WHERE industry_id IS NOT NULL
           GROUP BY industry_id ORDER BY count(*) DESC, industry_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool),
     )
-    .bind(limit)
-    .fetch_all(pool)
     .await
 }

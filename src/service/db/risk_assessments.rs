@@ -7,11 +7,12 @@ use uuid::Uuid;
 
 use crate::db_error::DbError;
 use crate::service::model::{RiskAssessment, RiskFactor, RiskLevel};
+use crate::telemetry::spans;
 
 /// Inserts an assessment and returns the merchant's new `risk_version` (bumped by a trigger, which also
 /// locks the merchant's row, so concurrent assessments of one merchant get distinct versions).
 pub async fn insert(tx: &mut PgConnection, a: &RiskAssessment) -> Result<i64, DbError> {
-    sqlx::query(
+    spans::db("INSERT", "business_risk_assessments", sqlx::query(
         "INSERT INTO business_risk_assessments (id, business_id, risk_level, risk_score, factors, assessment_date)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -22,11 +23,15 @@ pub async fn insert(tx: &mut PgConnection, a: &RiskAssessment) -> Result<i64, Db
     .bind(Json(&a.factors))
     .bind(a.assessment_date)
     .execute(&mut *tx)
+    ).await?;
+    let version: i32 = spans::db(
+        "SELECT",
+        "merchants",
+        sqlx::query_scalar("SELECT risk_version FROM merchants WHERE id = $1")
+            .bind(a.business_id)
+            .fetch_one(&mut *tx),
+    )
     .await?;
-    let version: i32 = sqlx::query_scalar("SELECT risk_version FROM merchants WHERE id = $1")
-        .bind(a.business_id)
-        .fetch_one(&mut *tx)
-        .await?;
     Ok(version.into())
 }
 
@@ -48,18 +53,22 @@ pub async fn list(
     business_id: Uuid,
     limit: i64,
 ) -> Result<Option<(i64, Vec<RiskAssessment>)>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT m.risk_version, a.id, a.risk_level, a.risk_score, a.factors, a.assessment_date
+    let rows: Vec<Row> = spans::db(
+        "SELECT",
+        "business_risk_assessments",
+        sqlx::query_as(
+            "SELECT m.risk_version, a.id, a.risk_level, a.risk_score, a.factors, a.assessment_date
            FROM merchants m
            LEFT JOIN LATERAL (
                 SELECT id, risk_level, risk_score, factors, assessment_date
                   FROM business_risk_assessments WHERE business_id = m.id
                  ORDER BY assessment_date DESC, id DESC LIMIT $2) a ON true
           WHERE m.id = $1",
+        )
+        .bind(business_id)
+        .bind(limit)
+        .fetch_all(&pool),
     )
-    .bind(business_id)
-    .bind(limit)
-    .fetch_all(&pool)
     .await?;
     let Some(version) = rows.first().map(|r| i64::from(r.0)) else {
         return Ok(None);

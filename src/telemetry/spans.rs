@@ -1,0 +1,59 @@
+//! The client spans under a request: database statements and Redis commands, named and tagged by the
+//! OpenTelemetry semantic conventions so trace backends group them. They are `debug` spans, which only
+//! the trace layer asks for (see `telemetry::TRACE_FILTER`): with traces off they are never created.
+
+use std::fmt::Display;
+use std::future::Future;
+
+use tracing::{Instrument, Span};
+
+/// Runs a database statement under a client span named `OPERATION collection` (`collection` empty for
+/// BEGIN and COMMIT); an error marks the span failed.
+pub async fn db<T, E: Display>(
+    operation: &'static str,
+    collection: &'static str,
+    query: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = tracing::debug_span!(
+        "db",
+        otel.name = %format_args!("{operation}{}{collection}", if collection.is_empty() { "" } else { " " }),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    );
+    traced(span, query).await
+}
+
+/// Runs one Redis command under a client span named after the command.
+pub async fn redis<T, E: Display>(
+    command: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = tracing::debug_span!(
+        "redis",
+        otel.name = command,
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = command,
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    );
+    traced(span, call).await
+}
+
+async fn traced<T, E: Display>(
+    span: Span,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let result = call.instrument(span.clone()).await;
+    if let Err(e) = &result {
+        if !span.is_disabled() {
+            span.record("otel.status_code", "error");
+            span.record("error.message", tracing::field::display(e));
+        }
+    }
+    result
+}
