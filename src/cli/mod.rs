@@ -139,9 +139,10 @@ pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
     let cli = Cli::parse();
     output::set_color_allowed(!cli.no_color);
     let color_logs = !cli.no_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Before the trace exporter builds its HTTP client, so that client uses the build's one provider.
+    crate::tls::ensure_crypto_provider();
     // Held to the end: dropping it flushes the traces still batched.
     let _telemetry = telemetry::init(cli.log_format, color_logs);
-    crate::tls::ensure_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::policy::{AfterFailure, Policy};
 use super::JobKind;
 use crate::db_error::DbError;
+use crate::telemetry::spans;
 
 /// The plan's queue.
 pub const DEFAULT_QUEUE: &str = "kyb-processing";
@@ -102,7 +103,7 @@ pub async fn enqueue(
         ready_ats.push(policy.ready_at(run_at, j.priority));
         keys.push(j.unique_key.clone());
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
+    let inserted: Vec<Uuid> = spans::db("INSERT", "jobs", sqlx::query_scalar(
         "INSERT INTO jobs (id, queue, kind, payload, priority, run_at, ready_at, unique_key, max_attempts)
          SELECT *, $9 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[],
                                   $6::timestamptz[], $7::timestamptz[], $8::text[])
@@ -118,7 +119,7 @@ pub async fn enqueue(
     .bind(&ready_ats)
     .bind(&keys)
     .bind(policy.max_attempts)
-    .fetch_all(conn)
+    .fetch_all(conn))
     .await?;
     // In the order asked, without the skipped ones.
     let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
@@ -476,10 +477,14 @@ macro_rules! view {
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<JobView>, QueueError> {
-    Ok(sqlx::query_as(view!("WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(spans::db(
+        "SELECT",
+        "jobs",
+        sqlx::query_as(view!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool),
+    )
+    .await?)
 }
 
 /// The newest `limit` jobs, optionally of one status and kind.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::handlers::{Ctx, Handler, HandlerError};
@@ -217,9 +218,19 @@ fn start(
     metrics.jobs_running.inc();
     // The handler runs in its own task: a panic ends that task, not this one.
     // Called inside the task too: a handler that panics before its future even exists is caught.
+    // A job's own trace (traces only: a `debug` span), with its handler's statements and calls below.
+    let span = tracing::debug_span!(
+        "job",
+        otel.name = %format_args!("job {}", job.kind),
+        otel.kind = "consumer",
+        job.id = %job.id,
+        job.kind = %job.kind,
+        job.attempt = job.attempts,
+        otel.status_code = tracing::field::Empty,
+    );
     let handler = {
         let (handler, ctx, job) = (handler.clone(), ctx.clone(), job.clone());
-        tokio::spawn(async move { handler(ctx, job).await })
+        tokio::spawn(async move { handler(ctx, job).await }.instrument(span.clone()))
     };
     lock(running).insert(
         job.id,
@@ -246,7 +257,10 @@ fn start(
         let label = match outcome {
             Ok(()) => "succeeded",
             Err(None) => "lost",
-            Err(Some(error)) => record_failure(&ctx, &job, &error).await,
+            Err(Some(error)) => {
+                span.record("otel.status_code", "error");
+                record_failure(&ctx, &job, &error).await
+            }
         };
         metrics
             .job_attempts

@@ -304,10 +304,10 @@ fn volume_mounts() -> Vec<VolumeMount> {
     .collect()
 }
 
-/// The OpenTelemetry SDK's standard variables for `spec.tracing`; none without it. The resource
-/// names the platform as the service and the container and namespace as Kubernetes attributes, so
-/// a trace backend tells the API pods, the workers and the migration Job apart.
-fn tracing_env(kp: &KybPlatform, container: &str) -> Vec<(String, String)> {
+/// The OpenTelemetry SDK's standard variables for `spec.tracing` in the API or worker container (the
+/// processes that make spans); none without it. The resource names the platform as the service and
+/// the container and namespace as Kubernetes attributes, so a trace backend tells them apart.
+fn tracing_env(kp: &KybPlatform, container: &str) -> Vec<EnvVar> {
     let Some(t) = &kp.spec.tracing else {
         return vec![];
     };
@@ -328,6 +328,13 @@ fn tracing_env(kp: &KybPlatform, container: &str) -> Vec<(String, String)> {
         ),
         ("OTEL_TRACES_SAMPLER_ARG".into(), t.sample_ratio.to_string()),
     ]
+    .into_iter()
+    .map(|(name, value): (String, String)| EnvVar {
+        name,
+        value: Some(value),
+        ..Default::default()
+    })
+    .collect()
 }
 
 fn container(kp: &KybPlatform, name: &str, args: &[&str]) -> Container {
@@ -344,17 +351,11 @@ fn container(kp: &KybPlatform, name: &str, args: &[&str]) -> Container {
             .into(),
         ),
         args: Some(args.iter().map(|a| a.to_string()).collect()),
-        env: Some(
-            [("KYB_LOG_FORMAT".to_owned(), "json".to_owned())]
-                .into_iter()
-                .chain(tracing_env(kp, name))
-                .map(|(name, value)| EnvVar {
-                    name,
-                    value: Some(value),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
+        env: Some(vec![EnvVar {
+            name: "KYB_LOG_FORMAT".into(),
+            value: Some("json".into()),
+            ..Default::default()
+        }]),
         volume_mounts: Some(volume_mounts()),
         security_context: Some(restricted_container_context()),
         ..Default::default()
@@ -428,6 +429,9 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
     let period = seconds("healthCheck.interval", &hc.interval)?;
     let timeout = seconds("healthCheck.timeout", &hc.timeout)?;
     let mut api = container(kp, "api", &["serve", "--config", &config_arg]);
+    api.env
+        .get_or_insert_with(Vec::new)
+        .extend(tracing_env(kp, "api"));
     api.ports = Some(vec![
         ContainerPort {
             name: Some("http".into()),
@@ -724,6 +728,9 @@ fn workers(
         args.extend(["--types", &types]);
     }
     let mut c = container(kp, "worker", &args);
+    c.env
+        .get_or_insert_with(Vec::new)
+        .extend(tracing_env(kp, "worker"));
     c.env.get_or_insert_with(Vec::new).push(EnvVar {
         // The worker's identity in leases (a boot id is added).
         name: "POD_NAME".into(),
@@ -1089,7 +1096,7 @@ mod tests {
     }
 
     #[test]
-    fn tracing_renders_the_sdk_variables_into_every_kybctl_container_and_nothing_without_it() {
+    fn tracing_renders_the_sdk_variables_into_the_api_and_worker_containers_only_when_asked() {
         let env_of = |d: &Deployment| -> BTreeMap<String, String> {
             d.spec
                 .as_ref()
@@ -1136,6 +1143,7 @@ mod tests {
             worker["OTEL_RESOURCE_ATTRIBUTES"],
             "k8s.namespace.name=team,k8s.container.name=worker"
         );
+        // The migration Job makes no spans.
         let job = c.migration_job.as_ref().unwrap();
         let job_env = job
             .spec
@@ -1149,9 +1157,7 @@ mod tests {
             .env
             .as_ref()
             .unwrap();
-        assert!(job_env
-            .iter()
-            .any(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert!(job_env.iter().all(|e| !e.name.starts_with("OTEL_")));
     }
 
     #[test]

@@ -140,8 +140,8 @@ pub struct KybPlatformSpec {
     /// Grafana dashboard ConfigMap everywhere.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
-    /// OpenTelemetry traces from the service, the workers and the migration Job, over OTLP/HTTP to a
-    /// collector; none when absent. Rendered as the standard `OTEL_*` variables.
+    /// OpenTelemetry traces from the API pods and the workers, over OTLP/HTTP to a collector; none
+    /// when absent. Rendered as the standard `OTEL_*` variables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
 }
@@ -151,7 +151,7 @@ pub struct KybPlatformSpec {
 pub struct TracingSpec {
     /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended), e.g.
     /// `http://otel-collector.observability:4318`.
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(regex(pattern = r"^https?://[^\s/?#]+(/\S*)?$"), length(max = 2048))]
     pub endpoint: String,
     /// Share of the traces this platform starts that are kept (a caller's own decision, carried in its
     /// `traceparent`, is followed).

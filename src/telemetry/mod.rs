@@ -62,17 +62,26 @@ pub fn init(format: LogFormat, color: bool) -> Telemetry {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e)),
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("kybctl"))
-            .with_filter(EnvFilter::new(TRACE_FILTER))
-    });
-    // A second init (tests, embedded use) keeps the first subscriber.
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(otel)
-        .try_init()
-        .is_ok();
+    // A second init (tests, embedded use) keeps the first subscriber. Without traces the registry
+    // gets the log layer alone: even an empty `Option` layer would make every callsite the logs
+    // reject one that is asked again on each hit.
+    let installed = match &provider {
+        Some(p) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("kybctl"))
+                // What a trace view shows; source locations, threads and idle time per span are not.
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(EnvFilter::new(TRACE_FILTER));
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(otel)
+                .try_init()
+        }
+        None => tracing_subscriber::registry().with(logs).try_init(),
+    }
+    .is_ok();
     if let Some(e) = problem {
         // Traces are an aid, not a duty: a bad exporter setting is reported and the command goes on.
         tracing::warn!(error = %e, "traces are off");

@@ -87,7 +87,7 @@ where
             method = %method,
             route = %route,
             otel.name = tracing::field::Empty,
-            otel.kind = "server",
+            otel.kind = tracing::field::Empty,
             http.request.method = tracing::field::Empty,
             http.route = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -96,6 +96,7 @@ where
         // The semantic-convention names only when a trace backend reads them; logs have method/route.
         if traces::enabled() {
             span.record("otel.name", format!("{method} {route}"));
+            span.record("otel.kind", "server");
             span.record("http.request.method", method.as_str());
             span.record("http.route", route.as_str());
             traces::accept_parent(&span, req.headers(), request_id);

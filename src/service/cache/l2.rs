@@ -152,7 +152,7 @@ impl RedisCache {
             Some(redis::Arg::Simple(name)) => std::str::from_utf8(name).unwrap_or("redis"),
             _ => "redis",
         };
-        let fut = spans::redis(command, async {
+        let fut = async {
             match &self.backend {
                 Backend::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
                 Backend::Cluster { client, conn } => {
@@ -162,11 +162,15 @@ impl RedisCache {
                     cmd.query_async::<T>(&mut c.clone()).await
                 }
             }
-        });
-        let result = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
+        // The timeout inside the span: a command that never answered is a failed span.
+        let result = spans::redis(command, async {
+            match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            }
+        })
+        .await;
         match result {
             Ok(v) => Some(v),
             Err(e) => {

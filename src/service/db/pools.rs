@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::freshness::{Freshness, WriteMark};
 use crate::config::{ConfigError, DatabaseConfig, Secret};
 use crate::db_error::{is_connection_error, DbError};
+use crate::telemetry::spans;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -210,11 +211,14 @@ impl ShardPools {
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         if let Some(WriteMark::Lsn(lsn)) = mark {
-            let caught_up: Option<bool> =
+            let caught_up: Option<bool> = spans::db(
+                "SELECT",
+                "pg_last_wal_replay_lsn",
                 sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
                     .bind(lsn)
-                    .fetch_one(&replica.pool)
-                    .await?;
+                    .fetch_one(&replica.pool),
+            )
+            .await?;
             if caught_up != Some(true) {
                 return Ok(None);
             }

@@ -15,6 +15,7 @@ use crate::config::{ConfigError, RegistryConfig};
 use crate::service::metrics::{BreakerLabels, Metrics, OutcomeLabels};
 use crate::telemetry::traces;
 use breaker::CircuitBreaker;
+use tracing::Instrument;
 
 /// What the registry knows about a business.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,14 +110,27 @@ impl RegistryClient {
     }
 
     /// Looks the business up. `Ok(None)`: the registry does not know it.
-    #[tracing::instrument(level = "debug", name = "registry.lookup", skip_all, fields(otel.status_code))]
     pub async fn lookup(
+        &self,
+        input: &BusinessInput,
+    ) -> Result<Option<RegistryRecord>, RegistryError> {
+        // Spans made here and recorded through their handles: with traces off they are disabled, and
+        // `Span::current()` would be the request's span, whose status fields are the response's.
+        let span =
+            tracing::debug_span!("registry.lookup", otel.status_code = tracing::field::Empty);
+        let result = self.lookup_guarded(input).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    async fn lookup_guarded(
         &self,
         input: &BusinessInput,
     ) -> Result<Option<RegistryRecord>, RegistryError> {
         let Ok(permit) = self.breaker.try_acquire(Instant::now()) else {
             self.record("rejected");
-            tracing::Span::current().record("otel.status_code", "error");
             return Err(RegistryError::CircuitOpen);
         };
         let attempt = || self.lookup_once(input);
@@ -138,7 +152,6 @@ impl RegistryClient {
             Err(_) => {
                 permit.failure(Instant::now());
                 self.record("failure");
-                tracing::Span::current().record("otel.status_code", "error");
             }
         }
         result
@@ -146,20 +159,7 @@ impl RegistryClient {
 
     /// One attempt: an HTTP client span (one per retry), whose trace context goes with the request.
     /// The span (named `METHOD url-template`, so it is not taken for Redis's `GET`) gives the URL
-    /// without its query, which carries the business's name.
-    #[tracing::instrument(
-        level = "debug",
-        name = "GET /v1/businesses/lookup",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            http.request.method = "GET",
-            url.full = tracing::field::Empty,
-            server.address = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        )
-    )]
+    /// without its query, which carries the business's name, or any credentials.
     async fn lookup_once(
         &self,
         input: &BusinessInput,
@@ -168,15 +168,36 @@ impl RegistryClient {
             .base
             .join("v1/businesses/lookup")
             .map_err(|e| RegistryError::Transport(e.to_string()))?;
-        let span = tracing::Span::current();
-        span.record("url.full", url.as_str());
-        if let Some(host) = url.host_str() {
-            span.record("server.address", host);
+        let span = tracing::debug_span!(
+            "GET /v1/businesses/lookup",
+            otel.kind = "client",
+            http.request.method = "GET",
+            url.full = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            let mut shown = url.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            span.record("url.full", shown.as_str());
+            if let Some(host) = url.host_str() {
+                span.record("server.address", host);
+            }
         }
         url.query_pairs_mut().append_pair("name", &input.name);
         if let Some(c) = &input.country {
             url.query_pairs_mut().append_pair("country", c);
         }
+        self.send(url, &span).instrument(span.clone()).await
+    }
+
+    async fn send(
+        &self,
+        url: url::Url,
+        span: &tracing::Span,
+    ) -> Result<Option<RegistryRecord>, RegistryError> {
         let mut headers = reqwest::header::HeaderMap::new();
         traces::inject(&mut headers);
         let resp = self
