@@ -225,6 +225,8 @@ def main():
                          "(a co-located database; both sides of the ratio use the same transport)")
     ap.add_argument("--pool", type=int, default=16,
                     help="service pool size per role (pgbench uses 16 clients; the plan's 100 is sized for bigger hosts)")
+    ap.add_argument("--kybctl", help="measure this kybctl binary instead of building the checkout's "
+                                     "(to compare two builds, one run each, same machine state)")
     ap.add_argument("--only", help="regex: run only the subjects whose names match, without the pgbench "
                                    "references (the checks that need what was left out are skipped)")
     a = ap.parse_args()
@@ -235,7 +237,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    kybctl = release_binary()
+    kybctl = a.kybctl or release_binary()
     hello = release_binary("hello")
 
     procs = Procs()

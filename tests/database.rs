@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{business, config, eventually, migrated_db_on, Service};
@@ -213,6 +215,85 @@ async fn primary_outage_answers_503_and_recovers() {
         .post_json("/v1/merchants", &business("Back Diner", "restaurant"))
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// Pooled connections are used without a ping while they were used moments ago (`pools`); a restart
+/// under steady traffic must still leave none of its dead connections in use once the server is back.
+#[tokio::test]
+async fn a_restart_under_steady_reads_leaves_no_dead_connection_in_use() {
+    let mut pg = TempPostgres::start().unwrap();
+    let url = migrated_db_on(&pg).await;
+    let s = Service::start(config(&url, None)).await;
+    let created: serde_json::Value = s
+        .post_json("/v1/merchants", &business("Steady Diner", "restaurant"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let read = s.url(&format!(
+        "/v1/merchants/{}",
+        created["id"].as_str().unwrap()
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Reads that skip the cache, so each one takes a pooled connection, every few milliseconds.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, read, stop) = (s.http.clone(), read.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = vec![];
+                while !stop.load(Ordering::Relaxed) {
+                    let r = http
+                        .get(&read)
+                        .header("cache-control", "no-cache")
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.stop();
+    pg.restart().unwrap();
+    let up = eventually(Duration::from_secs(15), || async {
+        s.get("/ready").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(up, "/ready must recover by itself");
+    // The readers go on through the recovery; what follows must all succeed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut after_recovery = vec![];
+    for _ in 0..400 {
+        let r = s
+            .http
+            .get(&read)
+            .header("cache-control", "no-cache")
+            .send()
+            .await
+            .unwrap();
+        after_recovery.push(r.status().as_u16());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut during = vec![];
+    for r in readers {
+        during.extend(r.await.unwrap());
+    }
+    let failed_during = during.iter().filter(|s| **s != 200).count();
+    eprintln!(
+        "restart under reads: {} reads by the steady readers, {failed_during} failed (the outage)",
+        during.len()
+    );
+    assert!(
+        after_recovery.iter().all(|s| *s == 200),
+        "reads after the recovery: {:?}",
+        after_recovery
+            .iter()
+            .filter(|s| **s != 200)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
