@@ -253,12 +253,7 @@ spec:
               ready: {type: boolean}
 "#;
     check_with_stdin(c.kubectl().args(["apply", "-f", "-"]), crd);
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "crd/widgets.test.kybctl.local",
-        "--timeout=60s",
-    ]));
+    cluster::wait_established(c, &["crd/widgets.test.kybctl.local".into()]);
 
     let valid = "apiVersion: test.kybctl.local/v1\nkind: Widget\nmetadata: {name: good}\nspec: {replicas: 3, minReplicas: 1}\n";
     check_with_stdin(c.kubectl().args(["apply", "-n", &ns, "-f", "-"]), valid);

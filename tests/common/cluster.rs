@@ -585,6 +585,27 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String, String) 
     )
 }
 
+/// Waits until the CustomResourceDefinitions `crds` (`crd/NAME`) are Established. `kubectl wait` fails
+/// at once, rather than waiting, on a CRD created so recently that it has no `status.conditions` yet
+/// (".status.conditions accessor error: <nil>"); that answer is asked again until 60 s have passed.
+pub fn wait_established(c: &Cluster, crds: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut cmd = c.kubectl();
+        cmd.args(["wait", "--for=condition=Established", "--timeout=60s"])
+            .args(crds);
+        let (ok, stdout, stderr) = run(&mut cmd);
+        if ok {
+            return;
+        }
+        assert!(
+            stderr.contains("accessor error") && std::time::Instant::now() < deadline,
+            "{cmd:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Runs a command and panics with its output unless it succeeds; returns stdout.
 pub fn check(cmd: &mut Command) -> String {
     let (ok, stdout, stderr) = run(cmd);

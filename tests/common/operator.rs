@@ -8,7 +8,7 @@ use kybctl::operator::controller;
 use kybctl::operator::crd::{KybPlatform, RolloutStatus};
 use kybctl::operator::metrics::OperatorMetrics;
 
-use crate::cluster::{check, check_with_stdin, cluster};
+use crate::cluster::{check, check_with_stdin, cluster, wait_established};
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 
@@ -16,14 +16,14 @@ const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 pub async fn install_crd() {
     let c = cluster().await;
     check(c.kubectl().args(["apply", "--server-side", "-f", CRDS]));
-    check(c.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kybplatforms.kyb.io",
-        "crd/kybanalysistemplates.kyb.io",
-        "crd/kybanalysisruns.kyb.io",
-    ]));
+    wait_established(
+        c,
+        &[
+            "crd/kybplatforms.kyb.io".into(),
+            "crd/kybanalysistemplates.kyb.io".into(),
+            "crd/kybanalysisruns.kyb.io".into(),
+        ],
+    );
 }
 
 /// The shipped manifests' directory (`kubectl apply -k` installs).

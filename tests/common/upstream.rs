@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::cluster::{check, cluster, Cluster};
+use crate::cluster::{check, cluster, wait_established, Cluster};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/upstream-crds")
@@ -81,11 +81,7 @@ pub fn install(c: &Cluster, name: &str, files: &[&str], crds: &[String]) {
     check(&mut apply);
     let applied = start.elapsed();
     let crds: Vec<String> = crds.iter().map(|n| format!("crd/{n}")).collect();
-    check(
-        c.kubectl()
-            .args(["wait", "--for=condition=Established", "--timeout=60s"])
-            .args(&crds),
-    );
+    wait_established(c, &crds);
     eprintln!(
         "upstream: installed {} {name} CRDs from {} in {:.1?} (script {fetched:.1?}, apply {:.1?}, \
          Established {:.1?})",
