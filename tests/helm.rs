@@ -6,10 +6,12 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/go_tool.rs"]
+mod go_tool;
 #[path = "common/operator.rs"]
 mod operator;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -23,24 +25,8 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/helm/kybctl"
 
 /// The Helm binary, built once per test process (reused from the cache across runs).
 fn helm_bin() -> &'static Path {
-    static BIN: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/helm/build");
-        let out = Command::new(&script)
-            .output()
-            .expect("run tests/cluster/helm/build");
-        assert!(
-            out.status.success(),
-            "building Helm failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .expect("the binary's path")
-            .trim()
-            .into()
-    })
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| go_tool::build("tests/cluster/helm/build"))
 }
 
 fn helm() -> Command {

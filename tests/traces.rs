@@ -6,6 +6,8 @@
 //! and carries its request id.
 
 mod common;
+#[path = "common/go_tool.rs"]
+mod go_tool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,23 +21,7 @@ use serde_json::Value;
 /// The collector binary, built once per test process (reused from the cache across runs).
 fn otelcol_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/otelcol/build");
-        let out = Command::new(&script)
-            .output()
-            .expect("run tests/cluster/otelcol/build");
-        assert!(
-            out.status.success(),
-            "building the collector failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .expect("the binary's path")
-            .trim()
-            .into()
-    })
+    BIN.get_or_init(|| go_tool::build("tests/cluster/otelcol/build"))
 }
 
 /// A collector receiving OTLP/HTTP on a loopback port and writing every batch to `spans.jsonl`.
