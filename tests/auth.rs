@@ -197,7 +197,20 @@ async fn every_route_checks_credentials_and_scope() {
     .unwrap();
     let id = m["id"].as_str().unwrap().to_owned();
     let merchant = format!("/v1/merchants/{id}");
+    let accepted: Value = call(
+        &s,
+        &Method::POST,
+        "/v1/merchants?async=true",
+        Some(&business("Auth Queue Cafe", "coffee shop")),
+        Some(&key_for("only-merchants:write")),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job = format!("/v1/jobs/{}", accepted["job"]["id"].as_str().unwrap());
     let routes: Vec<(Method, String, Option<Value>, Scope)> = vec![
+        (Method::GET, job, None, Scope::Read),
         (Method::GET, "/v1/merchants".into(), None, Scope::Read),
         (
             Method::POST,
@@ -637,8 +650,29 @@ async fn problems_do_not_name_internal_hosts() {
         .text()
         .await
         .unwrap();
+    // `/ready` is public on the API port: it says what is wrong without naming where.
+    let ready = s.get("/ready").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = ready.text().await.unwrap();
+    assert!(ready.contains("unreachable"), "{ready}");
     let port = pg.port().to_string();
-    for leak in ["127.0.0.1", port.as_str(), "shard", "default"] {
-        assert!(!text.contains(leak), "{leak:?} in {text}");
+    for body in [&text, &ready] {
+        for leak in ["127.0.0.1", "localhost", port.as_str(), "shard ", "default"] {
+            assert!(!body.contains(leak), "{leak:?} in {body}");
+        }
     }
+    // The metrics listener, off the API port, names the shard and its target for operators.
+    let verbose = s
+        .http
+        .get(format!("{}/ready", s.metrics_base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        verbose.contains("shard default primary") && verbose.contains(port.as_str()),
+        "{verbose}"
+    );
 }

@@ -85,6 +85,63 @@ fn serve_without_authentication_refuses_to_start() {
     );
 }
 
+/// `--insecure-no-auth` is taken, and said at warning level where any log collector sees it.
+#[test]
+fn serve_with_insecure_no_auth_says_so_loudly() {
+    let pg = common::pg();
+    let name = common::unique("t");
+    pg.create_database(&name).unwrap();
+    assert!(kybctl()
+        .args(["migrate", "up", "--database-url", &pg.url(&name)])
+        .status()
+        .unwrap()
+        .success());
+    let port = kybctl::local::free_port().unwrap();
+    let mut child = kybctl()
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--database-url",
+            &pg.url(&name),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", kybctl::local::free_port().unwrap()),
+        ])
+        .env_remove("KYB_API_KEYS_FILES")
+        .env("KYB_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/reports/industries");
+    let served = (0..100).any(|_| {
+        let ok = client
+            .get(&url)
+            .send()
+            .is_ok_and(|r| r.status().is_success());
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    child.wait().unwrap();
+    assert!(served, "no credentials needed: {lines:?}");
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("AUTHENTICATION IS OFF"))
+        .unwrap_or_else(|| panic!("no warning in {lines:?}"));
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+}
+
 #[test]
 fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
     let pg = common::pg();

@@ -1012,6 +1012,19 @@ async fn a_refused_child_is_reported_and_retried_until_it_succeeds() {
 async fn a_partitioned_leader_steps_down_before_the_follower_takes_over() {
     let c = cluster().await;
     let ns = operator::platform_namespace("op-partition").await;
+    // A platform whose reconciles keep failing (a child's name is taken by an immutable ConfigMap),
+    // so whoever leads keeps writing: failure notes to its status and Events, on a backoff.
+    operator::apply_platform(&ns, "kyb").await;
+    let taken = kybctl::operator::build::build(&operator::platform(&ns, "kyb").await)
+        .unwrap()
+        .config_map
+        .metadata
+        .name
+        .unwrap();
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {taken}}}\nimmutable: true\ndata: {{config.yaml: 'someone else'}}\n"),
+    );
     let relay = cluster::Relay::start(c.apiserver_addr()).await;
     let lease = Duration::from_secs(6);
     let start =
@@ -1052,6 +1065,16 @@ async fn a_partitioned_leader_steps_down_before_the_follower_takes_over() {
     assert!(
         took >= lease - Duration::from_secs(1),
         "B took over {took:?} after the cut"
+    );
+    // Nothing A started before it stepped down writes afterwards (its failure notes included), while
+    // B, on the same failing platform, does.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a_writes, b_writes) = (a.writes.get(), b.writes.get());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(a.writes.get(), a_writes, "A wrote after stepping down");
+    assert!(
+        b.writes.get() > b_writes,
+        "B, leading, kept retrying the failing platform"
     );
 
     a_stop.cancel();

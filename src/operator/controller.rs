@@ -91,6 +91,9 @@ pub struct Context {
     /// without a restart.
     pub optional_apis:
         tokio::sync::Mutex<std::collections::HashMap<OptionalApi, (std::time::Instant, bool)>>,
+    /// Cancelled when this controller stops or is abandoned (leadership lost): the failure notes
+    /// `error_policy` writes off the reconcile's task end with it instead of outliving the leader.
+    pub abandoned: tokio_util::sync::CancellationToken,
 }
 
 /// APIs the operator uses where they are installed.
@@ -979,7 +982,9 @@ pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, ctx: Arc<Context>) -> Act
     tracing::warn!(platform = %kp.name_any(), namespace = ?kp.namespace(), error = %err, failures, retry_in = ?wait, "reconcile failed");
     // Where `kubectl describe kyb` and the status show it; the backoff bounds how often.
     let note = format!("{err} (failure {failures} in a row; retrying in {wait:?})");
-    tokio::spawn(async move {
+    // error_policy is synchronous, so the writes run on a task of their own, bound to this controller.
+    let abandoned = ctx.abandoned.clone();
+    tokio::spawn(abandoned.run_until_cancelled_owned(async move {
         record_failure(&ctx, &kp, note.clone()).await;
         publish(
             &ctx,
@@ -989,7 +994,7 @@ pub fn error_policy(kp: Arc<KybPlatform>, err: &Error, ctx: Arc<Context>) -> Act
             note,
         )
         .await;
-    });
+    }));
     Action::requeue(wait)
 }
 
@@ -1124,7 +1129,11 @@ async fn run_scope(
     ));
     let (network_policies, network_policy_events) =
         cache(watcher(api::<NetworkPolicy>(&client, &namespace), owned));
+    let abandoned = tokio_util::sync::CancellationToken::new();
+    // Dropped when this function's future ends or is dropped (run_bounded abandoning it).
+    let _abandon = abandoned.clone().drop_guard();
     let ctx = Arc::new(Context {
+        abandoned,
         client: client.clone(),
         http: reqwest::Client::new(),
         metrics,

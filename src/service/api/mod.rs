@@ -85,11 +85,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` alone, for its own listener (`metrics_listen`): off the API port, so API callers never
-/// reach it and it needs no credentials.
+/// `/metrics` and the per-shard `/ready`, for their own listener (`metrics_listen`): off the API port,
+/// so API callers never reach them and they need no credentials.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(health::metrics))
+        .route("/ready", get(health::ready_verbose))
         .with_state(state)
 }
 

@@ -262,31 +262,36 @@ impl MultiLevelCache {
     /// Applies invalidations from one shard's primary to L1 until shutdown. Notifications sent while the
     /// connection was down are lost, so a reconnect clears L1 entirely.
     pub async fn listen(self: Arc<Self>, pool: sqlx::PgPool, shutdown: CancellationToken) {
-        let mut backoff = std::time::Duration::from_millis(100);
+        let mut delays = listener_delays();
+        // Waits before the next attempt; false when shutdown came first.
+        let wait = |delay: std::time::Duration| {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => false,
+                    _ = tokio::time::sleep(delay) => true,
+                }
+            }
+        };
         loop {
             let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::debug!(error = %e, "cache invalidation listener cannot connect yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !wait(next_delay(&mut delays)).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                     continue;
                 }
             };
             if let Err(e) = listener.listen(INVALIDATION_CHANNEL).await {
                 tracing::warn!(error = %e, "cannot LISTEN for cache invalidations");
-                // The same backoff as a failed connect: retrying at once would spin.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !wait(next_delay(&mut delays)).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 continue;
             }
-            backoff = std::time::Duration::from_millis(100);
+            let since = std::time::Instant::now();
             // Anything may have changed while we were not listening.
             self.clear_local();
             self.listening
@@ -318,6 +323,75 @@ impl MultiLevelCache {
                     }
                 }
             }
+            // A server that takes the connection and drops it at once must not be dialled in a loop:
+            // the schedule starts over only after a connection that held.
+            if held_long_enough(since.elapsed()) {
+                delays = listener_delays();
+            }
+            if !wait(next_delay(&mut delays)).await {
+                return;
+            }
         }
+    }
+}
+
+/// How long a listener connection must have lasted for its loss to count as a fresh start.
+const LISTENER_HELD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The listener's waits between attempts: 100 ms doubling to 5 s, with jitter so that the instances
+/// that lost a restarted primary together do not come back in step; never gives up.
+fn listener_delays() -> backon::ExponentialBackoff {
+    backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(100))
+            .with_max_delay(std::time::Duration::from_secs(5))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+    )
+}
+
+fn next_delay(delays: &mut backon::ExponentialBackoff) -> std::time::Duration {
+    // `without_max_times` never ends; the cap stands in should that ever change.
+    delays.next().unwrap_or(std::time::Duration::from_secs(5))
+}
+
+fn held_long_enough(held: std::time::Duration) -> bool {
+    held >= LISTENER_HELD
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_listener_waits_longer_after_each_failure_up_to_a_cap_and_never_gives_up() {
+        let mut delays = listener_delays();
+        let waits: Vec<Duration> = (0..30).map(|_| next_delay(&mut delays)).collect();
+        // Jitter adds up to one more delay on top of the exponential value.
+        assert!(
+            waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(200),
+            "{waits:?}"
+        );
+        assert!(waits.iter().all(|w| *w >= Duration::from_millis(100)));
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(10)),
+            "{waits:?}"
+        );
+        assert!(
+            waits[10..].iter().all(|w| *w >= Duration::from_secs(5)),
+            "{waits:?}"
+        );
+        // Ten quick failures in a row wait out at least 100 ms × (2^6 - 1) + 5 s × 4.
+        let first_ten: Duration = waits[..10].iter().sum();
+        assert!(first_ten >= Duration::from_secs(26), "{first_ten:?}");
+    }
+
+    #[test]
+    fn only_a_connection_that_held_starts_the_schedule_over() {
+        assert!(!held_long_enough(Duration::ZERO));
+        assert!(!held_long_enough(Duration::from_secs(29)));
+        assert!(held_long_enough(LISTENER_HELD));
     }
 }
