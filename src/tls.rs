@@ -1,7 +1,7 @@
 //! One rustls crypto provider for the whole process.
 //!
-//! goose (for `kybctl loadtest`) brings reqwest 0.13, which compiles rustls with aws-lc-rs, while kube and
-//! our reqwest 0.12 use ring. With both compiled in, rustls cannot choose a provider by itself and a
+//! goose (for `kybctl loadtest`) brings reqwest 0.13 with its default TLS, which compiles rustls with
+//! aws-lc-rs, while kube uses ring. With both compiled in, rustls cannot choose a provider by itself and a
 //! `ClientConfig::builder()` without one panics; kube's client is built that way. Installing ring, the
 //! provider the rest of the crate was built for, before any TLS client fixes that.
 
