@@ -63,10 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::document))
         // Every matched route passes the scope table; unknown paths fall through to 404 unasked.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::service::auth::require,
-        ))
+        .route_layer(crate::service::auth::RequireLayer::new(state.clone()))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))

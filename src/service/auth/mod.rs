@@ -5,13 +5,14 @@ pub mod api_keys;
 pub mod jwt;
 pub mod scopes;
 
+use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -196,50 +197,109 @@ fn anonymous() -> Principal {
 /// The route layer: authenticates, limits the rate, checks the route's scope, and drops a
 /// `no-cache` request directive from a caller without the `ops` scope (it would send every read to
 /// the primary, and a listing to every shard).
-pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str())
-        .unwrap_or_default();
-    let wanted = match scopes::needed(req.method(), route) {
-        Some(Needs::Nothing) => return next.run(req).await,
-        Some(Needs::AnyOf(wanted)) => wanted,
-        // A method the route lacks is 405 with `Allow`, as the router would answer (this layer sees
-        // the request first); a route the table lacks is refused as unknown.
-        None => {
-            let methods = scopes::allowed(route);
-            let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-            return if allow.is_empty() {
-                ApiError::NotFound("route")
-            } else {
-                ApiError::MethodNotAllowed(allow.join(", "))
-            }
-            .into_response();
+///
+/// A tower layer rather than `axum::middleware::from_fn`, which boxes the inner route and its future on
+/// every request: public routes (`/health`, `/ready`) pass straight through, unboxed, and only a request
+/// that must be authenticated pays for an async block (issue 9).
+#[derive(Clone)]
+pub struct RequireLayer {
+    state: Arc<AppState>,
+}
+
+impl RequireLayer {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequireLayer {
+    type Service = Require<S>;
+    fn layer(&self, inner: S) -> Require<S> {
+        Require {
+            inner,
+            state: self.state.clone(),
         }
-    };
-    let principal = match &state.auth {
-        None => anonymous(),
-        Some(auth) => {
-            let principal = match auth.authenticate(req.headers()).await {
-                Ok(p) => p,
-                Err(e) => return ApiError::from(e).into_response(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Require<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+type Checked = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+impl<S> tower_service::Service<Request> for Require<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::Either<S::Future, Checked>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        use futures::future::Either;
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str())
+            .unwrap_or_default();
+        let wanted = match scopes::needed(req.method(), route) {
+            Some(Needs::Nothing) => return Either::Left(self.inner.call(req)),
+            Some(Needs::AnyOf(wanted)) => wanted,
+            // A method the route lacks is 405 with `Allow`, as the router would answer (this layer
+            // sees the request first); a route the table lacks is refused as unknown.
+            None => {
+                let methods = scopes::allowed(route);
+                let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+                let refusal = if allow.is_empty() {
+                    ApiError::NotFound("route")
+                } else {
+                    ApiError::MethodNotAllowed(allow.join(", "))
+                };
+                return Either::Right(Box::pin(std::future::ready(Ok(refusal.into_response()))));
+            }
+        };
+        // The service that was polled ready serves this request; a clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Either::Right(Box::pin(async move {
+            let principal = match &state.auth {
+                None => anonymous(),
+                Some(auth) => {
+                    let principal = match auth.authenticate(req.headers()).await {
+                        Ok(p) => p,
+                        Err(e) => return Ok(ApiError::from(e).into_response()),
+                    };
+                    if let Err(wait) = auth.check_rate(&principal.client) {
+                        return Ok(ApiError::TooManyRequests(wait).into_response());
+                    }
+                    principal
+                }
             };
-            if let Err(wait) = auth.check_rate(&principal.client) {
-                return ApiError::TooManyRequests(wait).into_response();
+            if !principal.scopes.any_of(wanted) {
+                let names: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
+                return Ok(
+                    ApiError::Forbidden(format!("this needs scope {}", names.join(" or ")))
+                        .into_response(),
+                );
             }
-            principal
-        }
-    };
-    if !principal.scopes.any_of(wanted) {
-        let names: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
-        return ApiError::Forbidden(format!("this needs scope {}", names.join(" or ")))
-            .into_response();
+            if !principal.scopes.has(Scope::Ops) {
+                req.headers_mut().remove(header::CACHE_CONTROL);
+                req.headers_mut().remove(header::PRAGMA);
+            }
+            req.extensions_mut().insert(principal);
+            inner.call(req).await
+        }))
     }
-    if !principal.scopes.has(Scope::Ops) {
-        req.headers_mut().remove(header::CACHE_CONTROL);
-        req.headers_mut().remove(header::PRAGMA);
-    }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
 }
