@@ -11,7 +11,8 @@ Starts a throwaway PostgreSQL primary with a streaming replica and a Redis, migr
   subject    merchant creation       (POST /v1/merchants)
   subject    cached merchant read    (GET /v1/merchants/{id}: Redis), with an API key, on an instance
              started after the seeding, against the same read (same request bytes) on a second one
-             started with it and --insecure-no-auth (authentication's cost)
+             started with it and --insecure-no-auth (authentication's cost); the same pair again with
+             an RS256 token from a local issuer (JWKS on loopback) in place of the key
   reference  pgbench -S (select-only) and pgbench tpcb-like on the same primary
   reference  redis-benchmark on the same Redis
 
@@ -150,6 +151,54 @@ def auth_lua(key):
     return f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
 
 
+def b64url(raw):
+    import base64
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class JwtIssuer:
+    """A token issuer for the benchmark: an RSA key made with openssl, its JWKS served over HTTP on
+    loopback, and one RS256 token (every scope, valid a day) signed with `openssl dgst`."""
+
+    def __init__(self, tmp):
+        import http.server
+        import threading
+        key = os.path.join(tmp, "jwt.pem")
+        subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
+        modulus = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"], check=True,
+                                 capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+        jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig",
+                                     "n": b64url(bytes.fromhex(modulus)), "e": "AQAB"}]}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(jwks)))
+                self.end_headers()
+                self.wfile.write(jwks)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        now = int(time.time())
+        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode())
+        claims = b64url(json.dumps({"iss": self.url, "aud": "kyb", "client_id": "bench-jwt", "iat": now,
+                                    "exp": now + 86400,
+                                    "scope": "merchants:read merchants:write merchants:status ops"}).encode())
+        signed = f"{header}.{claims}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signed.encode(),
+                                   check=True, capture_output=True).stdout
+        self.token = f"{signed}.{b64url(signature)}"
+
+    def config(self):
+        return (f"auth: {{jwt: {{issuer: '{self.url}', jwks_url: '{self.url}/jwks.json', audience: kyb}}, "
+                "rate_limit: {per_second: 1000000000, burst: 1000000000}}\n")
+
+
 def read_lua(ids, key, no_cache=True):
     lines = ",".join(f'"{i}"' for i in ids)
     cache = 'wrk.headers["Cache-Control"] = "no-cache"' if no_cache else ""
@@ -277,12 +326,12 @@ def main():
             f.write(entry)
         key = open(key_file).read().strip()
 
-        def serve(extra_env):
+        def serve(extra_env, config_file=config):
             api_port = free_port()
             env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
                        KYB_DATABASE_URL=db, KYB_REPLICA_URLS=replica,
                        KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **extra_env)
-            procs.start([kybctl, "serve", "--config", config], env=env)
+            procs.start([kybctl, "serve", "--config", config_file], env=env)
             base = f"http://127.0.0.1:{api_port}"
             wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
             return base
@@ -302,11 +351,19 @@ def main():
         # which wrote the seed (a writer remembers the versions it wrote; the pair must not differ by it).
         keyed_base = serve({"KYB_API_KEYS_FILES": keys_file})
         open_base = serve({"KYB_INSECURE_NO_AUTH": "true"})
+        # The same with an OIDC token: verified once, then the verification is cached per token.
+        issuer = JwtIssuer(tmp)
+        jwt_config = os.path.join(tmp, "kyb-jwt.yaml")
+        with open(config) as f, open(jwt_config, "w") as out:
+            out.write("".join(line for line in f if not line.startswith("auth:")) + issuer.config())
+        jwt_base = serve({}, config_file=jwt_config)
+        open_jwt_base = serve({"KYB_INSECURE_NO_AUTH": "true"})
         for name, lua in {"read": read_lua(ids, key), "cached read": read_lua(ids, key, no_cache=False),
                           # The same bytes to both: the header is ignored with auth off, so the
                           # pair differs only in what the server does with it (wrk formats and
                           # sends it on the same two cores).
-                          "cached read, no auth": read_lua(ids, key, no_cache=False)}.items():
+                          "cached read, no auth": read_lua(ids, key, no_cache=False),
+                          "cached read, JWT": read_lua(ids, issuer.token, no_cache=False)}.items():
             scripts[name] = os.path.join(tmp, name.replace(" ", "_").replace(",", "") + ".lua")
             with open(scripts[name], "w") as f:
                 f.write(lua)
@@ -324,6 +381,8 @@ def main():
             "merchant creation": (base, scripts["create"]),
             "cached merchant read, API key": (keyed_base, scripts["cached read"]),
             "cached merchant read, auth off": (open_base, scripts["cached read, no auth"]),
+            "cached merchant read, JWT": (jwt_base, scripts["cached read, JWT"]),
+            "cached merchant read, auth off (JWT bytes)": (open_jwt_base, scripts["cached read, JWT"]),
         }
         if a.only:
             subjects = {k: v for k, v in subjects.items() if re.search(a.only, k)}
@@ -391,6 +450,9 @@ def main():
         for c in (64, 1000):
             targets.append((f"cached read rps, auth on / auth off @{c}",
                             lambda c=c: med(f"cached merchant read, API key @{c}") / med(f"cached merchant read, auth off @{c}"),
+                            ">= 0.9", lambda v: v >= 0.9))
+            targets.append((f"cached read rps, JWT / auth off @{c}",
+                            lambda c=c: med(f"cached merchant read, JWT @{c}") / med(f"cached merchant read, auth off (JWT bytes) @{c}"),
                             ">= 0.9", lambda v: v >= 0.9))
         checks = []
         for name, measure, want, test in targets:
