@@ -936,6 +936,59 @@ async fn lease_expiry_ignores_the_holders_clock() {
     );
 }
 
+/// A spec whose pods cannot fit in the database's connections is refused in status, saying what to
+/// change, with nothing deployed; raising the budget lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_over_the_connection_budget_is_refused_until_it_fits() {
+    let c = cluster().await;
+    let ns = operator::platform_namespace("op-budget").await;
+    let op = Operator::start(&ns).await;
+    // 30 pods at most against 20 connections, 10 of them kept for Jobs: not one each.
+    let spec = |max: u32| {
+        format!(
+            "apiVersion: kyb.io/v1alpha1\nkind: KybPlatform\nmetadata: {{name: kyb}}\nspec:\n  image: registry.example.com/kybctl:1\n  replicas: 30\n  autoscaling: {{enabled: false}}\n  database: {{primary: {{name: kyb-db, key: url}}, maxConnections: {max}}}\n"
+        )
+    };
+    check_with_stdin(c.kubectl().args(["apply", "-n", &ns, "-f", "-"]), &spec(20));
+    let refused = || async {
+        operator::platform(&ns, "kyb")
+            .await
+            .status
+            .is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Degraded"
+                        && c.status == "True"
+                        && c.reason == "InvalidSpec"
+                        && c.message.contains("maxConnections")
+                })
+            })
+    };
+    eventually(Duration::from_secs(30), "Degraded InvalidSpec", refused).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client().await, &ns);
+    assert!(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing deployed for a spec that cannot fit"
+    );
+    check_with_stdin(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        &spec(400),
+    );
+    eventually(Duration::from_secs(30), "the budget in status", || async {
+        operator::platform(&ns, "kyb")
+            .await
+            .status
+            .and_then(|s| s.database_connections)
+            .is_some_and(|b| b.peak_pods >= 30 && b.peak_pods * b.main <= 390)
+    })
+    .await;
+    op.stop().await;
+}
+
 /// A child the apiserver refuses (a ConfigMap of the operator's name already there, immutable, with
 /// other data): the reconcile fails, a `ReconcileFailed` Event and the `Reconciled` condition say why,
 /// retries back off, and once
