@@ -936,6 +936,22 @@ async fn lease_expiry_ignores_the_holders_clock() {
     );
 }
 
+/// Makes every reconcile of platform `name` fail: an immutable ConfigMap of someone else's holds the name
+/// of the platform's own. Returns that name.
+async fn take_config_map_name(ns: &str, name: &str) -> String {
+    let taken = kybctl::operator::build::build(&operator::platform(ns, name).await)
+        .unwrap()
+        .config_map
+        .metadata
+        .name
+        .unwrap();
+    check_with_stdin(
+        cluster().await.kubectl().args(["apply", "-n", ns, "-f", "-"]),
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {taken}}}\nimmutable: true\ndata: {{config.yaml: 'someone else'}}\n"),
+    );
+    taken
+}
+
 /// A spec whose pods cannot fit in the database's connections is refused in status, saying what to
 /// change, with nothing deployed; raising the budget lets it through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -998,17 +1014,7 @@ async fn a_refused_child_is_reported_and_retried_until_it_succeeds() {
     let c = cluster().await;
     let ns = operator::platform_namespace("op-refused").await;
     operator::apply_platform(&ns, "kyb").await;
-    let kp = operator::platform(&ns, "kyb").await;
-    let name = kybctl::operator::build::build(&kp)
-        .unwrap()
-        .config_map
-        .metadata
-        .name
-        .unwrap();
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\nimmutable: true\ndata: {{config.yaml: 'someone else'}}\n"),
-    );
+    let name = take_config_map_name(&ns, "kyb").await;
     let op = Operator::start(&ns).await;
     let events = || {
         let (_, out, _) = run(c.kubectl().args([
@@ -1068,16 +1074,7 @@ async fn a_partitioned_leader_steps_down_before_the_follower_takes_over() {
     // A platform whose reconciles keep failing (a child's name is taken by an immutable ConfigMap),
     // so whoever leads keeps writing: failure notes to its status and Events, on a backoff.
     operator::apply_platform(&ns, "kyb").await;
-    let taken = kybctl::operator::build::build(&operator::platform(&ns, "kyb").await)
-        .unwrap()
-        .config_map
-        .metadata
-        .name
-        .unwrap();
-    check_with_stdin(
-        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
-        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {taken}}}\nimmutable: true\ndata: {{config.yaml: 'someone else'}}\n"),
-    );
+    take_config_map_name(&ns, "kyb").await;
     let relay = cluster::Relay::start(c.apiserver_addr()).await;
     let lease = Duration::from_secs(6);
     let start =
