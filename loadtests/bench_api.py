@@ -20,9 +20,11 @@ at 64 and 1,000 connections, alternating subject and reference REPS times, and p
 (min-max) and ratios against the issue's targets.
 
 Usage: python3 loadtests/bench_api.py [--reps 3] [--duration 10] [--json out.json]
-Needs: wrk, pgbench, redis-server, redis-benchmark (Debian: wrk postgresql-contrib redis-server).
+Needs: wrk, pgbench, redis-server, redis-benchmark, openssl (Debian: wrk postgresql-contrib redis-server openssl).
 """
 import argparse
+import base64
+import http.server
 import json
 import os
 import pwd
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -152,7 +155,6 @@ def auth_lua(key):
 
 
 def b64url(raw):
-    import base64
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -161,8 +163,6 @@ class JwtIssuer:
     loopback, and one RS256 token (every scope, valid a day) signed with `openssl dgst`."""
 
     def __init__(self, tmp):
-        import http.server
-        import threading
         key = os.path.join(tmp, "jwt.pem")
         subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
         modulus = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"], check=True,
