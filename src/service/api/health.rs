@@ -80,7 +80,7 @@ pub async fn ready(axum::extract::State(state): State) -> Response {
 /// `/ready` on the metrics listener: every check per shard, naming targets and errors, for operators.
 pub async fn ready_verbose(axum::extract::State(state): State) -> Response {
     let checks = readiness(&state).await;
-    respond(checks.into_iter().map(ShardCheck::into_check).collect())
+    respond(checks.into_iter().map(Finding::into_check).collect())
 }
 
 fn respond(checks: Vec<Check>) -> Response {
@@ -97,8 +97,8 @@ fn respond(checks: Vec<Check>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-/// What one check found, before it is told to a caller.
-struct ShardCheck {
+/// What one check found (about one shard, or the whole process), before it is told to a caller.
+struct Finding {
     kind: CheckKind,
     /// The shard it is about; `None` for the process-wide checks.
     shard: Option<String>,
@@ -131,11 +131,12 @@ impl CheckKind {
     }
 }
 
-impl ShardCheck {
+impl Finding {
     fn into_check(self) -> Check {
         let name = match (&self.shard, self.kind) {
             (Some(id), CheckKind::Primary) => format!("shard {id} primary"),
-            (Some(id), _) => format!("shard {id} schema"),
+            (Some(id), CheckKind::Schema) => format!("shard {id} schema"),
+            (Some(id), kind) => format!("shard {id} {}", kind.name()),
             (None, kind) => kind.name().to_owned(),
         };
         Check {
@@ -147,12 +148,12 @@ impl ShardCheck {
     }
 }
 
-async fn readiness(state: &crate::service::state::AppState) -> Vec<ShardCheck> {
+async fn readiness(state: &crate::service::state::AppState) -> Vec<Finding> {
     let mut checks = Vec::new();
     for shard in state.db.shards() {
         let id = Some(shard.id.to_string());
         if !shard.primary_up() {
-            checks.push(ShardCheck {
+            checks.push(Finding {
                 kind: CheckKind::Primary,
                 shard: id,
                 ok: false,
@@ -161,7 +162,7 @@ async fn readiness(state: &crate::service::state::AppState) -> Vec<ShardCheck> {
             });
             continue;
         }
-        checks.push(ShardCheck {
+        checks.push(Finding {
             kind: CheckKind::Primary,
             shard: id.clone(),
             ok: true,
@@ -188,7 +189,7 @@ async fn readiness(state: &crate::service::state::AppState) -> Vec<ShardCheck> {
                 (false, text.clone(), text)
             }
         };
-        checks.push(ShardCheck {
+        checks.push(Finding {
             kind: CheckKind::Schema,
             shard: id,
             ok,
@@ -203,7 +204,7 @@ async fn readiness(state: &crate::service::state::AppState) -> Vec<ShardCheck> {
         } else {
             "ok"
         };
-        checks.push(ShardCheck {
+        checks.push(Finding {
             kind: CheckKind::Redis,
             shard: None,
             ok: !degraded,
@@ -213,7 +214,7 @@ async fn readiness(state: &crate::service::state::AppState) -> Vec<ShardCheck> {
     }
     let (connected, shards) = (state.cache.listeners_connected(), state.db.shards().len());
     let text = format!("{connected} of {shards} database primaries");
-    checks.push(ShardCheck {
+    checks.push(Finding {
         kind: CheckKind::Listeners,
         shard: None,
         ok: connected >= shards,
@@ -225,7 +226,7 @@ async fn readiness(state: &crate::service::state::AppState) -> Vec<ShardCheck> {
 
 /// One check per kind, over all shards: failing when any shard fails it. Its detail is the distinct
 /// public texts of the shards that decided it (the failing ones when any fail), with counts.
-fn summary(checks: &[ShardCheck]) -> Vec<Check> {
+fn summary(checks: &[Finding]) -> Vec<Check> {
     let kinds = [
         CheckKind::Primary,
         CheckKind::Schema,
@@ -235,12 +236,12 @@ fn summary(checks: &[ShardCheck]) -> Vec<Check> {
     kinds
         .into_iter()
         .filter_map(|kind| {
-            let of_kind: Vec<&ShardCheck> = checks.iter().filter(|c| c.kind == kind).collect();
+            let of_kind: Vec<&Finding> = checks.iter().filter(|c| c.kind == kind).collect();
             if of_kind.is_empty() {
                 return None;
             }
             let ok = of_kind.iter().all(|c| c.ok);
-            let deciding: Vec<&&ShardCheck> = of_kind.iter().filter(|c| c.ok == ok).collect();
+            let deciding: Vec<&&Finding> = of_kind.iter().filter(|c| c.ok == ok).collect();
             let mut texts: Vec<(&str, usize)> = Vec::new();
             for c in &deciding {
                 match texts.iter_mut().find(|(t, _)| *t == c.public) {
@@ -308,8 +309,8 @@ mod tests {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use sqlx::SqlSafeStr;
 
-    fn check(kind: CheckKind, shard: Option<&str>, ok: bool, public: &str) -> ShardCheck {
-        ShardCheck {
+    fn check(kind: CheckKind, shard: Option<&str>, ok: bool, public: &str) -> Finding {
+        Finding {
             kind,
             shard: shard.map(str::to_owned),
             ok,
@@ -350,7 +351,7 @@ mod tests {
             assert!(!text.contains(leak), "{leak} in {text}");
         }
         // For operators, per shard with the target.
-        let verbose: Vec<Check> = checks.into_iter().map(ShardCheck::into_check).collect();
+        let verbose: Vec<Check> = checks.into_iter().map(Finding::into_check).collect();
         assert_eq!(verbose[1].name, "shard us-1 primary");
         assert!(verbose[1].detail.contains("db-us-1.internal:5432"));
     }
