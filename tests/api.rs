@@ -567,3 +567,38 @@ async fn concurrent_misses_compute_once() {
     );
     assert!(statuses.contains(&"MISS".to_string()));
 }
+
+/// A request the write timeout cuts off is a 503 counted under its route: the observation layer wraps
+/// the router, so the route it reports comes back from inside the router even when the response does
+/// not.
+#[tokio::test]
+async fn a_request_over_the_write_timeout_is_counted_under_its_route() {
+    // A database that accepts connections and never answers: every read waits on its pool.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(
+        &format!("postgres://kyb@{}/kyb", silent.local_addr().unwrap()),
+        None,
+    );
+    cfg.database.pool.acquire_timeout = std::time::Duration::from_secs(30);
+    cfg.server.write_timeout = std::time::Duration::from_millis(300);
+    let s = Service::start(cfg).await;
+    let started = std::time::Instant::now();
+    let r = s
+        .get(&format!("/v1/merchants/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Not the pool giving up (30 s): the write timeout answered.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let m = s.metrics().await;
+    let timed_out =
+        "kyb_http_requests_total{method=\"GET\",route=\"/v1/merchants/{id}\",status=\"503\"}";
+    assert_eq!(metric(&m, timed_out), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "kyb_http_requests_total{method=\"GET\",route=\"unmatched\""
+        ),
+        0.0
+    );
+    drop(silent);
+}

@@ -9,13 +9,18 @@
 //!
 //! `axum::serve` offers neither header-read nor idle timeouts, hence this small loop over hyper-util.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::HttpBody;
+use axum::http::{Request, Response};
+use axum::BoxError;
+use bytes::Bytes;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -23,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::MapResponseLayer;
+use tower::{Layer, Service};
 
 use crate::config::ServerConfig;
 
@@ -80,6 +87,23 @@ impl AsyncWrite for Tracked {
         }
         r
     }
+    // Vectored writes passed through: without them hyper copies each body into its header buffer
+    // before writing (its "flatten" strategy), a copy per response the bare server does not make.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            Self::touch(this.moves);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_flush(cx)
     }
@@ -89,28 +113,36 @@ impl AsyncWrite for Tracked {
 }
 
 /// Serves `app` on `listener` until `shutdown` fires, then drains for at most `shutdown_grace`.
-pub async fn serve(
+pub async fn serve<S, B>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     cfg: &ServerConfig,
     shutdown: CancellationToken,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let tracker = TaskTracker::new();
     let draining = Arc::new(AtomicBool::new(false));
     let app = {
         let draining = draining.clone();
         // A plain flag and a non-boxing layer: this runs on every response.
-        app.layer(tower::util::MapResponseLayer::new(
-            move |mut res: axum::response::Response| {
-                if draining.load(Ordering::Relaxed) {
-                    res.headers_mut().insert(
-                        axum::http::header::CONNECTION,
-                        axum::http::HeaderValue::from_static("close"),
-                    );
-                }
-                res
-            },
-        ))
+        MapResponseLayer::new(move |mut res: Response<B>| {
+            if draining.load(Ordering::Relaxed) {
+                res.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            res
+        })
+        .layer(app)
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -1,15 +1,18 @@
 //! Per-request observation: request-id span, latency header and metrics; request ids; and the panic
 //! fallback.
 //!
-//! `observe` is a tower layer written out rather than `axum::middleware::from_fn`: axum applies layers
-//! to every route, and `from_fn` boxes the inner service and its future again on every request. On
-//! `GET /health` that was a measurable share of the service's own per-request cost (issue 9).
+//! `observe` is a tower layer written out rather than `axum::middleware::from_fn` (which boxes the
+//! inner service and its future on every request), and it wraps the router once rather than being
+//! applied to each route with `Router::layer`: axum wraps every route in a boxed, cloned-per-request
+//! service for each such layer. The route template is known only inside the router, so a small
+//! per-route layer ([`RecordRouteLayer`]) hands it back through a [`RouteSlot`] the request carries.
 
 use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -55,9 +58,13 @@ pub struct Observe<S> {
     state: Arc<AppState>,
 }
 
-impl<S, B> tower_service::Service<Request> for Observe<S>
+impl<S, ReqBody, B> tower_service::Service<axum::http::Request<ReqBody>> for Observe<S>
 where
-    S: tower_service::Service<Request, Response = axum::http::Response<B>, Error = Infallible>,
+    S: tower_service::Service<
+        axum::http::Request<ReqBody>,
+        Response = axum::http::Response<B>,
+        Error = Infallible,
+    >,
 {
     type Response = axum::http::Response<B>;
     type Error = Infallible;
@@ -67,25 +74,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: axum::http::Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let method = req.method().clone();
-        // The route template, not the raw path, so ids do not explode the label set.
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "unmatched".to_owned());
         let request_id = req
             .headers()
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
+        // The route is recorded once the router has matched it (`RecordRoute`).
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             method = %method,
-            route = %route,
+            route = tracing::field::Empty,
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
             http.request.method = tracing::field::Empty,
@@ -95,22 +97,84 @@ where
         );
         // The semantic-convention names only when a trace backend reads them; logs have method/route.
         if traces::enabled() {
-            span.record("otel.name", format!("{method} {route}"));
+            // `{method}` alone until a route matches (semantic conventions for an unmatched request).
+            span.record("otel.name", method.as_str());
             span.record("otel.kind", "server");
             span.record("http.request.method", method.as_str());
-            span.record("http.route", route.as_str());
             traces::accept_parent(&span, req.headers(), request_id);
         }
+        let slot = RouteSlot(Arc::new(SlotInner {
+            route: OnceLock::new(),
+            span: span.clone(),
+        }));
+        req.extensions_mut().insert(slot.clone());
         ObserveFuture {
-            inner: self.inner.call(req).instrument(span.clone()),
+            inner: self.inner.call(req).instrument(span),
             done: Some(Done {
                 start,
                 method,
-                route,
-                span,
+                slot,
                 state: self.state.clone(),
             }),
         }
+    }
+}
+
+/// Where the per-route layer leaves the matched route template for the observation layer. Shared
+/// rather than passed back on the response, so a response made outside the router (the timeout's
+/// 503) is still counted under its route.
+#[derive(Clone)]
+pub struct RouteSlot(Arc<SlotInner>);
+
+struct SlotInner {
+    route: OnceLock<MatchedPath>,
+    span: Span,
+}
+
+/// Applied with `Router::route_layer`: tells the observation layer which route matched.
+#[derive(Clone, Copy, Default)]
+pub struct RecordRouteLayer;
+
+impl<S> tower_layer::Layer<S> for RecordRouteLayer {
+    type Service = RecordRoute<S>;
+    fn layer(&self, inner: S) -> RecordRoute<S> {
+        RecordRoute { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RecordRoute<S> {
+    inner: S,
+}
+
+impl<S> tower_service::Service<Request> for RecordRoute<S>
+where
+    S: tower_service::Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> S::Future {
+        if let (Some(slot), Some(path)) = (
+            req.extensions().get::<RouteSlot>(),
+            req.extensions().get::<MatchedPath>(),
+        ) {
+            // The route template, not the raw path, so ids do not explode the label set.
+            let route = path.as_str();
+            slot.0.span.record("route", route);
+            if traces::enabled() {
+                let method = req.method().as_str();
+                traces::rename(&slot.0.span, format!("{method} {route}"));
+                slot.0.span.record("http.route", route);
+            }
+            let _ = slot.0.route.set(path.clone());
+        }
+        self.inner.call(req)
     }
 }
 
@@ -118,8 +182,7 @@ where
 struct Done {
     start: Instant,
     method: Method,
-    route: String,
-    span: Span,
+    slot: RouteSlot,
     state: Arc<AppState>,
 }
 
@@ -143,24 +206,30 @@ where
         if let Some(done) = this.done.take() {
             let elapsed = done.start.elapsed();
             let status = resp.status().as_u16();
-            done.span.in_scope(|| {
+            let span = &done.slot.0.span;
+            span.in_scope(|| {
                 tracing::debug!(status, elapsed_us = elapsed.as_micros() as u64, "served");
             });
             if traces::enabled() {
-                done.span.record("http.response.status_code", status);
+                span.record("http.response.status_code", status);
                 // Server spans are errors on 5xx only; a 4xx is the caller's (semantic conventions).
                 if status >= 500 {
-                    done.span.record("otel.status_code", "error");
+                    span.record("otel.status_code", "error");
                 }
             }
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0))
-            {
+            // Milliseconds with three decimals, formatted from integer microseconds (float
+            // formatting was a visible share of a `/health` request).
+            let us = elapsed.as_micros();
+            if let Ok(v) = HeaderValue::from_str(&format!("{}.{:03}ms", us / 1000, us % 1000)) {
                 resp.headers_mut().insert("x-response-time", v);
             }
+            let route = match done.slot.0.route.get() {
+                Some(path) => path.as_str().to_owned(),
+                None => "unmatched".to_owned(),
+            };
             let labels = RequestLabels {
                 method: done.method.to_string(),
-                route: done.route,
+                route,
                 status,
             };
             let metrics = &done.state.metrics;

@@ -11,14 +11,18 @@ pub mod openapi;
 pub mod reports;
 pub mod risk_assessments;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::body::HttpBody;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::BoxError;
 use axum::Router;
 use bytes::Bytes;
+use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -33,7 +37,24 @@ pub type State = axum::extract::State<Arc<AppState>>;
 pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The API: the routes and, wrapped once around the whole router, the service-wide layers (request
+/// ids, panic fallback, observation, compression, timeouts, body limit). `B` is the server's request
+/// body type.
+pub fn router<B>(
+    state: Arc<AppState>,
+) -> impl Service<
+    axum::http::Request<B>,
+    Response = Response<impl HttpBody<Data = Bytes, Error = BoxError> + Send + 'static>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let server = &state.config.server;
     let v1 = Router::new()
         .route("/classifications", post(classifications::create))
@@ -57,29 +78,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/reports/industries", get(reports::industries))
         .route("/jobs/{id}", get(jobs::get));
-    Router::new()
+    let routes = Router::new()
         .nest("/v1", v1)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::document))
         // Every matched route passes the scope table; unknown paths fall through to 404 unasked.
         .route_layer(crate::service::auth::RequireLayer::new(state.clone()))
+        .route_layer(middleware::RecordRouteLayer)
         .fallback(|| async { ApiError::NotFound("route") })
-        .layer(DefaultBodyLimit::max(server.max_body_bytes))
-        .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            server.write_timeout,
-        ))
-        .layer(CompressionLayer::new())
-        .layer(middleware::ObserveLayer::new(state.clone()))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .with_state(state.clone());
+    // Outermost first. Around the router, not `Router::layer`: axum would wrap each route in a boxed
+    // service per layer, cloned on every request.
+    ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
             middleware::MakeRequestUuidFast,
         ))
-        .with_state(state)
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(middleware::ObserveLayer::new(state.clone()))
+        .layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            server.write_timeout,
+        ))
+        .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .service(routes)
 }
 
 /// `/metrics` and the per-shard `/ready`, for their own listener (`metrics_listen`): off the API port,
