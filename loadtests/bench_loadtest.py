@@ -8,19 +8,22 @@ alternates, REPS times, on each route with the same connection count:
   kybctl loadtest --users C        --scenario trivial          and --scenario classify-cached
 
 and prints medians (min-max) and the targets: kybctl drives >= 0.5 x wrk's requests per second (closed
-loop), and at a fixed rate of half the route's capacity its p50 / p99 agree with vegeta's, an independent
-open-model generator, within 20 %. The capacity is what vegeta reaches closed-loop (`-rate=0`, as many
-workers as connections): wrk reaches far more than vegeta can send at a fixed rate on two cores shared
-with the server (vegeta at 20,000/s here fell behind by hundreds of ms). vegeta's latencies count from the
-send, so they are compared with kybctl's service time; kybctl's response time (from when due) is printed
-beside it, and the difference is the generator's own lag.
+loop), and at a fixed rate of half the route's capacity its p50 / p99 agree with those of independent
+open-model generators within 20 %: oha (Rust, hyper, like kybctl's client) and vegeta (Go's net/http).
+The capacity is what vegeta reaches closed-loop (`-rate=0`, as many workers as connections): wrk reaches
+far more than vegeta can send at a fixed rate on two cores shared with the server (vegeta at 20,000/s
+here fell behind by hundreds of ms). Both count latency from the send by default, so they are compared
+with kybctl's service time; oha with `--latency-correction` counts from when each request was due, as
+kybctl's response time does, and is compared with that.
 
   vegeta attack -rate R/s          GET /health                 and POST /v1/classifications
+  oha -q R [--latency-correction]  GET /health                 and POST /v1/classifications
   kybctl loadtest --rate R         --scenario trivial          and --scenario classify-cached
 
 Usage: python3 loadtests/bench_loadtest.py [--reps 2] [--duration 10] [--conns 64] [--json out.json]
-Needs: wrk, PostgreSQL, redis-server (Debian: wrk postgresql redis-server), and Go: vegeta is built from
-its module (github.com/tsenart/vegeta/v12) once per version into ~/.cache/kybctl/tools.
+Needs: wrk, PostgreSQL, redis-server (Debian: wrk postgresql redis-server), Go and Cargo: vegeta is built
+from its module (github.com/tsenart/vegeta/v12) and oha from its crate, once per version, into
+~/.cache/kybctl/tools.
 """
 import argparse
 import json
@@ -38,6 +41,7 @@ from bench_api import (WRK_LUA, Procs, cpu_model, free_port, pg_bin, psql, relea
 
 
 VEGETA = "v12.13.0"
+OHA = "1.16.0"
 
 
 def vegeta_binary():
@@ -49,6 +53,37 @@ def vegeta_binary():
         subprocess.run(["go", "install", f"github.com/tsenart/vegeta/v12@{VEGETA}"], check=True,
                        env=dict(os.environ, GOBIN=bindir, CGO_ENABLED="0"))
     return path
+
+
+def oha_binary():
+    """oha built from its crate, cached by version outside the checkout (its build directory is removed)."""
+    root = os.path.join(os.path.expanduser("~"), ".cache", "kybctl", "tools", f"oha-{OHA}")
+    path = os.path.join(root, "bin", "oha")
+    if not os.path.exists(path):
+        print(f"building oha {OHA} from its crate ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="oha-build-") as build:
+            subprocess.run(["cargo", "install", "--locked", "oha", "--version", OHA, "--root", root,
+                            "--target-dir", build], check=True)
+    return path
+
+
+def oha(binary, url, rate, duration, conns, corrected, body=None):
+    """oha at `rate` requests/s over `conns` connections; latency from the send, or from when each
+    request was due with `corrected` (`--latency-correction`)."""
+    # `-w`: requests in flight at the end are awaited, not counted as errors ("aborted due to deadline").
+    args = [binary, "--no-tui", "--output-format", "json", "-q", f"{rate:.0f}", "-z", f"{duration}s",
+            "-c", str(conns), "-w"]
+    if corrected:
+        args.append("--latency-correction")
+    if body:
+        args += ["-m", "POST", "-T", "application/json", "-d", body]
+    r = json.loads(subprocess.run(args + [url], check=True, capture_output=True).stdout)
+    codes = r.get("statusCodeDistribution", {})
+    ok = sum(n for code, n in codes.items() if code.startswith("2"))
+    errors = sum(r.get("errorDistribution", {}).values()) + sum(codes.values()) - ok
+    lat = r["latencyPercentiles"]
+    return {"rps": r["summary"]["requestsPerSec"], "p50_ms": lat["p50"] * 1000, "p99_ms": lat["p99"] * 1000,
+            "errors": errors}
 
 
 def vegeta(binary, targets, rate, duration, workers=None):
@@ -94,6 +129,7 @@ def main():
 
     kybctl = release_binary()
     vegeta_bin = vegeta_binary()
+    oha_bin = oha_binary()
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="kyb-bench-lt-")
@@ -148,7 +184,10 @@ def main():
                       f"{' SATURATED' if k['saturated'] else ''}", file=sys.stderr)
 
         # Fixed rate: half of each route's capacity as vegeta reaches it closed-loop.
-        fixed = {f"{route} / {gen}": [] for route in routes for gen in ("vegeta", "kybctl --rate")}
+        fixed_gens = ("vegeta", "oha", "oha --latency-correction", "kybctl --rate")
+        fixed = {f"{route} / {gen}": [] for route in routes for gen in fixed_gens}
+        oha_target = {"trivial (GET /health)": (f"{base}/health", None),
+                      "cached classification": (f"{base}/v1/classifications", body)}
         rates = {}
         for route in routes:
             cap = [vegeta(vegeta_bin, vegeta_targets[vegeta_route[route]], 0, d, c)["rps"] for _ in range(2)]
@@ -159,9 +198,17 @@ def main():
                 rate = rates[route]
                 v = vegeta(vegeta_bin, vegeta_targets[vegeta_route[route]], rate, d)
                 fixed[f"{route} / vegeta"].append(v)
+                url, payload = oha_target[route]
+                data = open(payload).read() if payload else None
+                o = oha(oha_bin, url, rate, d, c, False, data)
+                fixed[f"{route} / oha"].append(o)
+                oc = oha(oha_bin, url, rate, d, c, True, data)
+                fixed[f"{route} / oha --latency-correction"].append(oc)
                 k = loadtest(kybctl, base, scenario, c, d, rate)
                 fixed[f"{route} / kybctl --rate"].append(k)
                 print(f"rep {rep + 1} {route} @ {rate:.0f}/s: vegeta p50 {v['p50_ms']:.2f} p99 {v['p99_ms']:.2f} | "
+                      f"oha p50 {o['p50_ms']:.2f} p99 {o['p99_ms']:.2f} (corrected {oc['p50_ms']:.2f} / "
+                      f"{oc['p99_ms']:.2f}) | "
                       f"kybctl p50 {k['p50_ms']:.2f} p99 {k['p99_ms']:.2f} (service {k['service_p50_ms']:.2f} / "
                       f"{k['service_p99_ms']:.2f}){' SATURATED' if k['saturated'] else ''}", file=sys.stderr)
 
@@ -174,8 +221,8 @@ def main():
             print(f"{name:40} {m:9.0f} ({lo:.0f}-{hi:.0f}) {summary(runs, 'p50_ms')[0]:8.2f} "
                   f"{summary(runs, 'p99_ms')[0]:8.2f} {errs:7d}")
 
-        print(f"\nfixed rate = 0.5 x vegeta's closed-loop rps per route; vegeta {VEGETA} and kybctl loadtest --rate, "
-              f"{c} users\n")
+        print(f"\nfixed rate = 0.5 x vegeta's closed-loop rps per route; vegeta {VEGETA}, oha {OHA} and kybctl "
+              f"loadtest --rate, {c} connections\n")
         print(f"{'measurement':48} {'rps':>20} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  (kybctl: service time; "
               f"response time from when due)")
         for name, runs in fixed.items():
@@ -194,14 +241,23 @@ def main():
             w, k = f"{route} / wrk", f"{route} / kybctl"
             ratio = med(k) / med(w)
             checks.append((f"{route}: kybctl rps / wrk rps", ratio, ">= 0.5", ratio >= 0.5))
-            for p in ("p50_ms", "p99_ms"):
-                dev = med(f"{route} / kybctl --rate", f"service_{p}") / med(f"{route} / vegeta", p) - 1
-                checks.append((f"{route}: kybctl {p[:3]} vs vegeta at a fixed rate", dev * 100, "|x| <= 20%",
-                               abs(dev) <= 0.2))
-        print(f"\n{'target':48} {'measured':>9} {'wanted':>11}  result")
+            # From the send against the send; oha's corrected figures against kybctl's from-when-due ones.
+            for ref, theirs in (("vegeta", "service_"), ("oha", "service_"), ("oha --latency-correction", "")):
+                for p in ("p50_ms", "p99_ms"):
+                    dev = med(f"{route} / kybctl --rate", f"{theirs}{p}") / med(f"{route} / {ref}", p) - 1
+                    checks.append((f"{route}: kybctl {p[:3]} vs {ref}", dev * 100, "|x| <= 20%",
+                                   abs(dev) <= 0.2))
+        print(f"\n{'target':72} {'measured':>9} {'wanted':>11}  result")
         for name, v, want, ok in checks:
             unit = "%" if "%" in want else ""
-            print(f"{name:48} {v:8.2f}{unit:1} {want:>11}  {'met' if ok else 'MISSED'}")
+            print(f"{name:72} {v:8.2f}{unit:1} {want:>11}  {'met' if ok else 'MISSED'}")
+        # The two independent generators measured against each other: how closely two references agree
+        # on this machine bounds how closely kybctl can be shown to agree with either.
+        print(f"\n{'references against each other (not a target)':72} {'oha vs vegeta':>13}")
+        for route in routes:
+            for p in ("p50_ms", "p99_ms"):
+                dev = med(f"{route} / oha", p) / med(f"{route} / vegeta", p) - 1
+                print(f"{route + ': ' + p[:3]:72} {dev * 100:12.2f}%")
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"results": results,
