@@ -568,9 +568,9 @@ async fn concurrent_misses_compute_once() {
     assert!(statuses.contains(&"MISS".to_string()));
 }
 
-/// A request the write timeout cuts off is a 503 counted under its route: the observation layer wraps
-/// the router, so the route it reports comes back from inside the router even when the response does
-/// not.
+/// A request the write timeout cuts off is a 503 problem, counted under its route: the observation
+/// layer wraps the router, so the route it reports comes back from inside the router even when the
+/// response does not.
 #[tokio::test]
 async fn a_request_over_the_write_timeout_is_counted_under_its_route() {
     // A database that accepts connections and never answers: every read waits on its pool.
@@ -587,8 +587,16 @@ async fn a_request_over_the_write_timeout_is_counted_under_its_route() {
         .get(&format!("/v1/merchants/{}", uuid::Uuid::new_v4()))
         .await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    // Not the pool giving up (30 s): the write timeout answered.
+    // Not the pool giving up (30 s): the write timeout answered, with a problem document.
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(header(&r, "content-type"), "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "https://kyb.io/problems/timeout");
+    assert_eq!(problem["status"], 503);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("300ms"),
+        "{problem}"
+    );
     let m = s.metrics().await;
     let timed_out =
         "kyb_http_requests_total{method=\"GET\",route=\"/v1/merchants/{id}\",status=\"503\"}";

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// A dependency the request needs is down; the client should retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The request ran past the server's limit (`server.write_timeout`) and was cut off; a write may
+    /// or may not have taken effect.
+    #[error("the request took longer than the server's limit of {}; a write may have taken effect, so read before retrying one", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
     /// Logged with its detail; the client sees only that it failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -114,6 +118,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

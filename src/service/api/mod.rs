@@ -26,7 +26,7 @@ use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::service::cache::CacheStatus;
 use crate::service::state::AppState;
@@ -99,10 +99,7 @@ where
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(middleware::ObserveLayer::new(state.clone()))
         .layer(CompressionLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            server.write_timeout,
-        ))
+        .layer(middleware::WriteTimeoutLayer::new(server.write_timeout))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .service(routes)
