@@ -10,6 +10,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod reports;
 pub mod risk_assessments;
+pub mod timeout;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ where
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(middleware::ObserveLayer::new(state.clone()))
         .layer(CompressionLayer::new())
-        .layer(middleware::WriteTimeoutLayer::new(server.write_timeout))
+        .layer(timeout::WriteTimeoutLayer::new(server.write_timeout))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .service(routes)
