@@ -1,17 +1,65 @@
 //! Prometheus metrics of the API service (prometheus-client, text exposition format).
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use axum::extract::MatchedPath;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// A request's labels. Built on every request, so they hold what the request already has (the
+/// method, the router's shared route template) rather than new strings.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
-    pub route: String,
+    pub method: MethodLabel,
+    pub route: RouteLabel,
     pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct MethodLabel(pub axum::http::Method);
+
+impl EncodeLabelValue for MethodLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.0.as_str(), encoder)
+    }
+}
+
+/// The route template a request matched (a clone shares the router's string), or none.
+#[derive(Clone, Debug)]
+pub enum RouteLabel {
+    Matched(MatchedPath),
+    Unmatched,
+}
+
+impl RouteLabel {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RouteLabel::Matched(p) => p.as_str(),
+            RouteLabel::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl std::hash::Hash for RouteLabel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -241,5 +289,31 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod request_label_tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn request_labels_read_as_method_route_and_status() {
+        let mut registry = Registry::default();
+        let family = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "test", family.clone());
+        let labels = |route| RequestLabels {
+            method: MethodLabel(axum::http::Method::GET),
+            route,
+            status: 200,
+        };
+        family.get_or_create(&labels(RouteLabel::Unmatched)).inc();
+        family.get_or_create(&labels(RouteLabel::Unmatched)).inc();
+        let mut out = String::new();
+        encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains(r#"requests_total{method="GET",route="unmatched",status="200"} 2"#),
+            "{out}"
+        );
     }
 }

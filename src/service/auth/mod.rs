@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
@@ -124,7 +124,10 @@ impl Authenticator {
         };
         limiter
             .check_key(client)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            // The limiter's own clock: a new `DefaultClock` calibrates itself (CPUID, which traps in a
+            // VM), and it cost ~17 % of the CPU of a stream of refused requests, the case the limiter
+            // is for (perf, BENCHMARKS.md).
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Re-reads changed key files, refreshes the issuer's key set, and forgets idle clients' rate
