@@ -234,6 +234,11 @@ pub struct PoolConfig {
     /// The analytics pool (default: a quarter of the main pool). The operator sets both from the
     /// database's connection budget.
     pub analytics_max_connections: Option<u32>,
+    /// Of `max_connections`, how many the API service keeps for one-statement requests (a merchant
+    /// read by id, a creation), which it hands back without sqlx's ping (`service::db::direct`).
+    /// Default: half; 0 turns it off; the main pool always keeps one. Not an extra pool: the
+    /// connections come out of the main one, so a pod's total stays `max_connections`.
+    pub direct_max_connections: Option<u32>,
 }
 
 impl Default for PoolConfig {
@@ -247,6 +252,7 @@ impl Default for PoolConfig {
             acquire_timeout: Duration::from_secs(3),
             relaxed_max_connections: None,
             analytics_max_connections: None,
+            direct_max_connections: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{business, config, eventually, migrated_db_on, Service};
 use kybctl::config::{ReadYourWrites, Secret};
 use kybctl::local::TempPostgres;
-use kybctl::service::db::{Role, ShardPools};
+use kybctl::service::db::{Role, Serving, ShardPools};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -39,6 +39,7 @@ fn shard(primary: &str, replica: &str, ryw: ReadYourWrites) -> ShardPools {
         &[Secret::new(replica)],
         None,
         &cfg,
+        Serving::Api,
     )
     .unwrap()
 }
@@ -294,6 +295,71 @@ async fn a_restart_under_steady_reads_leaves_no_dead_connection_in_use() {
             .filter(|s| **s != 200)
             .collect::<Vec<_>>()
     );
+}
+
+/// One-statement requests take primary connections from the direct pool, which hands them back
+/// without sqlx's ping (`db::direct`): finished statements return their connection for reuse, one cut
+/// short mid-flight closes it (its place in the protocol is unknown), and one the server dropped is
+/// closed on the statement that finds out, not returned.
+#[tokio::test]
+async fn the_direct_pool_reuses_finished_connections_and_closes_interrupted_ones() {
+    let pg = TempPostgres::start().unwrap();
+    let url = migrated_db_on(&pg).await;
+    let shard = shard(&url, &url, ReadYourWrites::default());
+    let direct = shard
+        .direct
+        .as_ref()
+        .expect("the API service gives one-statement requests a pool");
+    let one = |sql: &'static str| {
+        let shard = &shard;
+        async move {
+            let mut c = shard.primary_conn().await.unwrap();
+            let r = sqlx::query_scalar::<_, i32>(sql).fetch_one(c.conn()).await;
+            c.finish(r)
+        }
+    };
+
+    for _ in 0..10 {
+        assert_eq!(one("SELECT 1").await.unwrap(), 1);
+    }
+    assert_eq!(direct.stats(), (1, 1), "ten statements in a row, one connection");
+
+    let mut c = shard.primary_conn().await.unwrap();
+    let slow = sqlx::query("SELECT pg_sleep(5)").execute(c.conn());
+    assert!(tokio::time::timeout(Duration::from_millis(200), slow)
+        .await
+        .is_err());
+    drop(c);
+    assert_eq!(
+        direct.stats(),
+        (0, 0),
+        "the interrupted connection is closed, not returned"
+    );
+    assert_eq!(one("SELECT 2").await.unwrap(), 2, "a new connection serves");
+
+    let pid = one("SELECT pg_backend_pid()").await.unwrap();
+    let admin = PgPool::connect(&url).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Used moments ago, so taken without a ping: the statement finds the connection gone.
+    let e = one("SELECT 3").await.unwrap_err();
+    assert!(kybctl::db_error::is_connection_error(&e), "{e}");
+    assert_eq!(direct.stats(), (0, 0), "the dead connection is closed");
+    assert_eq!(one("SELECT 4").await.unwrap(), 4);
+
+    // A connection that rested is asked first, so a server-side drop costs no statement.
+    let pid = one("SELECT pg_backend_pid()").await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(one("SELECT 5").await.unwrap(), 5);
 }
 
 #[tokio::test]

@@ -95,7 +95,7 @@ fn merchant_of(job: &Claimed) -> Result<uuid::Uuid, HandlerError> {
 async fn classify(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
     let id = merchant_of(job)?;
     let primary = ctx.primary()?;
-    let Some(current) = merchants::get(primary.clone(), id).await? else {
+    let Some(current) = merchants::get(primary, id).await? else {
         return Err(no_such_merchant(id));
     };
     // Before the transaction: the registry may be slow, and no row lock is held meanwhile.
@@ -150,7 +150,7 @@ async fn classify(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
 async fn assess_risk(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
     let id = merchant_of(job)?;
     let primary = ctx.primary()?;
-    let Some(merchant) = merchants::get(primary.clone(), id).await? else {
+    let Some(merchant) = merchants::get(primary, id).await? else {
         return Err(no_such_merchant(id));
     };
     let assessment = crate::service::risk_scoring::assessment(&merchant);

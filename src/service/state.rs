@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::service::auth::Authenticator;
 use crate::service::cache::{l2::RedisCache, l3::DbCache, MultiLevelCache};
-use crate::service::db::Database;
+use crate::service::db::{Database, Serving};
 use crate::service::metrics::Metrics;
 use crate::service::registry::RegistryClient;
 
@@ -35,20 +35,21 @@ impl AppState {
         if auth.is_none() {
             tracing::warn!("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches this service may read and change every merchant. For local work only.");
         }
-        Self::build_with(config, auth)
+        Self::build_with(config, auth, Serving::Api)
     }
 
     /// The state of a process that serves no API (`kybctl worker`): no authentication to configure.
     pub fn build_without_api(config: Config) -> Result<Arc<Self>, ConfigError> {
-        Self::build_with(config, None)
+        Self::build_with(config, None, Serving::NoApi)
     }
 
     fn build_with(
         config: Config,
         auth: Option<Arc<Authenticator>>,
+        serving: Serving,
     ) -> Result<Arc<Self>, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let db = Database::connect_lazy(&config)?;
+        let db = Database::connect_lazy(&config, serving)?;
         let c = &config.cache;
         let l2 = RedisCache::from_config(&config.redis, &c.key_prefix, c.l2_ttl, metrics.clone())?;
         let l3 = DbCache::new(

@@ -124,7 +124,9 @@ pub async fn create(
         )
     } else {
         let classification = classification_for(&state, &input).await?;
-        let stamp = q::insert(primary, id, &input, status, &classification).await?;
+        let mut conn = shard.primary_conn().await?;
+        let inserted = q::insert(conn.conn(), id, &input, status, &classification).await;
+        let stamp = conn.finish(inserted)?;
         (
             stamped(id, input, status, Some(classification), stamp),
             None,
@@ -224,8 +226,10 @@ pub async fn get(
         .get_record(&key, bypass_cache(&headers), || async {
             // The primary, never a replica: see `cache::records`.
             let shard = state.db.shard_for(&id.to_string());
-            let m = q::get(shard.writable()?.clone(), id)
-                .await?
+            let mut primary = shard.primary_conn().await?;
+            let found = q::get(primary.conn(), id).await;
+            let m = primary
+                .finish(found)?
                 .ok_or(ApiError::NotFound("merchant"))?;
             Ok::<_, ApiError>(Loaded {
                 version: m.version.into(),
@@ -291,7 +295,7 @@ pub async fn update(
     let expected = expected_version(&headers)?;
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
-    let current = q::get(primary.clone(), id)
+    let current = q::get(primary, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
     let before = current.business.clone();
@@ -405,7 +409,7 @@ pub async fn status_changes(
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
     let items = q::status_changes(primary, id, limit).await?;
-    if items.is_empty() && q::get(primary.clone(), id).await?.is_none() {
+    if items.is_empty() && q::get(primary, id).await?.is_none() {
         return Err(ApiError::NotFound("merchant"));
     }
     Ok(axum::Json(StatusChangeList { items }))

@@ -32,10 +32,12 @@ pub async fn create(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let shard = state.db.shard_for(&id.to_string());
-    let primary = shard.writable()?;
-    let merchant = merchants::get(primary.clone(), id)
-        .await?
+    let mut conn = shard.primary_conn().await?;
+    let found = merchants::get(conn.conn(), id).await;
+    let merchant = conn
+        .finish(found)?
         .ok_or(ApiError::NotFound("merchant"))?;
+    let primary = shard.writable()?;
     let assessment = crate::service::risk_scoring::assessment(&merchant);
     let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
     let version = q::insert(&mut tx, &assessment).await?;

@@ -2,7 +2,7 @@
 //! of filter clauses in [`list`].
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
@@ -80,13 +80,13 @@ impl From<Row> for Merchant {
     }
 }
 
-pub async fn get(pool: PgPool, id: Uuid) -> Result<Option<Merchant>, sqlx::Error> {
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Merchant>, sqlx::Error> {
     let row: Option<Row> = spans::db(
         "SELECT",
         "merchants",
         sqlx::query_as(concat!(select_merchants!(), " WHERE m.id = $1"))
             .bind(id)
-            .fetch_optional(&pool),
+            .fetch_optional(db),
     )
     .await?;
     Ok(row.map(Into::into))
@@ -119,14 +119,14 @@ pub struct Stamp {
 /// Inserts a merchant and its active classification in one statement: one round trip and its own
 /// transaction, where BEGIN, two INSERTs, a read-back and COMMIT took five (issue 9). The caller
 /// already holds everything the response needs except what the database assigns.
-pub async fn insert(
-    pool: &PgPool,
+pub async fn insert<'e>(
+    db: impl PgExecutor<'e>,
     id: Uuid,
     input: &BusinessInput,
     status: MerchantStatus,
     c: &Classification,
-) -> Result<Stamp, DbError> {
-    let stamp = spans::db(
+) -> Result<Stamp, sqlx::Error> {
+    spans::db(
         "INSERT",
         "merchants",
         sqlx::query_as(
@@ -157,10 +157,9 @@ pub async fn insert(
         .bind(&c.matched_terms)
         .bind(sqlx::types::Json(&c.alternatives))
         .bind(Uuid::now_v7())
-        .fetch_one(pool),
+        .fetch_one(db),
     )
-    .await?;
-    Ok(stamp)
+    .await
 }
 
 /// Inserts a merchant not classified yet (`POST /v1/merchants?async=true`: a job classifies it), on

@@ -1,5 +1,6 @@
 //! PostgreSQL access: pools by role, the shard router and the service's queries.
 
+pub mod direct;
 pub mod freshness;
 pub mod merchants;
 pub mod pools;
@@ -9,7 +10,7 @@ pub mod shard;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-pub use pools::{PoolStats, Role, ShardPools};
+pub use pools::{PoolStats, PrimaryConn, Role, Serving, ShardPools};
 use shard::ShardRouter;
 
 /// Every shard's pools plus the router that picks one for a business id.
@@ -20,7 +21,7 @@ pub struct Database {
 
 impl Database {
     /// Creates the pools lazily: the service starts (and reports not-ready) while databases are down.
-    pub fn connect_lazy(config: &Config) -> Result<Self, ConfigError> {
+    pub fn connect_lazy(config: &Config, serving: Serving) -> Result<Self, ConfigError> {
         let db = &config.database;
         let router = ShardRouter::from_config(&db.sharding)
             .map_err(|e| ConfigError::Invalid(format!("database.sharding: {e}")))?;
@@ -32,6 +33,7 @@ impl Database {
                 &db.replica_urls,
                 db.analytics_url.as_ref(),
                 db,
+                serving,
             )?]
         } else {
             db.sharding
@@ -41,7 +43,7 @@ impl Database {
                     let url = s.url.as_ref().ok_or_else(|| {
                         ConfigError::Invalid(format!("shard {}: url is required", s.id))
                     })?;
-                    ShardPools::connect_lazy(&s.id, url, &s.replica_urls, None, db)
+                    ShardPools::connect_lazy(&s.id, url, &s.replica_urls, None, db, serving)
                 })
                 .collect::<Result<_, _>>()?
         };

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
+
+use super::direct::{DirectPool, Lease};
 use super::freshness::{Freshness, WriteMark};
-use crate::config::{ConfigError, DatabaseConfig, Secret};
+use crate::config::{ConfigError, DatabaseConfig, PoolConfig, Secret};
 use crate::db_error::{is_connection_error, DbError};
 use crate::telemetry::spans;
 
@@ -20,6 +24,8 @@ pub enum Role {
     Relaxed,
     Replica,
     Analytics,
+    /// The primary, for one-statement requests (`direct`).
+    Direct,
 }
 
 impl Role {
@@ -29,6 +35,7 @@ impl Role {
             Role::Relaxed => "primary_relaxed",
             Role::Replica => "replica",
             Role::Analytics => "analytics",
+            Role::Direct => "primary_direct",
         }
     }
 }
@@ -47,6 +54,9 @@ pub struct Replica {
 pub struct ShardPools {
     pub id: String,
     pub primary: PgPool,
+    /// Part of the primary's connections, for one-statement requests of the API service (`direct`);
+    /// `None` in processes that serve no API and where the configuration gives it none.
+    pub direct: Option<DirectPool>,
     /// The primary again, with `synchronous_commit=off`: for writes whose loss in a crash is harmless
     /// (cache rows, invalidation fan-out), so they never wait for a WAL flush.
     pub relaxed: PgPool,
@@ -88,6 +98,52 @@ pub fn check_before_use(idle_for: Duration) -> bool {
     idle_for >= ALIVE_BYPASS
 }
 
+/// A connection of the primary taken for one statement ([`ShardPools::primary_conn`]).
+pub enum PrimaryConn {
+    Direct(Lease),
+    Pooled(PoolConnection<Postgres>),
+}
+
+impl PrimaryConn {
+    pub fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            PrimaryConn::Direct(lease) => lease.conn(),
+            PrimaryConn::Pooled(conn) => conn,
+        }
+    }
+
+    /// Returns the connection (a broken one is closed instead) and passes the result on.
+    pub fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        match self {
+            PrimaryConn::Direct(lease) => lease.finish(result),
+            PrimaryConn::Pooled(_) => result,
+        }
+    }
+}
+
+/// Whether the process serves the API (and so has one-statement requests for the direct pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    Api,
+    NoApi,
+}
+
+/// How `max_connections` of the primary splits into (main pool, direct pool). The direct pool's
+/// share comes out of the main pool, so a pod opens no more connections than the operator's budget
+/// gave it; the main pool keeps at least one, for transactions. A process serving no API (the job
+/// worker, whose jobs each hold a main-pool connection) keeps them all.
+pub fn split_primary(pool: &PoolConfig, serving: Serving) -> (u32, u32) {
+    let max = pool.max_connections;
+    let direct = match serving {
+        Serving::NoApi => 0,
+        Serving::Api => pool
+            .direct_max_connections
+            .unwrap_or(max / 2)
+            .min(max.saturating_sub(1)),
+    };
+    (max - direct, direct)
+}
+
 fn pool_with(opts: PgConnectOptions, cfg: &DatabaseConfig, max: u32) -> PgPool {
     let p = &cfg.pool;
     PgPoolOptions::new()
@@ -120,9 +176,23 @@ impl ShardPools {
         replica_urls: &[Secret],
         analytics_url: Option<&Secret>,
         cfg: &DatabaseConfig,
+        serving: Serving,
     ) -> Result<Self, ConfigError> {
         let max = cfg.pool.max_connections;
-        let primary = pool(url, cfg, max)?;
+        let (main, direct) = split_primary(&cfg.pool, serving);
+        let primary = pool(url, cfg, main)?;
+        let direct = if direct > 0 {
+            let p = &cfg.pool;
+            Some(DirectPool::new(
+                options(url)?,
+                direct as usize,
+                p.acquire_timeout,
+                p.max_lifetime,
+                p.idle_timeout,
+            ))
+        } else {
+            None
+        };
         let relaxed = pool_with(
             options(url)?.options([("synchronous_commit", "off")]),
             cfg,
@@ -149,6 +219,7 @@ impl ShardPools {
         Ok(Self {
             id: id.to_owned(),
             primary,
+            direct,
             relaxed,
             replicas,
             analytics,
@@ -175,6 +246,17 @@ impl ShardPools {
                 self.primary_target, self.id
             )))
         }
+    }
+
+    /// A primary connection for one statement: from the direct pool where this process has one (no
+    /// ping when it comes back), else from the main pool. Give the statement's result to
+    /// [`PrimaryConn::finish`].
+    pub async fn primary_conn(&self) -> Result<PrimaryConn, DbError> {
+        let primary = self.writable()?;
+        Ok(match &self.direct {
+            Some(direct) => PrimaryConn::Direct(direct.lease().await?),
+            None => PrimaryConn::Pooled(primary.acquire().await?),
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -267,6 +349,10 @@ impl ShardPools {
         ];
         out.extend(self.replicas.iter().map(|r| (Role::Replica, s(&r.pool))));
         out.push((Role::Analytics, s(&self.analytics)));
+        if let Some(direct) = &self.direct {
+            let (size, idle) = direct.stats();
+            out.push((Role::Direct, PoolStats { size, idle }));
+        }
         out
     }
 
@@ -278,6 +364,9 @@ impl ShardPools {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = interval.tick() => {}
+            }
+            if let Some(direct) = &self.direct {
+                direct.reap_idle();
             }
             let ok = tokio::time::timeout(
                 PROBE_INTERVAL * 2,
@@ -301,6 +390,25 @@ impl ShardPools {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_gives_half_the_primary_to_one_statement_requests_out_of_the_main_pool() {
+        let pool = |max, direct| PoolConfig {
+            max_connections: max,
+            direct_max_connections: direct,
+            ..PoolConfig::default()
+        };
+        assert_eq!(split_primary(&pool(100, None), Serving::Api), (50, 50));
+        assert_eq!(split_primary(&pool(16, None), Serving::Api), (8, 8));
+        assert_eq!(split_primary(&pool(3, None), Serving::Api), (2, 1));
+        // The main pool keeps one for transactions, whatever the setting asks.
+        assert_eq!(split_primary(&pool(1, None), Serving::Api), (1, 0));
+        assert_eq!(split_primary(&pool(10, Some(10)), Serving::Api), (1, 9));
+        assert_eq!(split_primary(&pool(10, Some(0)), Serving::Api), (10, 0));
+        assert_eq!(split_primary(&pool(10, Some(3)), Serving::Api), (7, 3));
+        // The job worker's jobs hold main-pool connections: it keeps them all.
+        assert_eq!(split_primary(&pool(10, Some(3)), Serving::NoApi), (10, 0));
+    }
 
     #[test]
     fn a_connection_is_asked_only_after_a_rest() {
