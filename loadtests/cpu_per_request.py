@@ -4,7 +4,8 @@ databases and the generator, all on the same cores.
 
 Runs `wrk -t2 -cCONNS` (a 2 s warm-up first), reads every process's user and system time from /proc at
 two points inside the run, and divides by the requests wrk counted over that window. Processes are
-grouped by program name (all `postgres` backends together). Figures are per request, in microseconds.
+grouped by program name (all `postgres` backends together), or listed one by one with --by-pid.
+Figures are per request, in microseconds.
 
 Usage: python3 loadtests/cpu_per_request.py URL [--script LUA] [--duration 10] [--conns 64]
        python3 loadtests/cpu_per_request.py --command 'pgbench -S -n -c 16 -j 2 -T 10 ...' --duration 10
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--script", help="wrk Lua script")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--by-pid", action="store_true",
+                    help="one line per process rather than per program (two builds of the same program side by side)")
     ap.add_argument("--command", help="measure this command instead of wrk (prints `tps = N`)")
     a = ap.parse_args()
     if a.command:
@@ -73,6 +76,8 @@ def main():
     by_name = collections.defaultdict(lambda: [0, 0])
     for pid, (name, user, system) in after.items():
         if pid in before:
+            if a.by_pid:
+                name = f"{name}[{pid}]"
             by_name[name][0] += user - before[pid][1]
             by_name[name][1] += system - before[pid][2]
     print(f"{per_s:.0f} per second")

@@ -322,7 +322,11 @@ async fn the_direct_pool_reuses_finished_connections_and_closes_interrupted_ones
     for _ in 0..10 {
         assert_eq!(one("SELECT 1").await.unwrap(), 1);
     }
-    assert_eq!(direct.stats(), (1, 1), "ten statements in a row, one connection");
+    assert_eq!(
+        direct.stats(),
+        (1, 1),
+        "ten statements in a row, one connection"
+    );
 
     let mut c = shard.primary_conn().await.unwrap();
     let slow = sqlx::query("SELECT pg_sleep(5)").execute(c.conn());

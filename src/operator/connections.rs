@@ -1,9 +1,10 @@
 //! How many database connections each pod may open, from the database's budget and the most pods
 //! that can run at once (the autoscaler's maximum, the rollout's surge, the job workers). Pure.
 //!
-//! Every pod opens its own pools (see `service::db::pools`): the main one, a small one for writes that
-//! need no durability wait, and the analytics pool, which is on the primary when there is neither a
-//! replica nor an analytics DSN. Sized per pod from the plan's 100 without regard to the pod count, 20
+//! Every pod opens its own pools (see `service::db::pools`): the main one (of which an API pod keeps a
+//! share for one-statement requests, `service::db::direct`, within the same count), a small one for
+//! writes that need no durability wait, and the analytics pool, which is on the primary when there is
+//! neither a replica nor an analytics DSN. Sized per pod from the plan's 100 without regard to the pod count, 20
 //! pods could open 3,000 connections against a 200-connection database: under load, when it hurts.
 
 use serde::{Deserialize, Serialize};

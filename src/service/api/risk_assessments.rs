@@ -34,9 +34,7 @@ pub async fn create(
     let shard = state.db.shard_for(&id.to_string());
     let mut conn = shard.primary_conn().await?;
     let found = merchants::get(conn.conn(), id).await;
-    let merchant = conn
-        .finish(found)?
-        .ok_or(ApiError::NotFound("merchant"))?;
+    let merchant = conn.finish(found)?.ok_or(ApiError::NotFound("merchant"))?;
     let primary = shard.writable()?;
     let assessment = crate::service::risk_scoring::assessment(&merchant);
     let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
