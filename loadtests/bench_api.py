@@ -318,13 +318,17 @@ def main():
             replica = f"postgres://postgres@localhost/kyb?host={tmp}&port={rport}"
             pg_host = tmp
         subprocess.run([kybctl, "migrate", "up", "--database-url", db], check=True, capture_output=True)
-        config = os.path.join(tmp, "kyb.yaml")
-        with open(config, "w") as f:
-            direct = "" if a.direct_connections is None else f", direct_max_connections: {a.direct_connections}"
-            f.write(f"database:\n  pool: {{max_connections: {a.pool}, min_connections: {min(a.pool, 4)}{direct}}}\n")
-            # One key for all of wrk's connections: a limit far above what it can send keeps the
-            # limiter's check in every request without ever refusing one.
-            f.write("auth: {rate_limit: {per_second: 1000000000, burst: 1000000000}}\n")
+        def service_config(name, direct):
+            path = os.path.join(tmp, name)
+            with open(path, "w") as f:
+                extra = "" if direct is None else f", direct_max_connections: {direct}"
+                f.write(f"database:\n  pool: {{max_connections: {a.pool}, min_connections: {min(a.pool, 4)}{extra}}}\n")
+                # One key for all of wrk's connections: a limit far above what it can send keeps the
+                # limiter's check in every request without ever refusing one.
+                f.write("auth: {rate_limit: {per_second: 1000000000, burst: 1000000000}}\n")
+            return path
+
+        config = service_config("kyb.yaml", a.direct_connections)
         # Authentication on, as deployed: one API key with every scope (no-cache reads need `ops`).
         key_file, keys_file = os.path.join(tmp, "bench.key"), os.path.join(tmp, "api-keys.yaml")
         entry = subprocess.run([kybctl, "auth", "new-key", "--client", "bench", "--key-out", key_file]
@@ -368,12 +372,8 @@ def main():
         open_jwt_base = serve({"KYB_INSECURE_NO_AUTH": "true"})
         # The direct pool's pair: the same service with one-statement requests back on sqlx's pool
         # (which pings each connection it takes back), same pool size.
-        main_pool_config = os.path.join(tmp, "kyb-main-pool.yaml")
-        with open(main_pool_config, "w") as f:
-            f.write(f"database:\n  pool: {{max_connections: {a.pool}, min_connections: {min(a.pool, 4)}, "
-                    "direct_max_connections: 0}\n")
-            f.write("auth: {rate_limit: {per_second: 1000000000, burst: 1000000000}}\n")
-        main_pool_base = serve({"KYB_API_KEYS_FILES": keys_file}, config_file=main_pool_config)
+        main_pool_base = serve({"KYB_API_KEYS_FILES": keys_file},
+                               config_file=service_config("kyb-main-pool.yaml", 0))
         for name, lua in {"read": read_lua(ids, key), "cached read": read_lua(ids, key, no_cache=False),
                           # The same bytes to both: the header is ignored with auth off, so the
                           # pair differs only in what the server does with it (wrk formats and

@@ -297,6 +297,15 @@ async fn a_restart_under_steady_reads_leaves_no_dead_connection_in_use() {
     );
 }
 
+/// Ends the server process behind one connection, as an administrator or a failover would.
+async fn terminate(admin: &PgPool, pid: i32) {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
 /// One-statement requests take primary connections from the direct pool, which hands them back
 /// without sqlx's ping (`db::direct`): finished statements return their connection for reuse, one cut
 /// short mid-flight closes it (its place in the protocol is unknown), and one the server dropped is
@@ -343,11 +352,7 @@ async fn the_direct_pool_reuses_finished_connections_and_closes_interrupted_ones
 
     let pid = one("SELECT pg_backend_pid()").await.unwrap();
     let admin = PgPool::connect(&url).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .execute(&admin)
-        .await
-        .unwrap();
+    terminate(&admin, pid).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Used moments ago, so taken without a ping: the statement finds the connection gone.
     let e = one("SELECT 3").await.unwrap_err();
@@ -357,11 +362,7 @@ async fn the_direct_pool_reuses_finished_connections_and_closes_interrupted_ones
 
     // A connection that rested is asked first, so a server-side drop costs no statement.
     let pid = one("SELECT pg_backend_pid()").await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .execute(&admin)
-        .await
-        .unwrap();
+    terminate(&admin, pid).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(one("SELECT 5").await.unwrap(), 5);
 }

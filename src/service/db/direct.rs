@@ -19,6 +19,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
 use super::pools::check_before_use;
+use crate::config::PoolConfig;
 use crate::db_error::is_connection_error;
 
 /// Opens connections and decides whether a pooled one may be used again.
@@ -54,29 +55,28 @@ pub struct DirectPool {
 }
 
 impl DirectPool {
-    pub fn new(
-        options: PgConnectOptions,
-        size: usize,
-        acquire_timeout: Duration,
-        max_lifetime: Duration,
-        idle_timeout: Duration,
-    ) -> Self {
+    /// With the main pool's timeouts and lifetimes (`database.pool`).
+    pub fn new(options: PgConnectOptions, size: usize, cfg: &PoolConfig) -> Self {
         let connector = Connector {
             options,
-            max_lifetime,
+            max_lifetime: cfg.max_lifetime,
         };
+        let wait = Some(cfg.acquire_timeout);
         let pool = managed::Pool::builder(connector)
             .max_size(size)
             .timeouts(Timeouts {
-                wait: Some(acquire_timeout),
-                create: Some(acquire_timeout),
-                recycle: Some(acquire_timeout),
+                wait,
+                create: wait,
+                recycle: wait,
             })
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             // Only a timeout without a runtime fails to build, and the runtime is set above.
             .expect("a pool with a runtime builds");
-        Self { pool, idle_timeout }
+        Self {
+            pool,
+            idle_timeout: cfg.idle_timeout,
+        }
     }
 
     /// A connection for one statement, or why there is none (a timeout reads as sqlx's own).

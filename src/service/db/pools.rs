@@ -181,14 +181,7 @@ impl ShardPools {
         let (main, direct) = split_primary(&cfg.pool, serving);
         let primary = pool(url, cfg, main)?;
         let direct = if direct > 0 {
-            let p = &cfg.pool;
-            Some(DirectPool::new(
-                options(url)?,
-                direct as usize,
-                p.acquire_timeout,
-                p.max_lifetime,
-                p.idle_timeout,
-            ))
+            Some(DirectPool::new(options(url)?, direct as usize, &cfg.pool))
         } else {
             None
         };
