@@ -1,6 +1,6 @@
-//! The load test itself: goose schedules the virtual users (count, ramp-up, run time) and builds each
-//! user's HTTP client; our one transaction draws each request's type by the scenario's weights, sends
-//! it with that client and records it in our own histograms.
+//! The load test itself: goose schedules the virtual users (count, ramp-up, run time); our one
+//! transaction draws each request's type by the scenario's weights, sends it on the user's own
+//! connection ([`client`](super::client)) and records it in our own histograms.
 //!
 //! goose is configured only through `GooseAttack::initialize_with_config(GooseConfiguration::default())`
 //! and `set_default`, never `initialize()`, which would parse kybctl's own argv as goose flags. Its
@@ -13,15 +13,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::goose::{
     GooseUser, Scenario as GooseScenario, Transaction, TransactionError, TransactionFunction,
 };
 use goose::GooseAttack;
+use hyper::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 
+use super::client::{ClientError, Connection, Target};
 use super::recorder::{
     effective_due, CacheHit, Outcome, Pacer, Phase, Recorder, Recorders, Sample,
 };
@@ -61,6 +64,8 @@ pub enum RunError {
     Unreachable { target: String, cause: String },
     #[error("the load generator failed: {0}")]
     Goose(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// What the run measured, and the result file made from it.
@@ -103,7 +108,8 @@ struct Shared {
     /// Distinguishes new businesses across users.
     unique: AtomicU64,
     recorders: Recorders,
-    credential: Option<String>,
+    /// Every user's connection is made to it.
+    target: Target,
 }
 
 /// The measured window, and the schedule that starts with it.
@@ -152,24 +158,20 @@ impl Shared {
 struct UserState {
     merchants: Vec<String>,
     rng: StdRng,
+    /// Taken out while a request is on it.
+    connection: Option<Connection>,
 }
 
 /// `GET /health` once, so an unreachable target is a clear error before any load (exit 2), not a run
 /// full of transport errors. This request is not part of the result.
-pub async fn precheck(target: &str) -> Result<(), RunError> {
-    let unreachable = |cause: String| RunError::Unreachable {
-        target: target.to_owned(),
-        cause,
-    };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| unreachable(root_cause(&e)))?;
-    client
-        .get(format!("{target}/health"))
-        .send()
+pub async fn precheck(target: &Target, url: &str) -> Result<(), RunError> {
+    Connection::new(target.clone())
+        .send(Method::GET, "/health", None)
         .await
-        .map_err(|e| unreachable(root_cause(&e)))?;
+        .map_err(|e| RunError::Unreachable {
+            target: url.to_owned(),
+            cause: root_cause(&e),
+        })?;
     Ok(())
 }
 
@@ -193,7 +195,8 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
-    precheck(&cfg.target).await?;
+    let target = Target::new(&cfg.target, cfg.credential.as_deref(), cfg.request_timeout)?;
+    precheck(&target, &cfg.target).await?;
 
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let start = Instant::now();
@@ -214,7 +217,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
         sent: AtomicU64::new(0),
         unique: AtomicU64::new(0),
         recorders: Recorders::new(4 * cores),
-        credential: cfg.credential.clone(),
+        target,
     });
 
     let attack = attack(&cfg, &shared).map_err(|e| RunError::Goose(e.to_string()))?;
@@ -287,18 +290,12 @@ fn attack(cfg: &RunConfig, shared: &Arc<Shared>) -> Result<Box<GooseAttack>, goo
             GooseDefault::RunTime,
             (cfg.duration + SETUP_GRACE).as_secs().max(1) as usize,
         )?
-        .set_default(
-            GooseDefault::Timeout,
-            format!("{}", cfg.request_timeout.as_secs_f64()).as_str(),
-        )?
         .set_default(GooseDefault::NoMetrics, true)?
         .set_default(GooseDefault::NoPrintMetrics, true)?
         .set_default(GooseDefault::Quiet, 1)?
         // No controllers: they would listen on fixed ports, and two runs at once would collide.
         .set_default(GooseDefault::NoTelnet, true)?
-        .set_default(GooseDefault::NoWebSocket, true)?
-        // No Accept-Encoding, as wrk sends none: otherwise compression would dominate the small bodies.
-        .set_default(GooseDefault::NoGzip, true)
+        .set_default(GooseDefault::NoWebSocket, true)
 }
 
 /// Each user's first transaction: its own state, then the merchants its reads will use.
@@ -310,6 +307,7 @@ fn on_start(shared: Arc<Shared>) -> TransactionFunction {
             user.set_session_data(UserState {
                 merchants: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
+                connection: Some(Connection::new(shared.target.clone())),
             });
             let mut setup = Ok(());
             for _ in 0..shared.scenario.seed_merchants_per_user {
@@ -388,16 +386,24 @@ async fn send(
                 } else {
                     "/v1/merchants"
                 };
-                (t, path.to_owned(), Some(body))
+                let body = serde_json::to_vec(&body).expect("a JSON value serialises");
+                (t, path.to_owned(), Some(Bytes::from(body)))
             }
             RequestType::MerchantRead => (t, format!("/v1/merchants/{}", pick(state)), None),
+            // The assessment takes no body: the merchant's own record is assessed.
             RequestType::RiskAssess => (
                 t,
                 format!("/v1/merchants/{}/risk-assessments", pick(state)),
-                Some(serde_json::json!({})),
+                None,
             ),
             RequestType::Health => (t, "/health".to_owned(), None),
         }
+    };
+    let method = match t {
+        RequestType::Classify | RequestType::MerchantCreate | RequestType::RiskAssess => {
+            Method::POST
+        }
+        RequestType::MerchantRead | RequestType::Health => Method::GET,
     };
 
     let window = match purpose {
@@ -414,20 +420,17 @@ async fn send(
     };
     let started = Instant::now();
     let due = due.map_or(started, |slot| effective_due(slot, started));
-    // Straight through the user's own client (goose builds it: one connection pool per user), not
-    // `GooseUser::request`: that builds goose's per-request metric records (several string copies)
-    // even with metrics off, which cost measurable generator CPU at tens of thousands of rps.
-    let url = user.build_url(&path)?;
-    let request = match (t, &body) {
-        (RequestType::RiskAssess, _) => user.client.post(url),
-        (_, Some(b)) => user.client.post(url).json(b),
-        (_, None) => user.client.get(url),
-    };
-    let request = match &shared.credential {
-        Some(c) => request.bearer_auth(c),
-        None => request,
-    };
-    let (outcome, bytes) = match request.send().await {
+    // On the user's own connection, not `GooseUser::request`: that builds goose's per-request metric
+    // records (several string copies) even with metrics off, and sends with goose's reqwest client
+    // (see `client` for what that one costs).
+    let mut connection = user
+        .get_session_data_mut::<UserState>()
+        .expect("on_start sets the user's state")
+        .connection
+        .take()
+        .expect("a user sends one request at a time");
+    let answer = connection.send(method, &path, body).await;
+    let (outcome, bytes) = match answer {
         Ok(r) => {
             let code = r.status().as_u16();
             let cache = r
@@ -435,10 +438,7 @@ async fn send(
                 .get("x-cache-status")
                 .and_then(|v| v.to_str().ok())
                 .and_then(CacheHit::from_header);
-            match r.bytes().await {
-                Ok(b) => (Outcome::Status { code, cache }, Some(b)),
-                Err(_) => (Outcome::Transport, None),
-            }
+            (Outcome::Status { code, cache }, Some(r.into_body()))
         }
         Err(_) => (Outcome::Transport, None),
     };
@@ -463,6 +463,7 @@ async fn send(
     let state = user
         .get_session_data_mut::<UserState>()
         .expect("on_start sets the user's state");
+    state.connection = Some(connection);
     if t == RequestType::MerchantCreate {
         if let (Outcome::Status { code: 201, .. }, Some(b)) = (outcome, &bytes) {
             #[derive(serde::Deserialize)]
@@ -548,7 +549,7 @@ mod tests {
             sent: AtomicU64::new(0),
             unique: AtomicU64::new(0),
             recorders: Recorders::new(1),
-            credential: None,
+            target: Target::new("http://127.0.0.1:1", None, Duration::from_secs(1)).unwrap(),
         }
     }
 
