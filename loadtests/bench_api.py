@@ -228,8 +228,9 @@ def parse_wrk(out):
             "socket_errors": sum(map(int, errors.groups())) if errors else 0}
 
 
-def wrk(url, conns, duration, script=None):
-    args = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s"]
+def wrk(url, conns, duration, script=None, prefix=()):
+    """`prefix`: a command to run wrk under (`taskset -c 1`)."""
+    args = [*prefix, "wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     if script:
         args += ["-s", script]
     out = subprocess.run(args + [url], check=True, capture_output=True, text=True).stdout

@@ -20,7 +20,16 @@ kybctl's response time does, and is compared with that.
   oha -q R [--latency-correction]  GET /health                 and POST /v1/classifications
   kybctl loadtest --rate R         --scenario trivial          and --scenario classify-cached
 
-Usage: python3 loadtests/bench_loadtest.py [--reps 2] [--duration 10] [--conns 64] [--json out.json]
+Every generator sends the same request: vegeta (Go's transport adds `Accept-Encoding: gzip`) and oha
+(`gzip, compress, deflate, br`) are told `Accept-Encoding: identity`, as wrk and kybctl send no
+Accept-Encoding; otherwise the service compresses their answers (the classification's JSON) and not
+kybctl's, and the comparison measures gzip.
+
+With --pin, the service, PostgreSQL and Redis run on CPU 0 and every generator on CPU 1 (taskset), so
+that a generator's figures are not the service's share of the same cores; the capacity (and so the fixed
+rate) is then that of a one-core service.
+
+Usage: python3 loadtests/bench_loadtest.py [--reps 2] [--duration 10] [--conns 64] [--pin] [--json out.json]
 Needs: wrk, PostgreSQL, redis-server (Debian: wrk postgresql redis-server), Go and Cargo: vegeta is built
 from its module (github.com/tsenart/vegeta/v12) and oha from its crate, once per version, into
 ~/.cache/kybctl/tools.
@@ -42,6 +51,9 @@ from bench_api import (WRK_LUA, Procs, cpu_model, free_port, pg_bin, psql, relea
 
 VEGETA = "v12.13.0"
 OHA = "1.16.0"
+# What every generator runs under: `taskset -c 1` with --pin.
+GENERATOR = []
+IDENTITY = "Accept-Encoding: identity"
 
 
 def vegeta_binary():
@@ -53,6 +65,18 @@ def vegeta_binary():
         subprocess.run(["go", "install", f"github.com/tsenart/vegeta/v12@{VEGETA}"], check=True,
                        env=dict(os.environ, GOBIN=bindir, CGO_ENABLED="0"))
     return path
+
+
+def pin_tree(pid, cpu):
+    """Pins a process, all its threads and all its descendants to one CPU."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = open(f"/proc/{pid}/task/{task}/children").read().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            pin_tree(int(child), cpu)
 
 
 def oha_binary():
@@ -71,8 +95,8 @@ def oha(binary, url, rate, duration, conns, corrected, body=None):
     """oha at `rate` requests/s over `conns` connections; latency from the send, or from when each
     request was due with `corrected` (`--latency-correction`)."""
     # `-w`: requests in flight at the end are awaited, not counted as errors ("aborted due to deadline").
-    args = [binary, "--no-tui", "--output-format", "json", "-q", f"{rate:.0f}", "-z", f"{duration}s",
-            "-c", str(conns), "-w"]
+    args = [*GENERATOR, binary, "--no-tui", "--output-format", "json", "-q", f"{rate:.0f}", "-z",
+            f"{duration}s", "-c", str(conns), "-w", "-H", IDENTITY]
     if corrected:
         args.append("--latency-correction")
     if body:
@@ -88,7 +112,7 @@ def oha(binary, url, rate, duration, conns, corrected, body=None):
 
 def vegeta(binary, targets, rate, duration, workers=None):
     """An open-model attack at `rate` requests/s (0: as fast as `workers` go); its JSON report."""
-    args = [binary, "attack", "-format=http", f"-targets={targets}", f"-rate={rate:.0f}/s" if rate else "-rate=0",
+    args = [*GENERATOR, binary, "attack", "-format=http", f"-targets={targets}", f"-rate={rate:.0f}/s" if rate else "-rate=0",
             f"-duration={duration}s", "-timeout=10s", "-keepalive=true"]
     if workers:
         args += [f"-workers={workers}", f"-max-workers={workers}"]
@@ -102,7 +126,7 @@ def vegeta(binary, targets, rate, duration, workers=None):
 
 
 def loadtest(kybctl, base, scenario, conns, duration, rate=None):
-    args = [kybctl, "loadtest", "--target", base, "--scenario", scenario, "--users", str(conns),
+    args = [*GENERATOR, kybctl, "loadtest", "--target", base, "--scenario", scenario, "--users", str(conns),
             "--duration", f"{duration}s", "-o", "json", "--no-progress"]
     if rate:
         args += ["--rate", f"{rate:.0f}"]
@@ -123,9 +147,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--json", help="write all raw figures here")
+    ap.add_argument("--pin", action="store_true",
+                    help="the service, PostgreSQL and Redis on CPU 0, every generator on CPU 1")
     a = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found (Debian: apt-get install wrk)")
+    if a.pin:
+        if os.cpu_count() < 2:
+            sys.exit("--pin needs two CPUs")
+        GENERATOR[:] = ["taskset", "-c", "1"]
 
     kybctl = release_binary()
     vegeta_bin = vegeta_binary()
@@ -152,6 +182,11 @@ def main():
         procs.start([kybctl, "serve"], env=env)
         base = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
+        if a.pin:
+            # Every thread of every server process, and the processes they forked (PostgreSQL's
+            # backends and walsender); backends forked later inherit the postmaster's CPU.
+            for p in procs.procs:
+                pin_tree(p.pid, 0)
         classify_lua = os.path.join(tmp, "classify.lua")
         with open(classify_lua, "w") as f:
             f.write(WRK_LUA["classify"])
@@ -160,8 +195,9 @@ def main():
         with open(body, "w") as f:
             f.write('{"name":"Sunrise Bakery","description":"artisan bread and pastry bakery","country":"US"}')
         vegeta_targets = {}
-        for name, text in (("health", f"GET {base}/health\n"),
-                           ("classify", f"POST {base}/v1/classifications\nContent-Type: application/json\n@{body}\n")):
+        for name, text in (("health", f"GET {base}/health\n{IDENTITY}\n"),
+                           ("classify", f"POST {base}/v1/classifications\nContent-Type: application/json\n"
+                                        f"{IDENTITY}\n@{body}\n")):
             vegeta_targets[name] = os.path.join(tmp, f"{name}.targets")
             with open(vegeta_targets[name], "w") as f:
                 f.write(text)
@@ -174,8 +210,8 @@ def main():
         results = {f"{route} / {gen}": [] for route in routes for gen in ("wrk", "kybctl")}
         for rep in range(a.reps):
             for route, ((url, script), scenario) in routes.items():
-                wrk(url, c, a.warmup, script)
-                r = wrk(url, c, d, script)
+                wrk(url, c, a.warmup, script, GENERATOR)
+                r = wrk(url, c, d, script, GENERATOR)
                 results[f"{route} / wrk"].append(r)
                 k = loadtest(kybctl, base, scenario, c, d)
                 results[f"{route} / kybctl"].append(k)
@@ -212,7 +248,9 @@ def main():
                       f"kybctl p50 {k['p50_ms']:.2f} p99 {k['p99_ms']:.2f} (service {k['service_p50_ms']:.2f} / "
                       f"{k['service_p99_ms']:.2f}){' SATURATED' if k['saturated'] else ''}", file=sys.stderr)
 
-        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; server and generator share the cores (unpinned)")
+        where = ("server on CPU 0, generators on CPU 1 (--pin)" if a.pin
+                 else "server and generator share the cores (unpinned)")
+        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; {where}")
         print(f"{a.reps} reps x {d}s, {c} connections (wrk -t2 -c{c}; kybctl loadtest --users {c}), medians (min-max)\n")
         print(f"{'measurement':40} {'rps':>20} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for name, runs in results.items():
