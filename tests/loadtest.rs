@@ -245,3 +245,124 @@ async fn usage_and_environment_errors_exit_2_with_the_cause() {
         "--min-samples needs --threshold"
     );
 }
+
+/// A CA, another CA, and a `localhost` server certificate the first one signed, made with openssl in
+/// `dir`.
+fn test_certificates(dir: &std::path::Path) {
+    let script = r#"set -e
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days 1 -subj "/CN=kybctl test CA" 2>/dev/null
+openssl req -x509 $ec -keyout other.key -out other.pem -days 1 -subj "/CN=another CA" 2>/dev/null
+openssl req $ec -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 \
+  -extfile san.ext 2>/dev/null
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "openssl (tests/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An https server (rustls) that answers every request `200 {"status":"ok"}`; counts what it served.
+async fn https_server(
+    dir: &std::path::Path,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    kybctl::tls::ensure_crypto_provider();
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicU64::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate hangs up here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let answer = hyper::service::service_fn(move |_req| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(
+                                br#"{"status":"ok"}"#,
+                            )),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), answer)
+                    .await;
+            });
+        }
+    });
+    (port, served)
+}
+
+/// The client's TLS path: an https target is reached when its certificate chains to a trusted one
+/// (`SSL_CERT_FILE` stands in for the system's store, as rustls-native-certs reads it), and refused,
+/// with the reason, when it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_target_is_reached_through_the_trusted_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    test_certificates(dir.path());
+    let (port, served) = https_server(dir.path()).await;
+    let target = format!("https://localhost:{port}");
+    let run = |trusted: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kybctl"))
+            .args(["loadtest", "--target", &target, "--scenario", "trivial"])
+            .args([
+                "--users",
+                "2",
+                "--duration",
+                "1s",
+                "-o",
+                "json",
+                "--no-progress",
+            ])
+            .env_remove("RUST_LOG")
+            .env_remove("SSL_CERT_DIR")
+            .env("SSL_CERT_FILE", dir.path().join(trusted))
+            .output()
+    };
+
+    let out = run("ca.pem").await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let requests = result["requests"]["total"].as_u64().unwrap();
+    assert!(requests > 0, "{result}");
+    assert_eq!(result["requests"]["errors"], 0, "{result}");
+    // The reachability check and the tail after the window are served too.
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= requests);
+
+    let out = run("other.pem").await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("cannot reach {target}")) && e.contains("certificate"),
+        "{e}"
+    );
+}

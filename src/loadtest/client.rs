@@ -97,12 +97,19 @@ impl Target {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(ClientError::Roots)?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let tls = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = if scheme == "https" {
+            tls.with_native_roots().map_err(ClientError::Roots)?
+        } else {
+            // An http target never negotiates TLS, so no trusted roots are loaded: a minimal image
+            // (the analysis Job's) may have none.
+            tls.with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(tcp);
         Ok(Target {
             connector,
             origin,
