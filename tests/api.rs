@@ -287,6 +287,48 @@ async fn merchant_lifecycle() {
         .unwrap();
     assert_eq!(header(&fresh, "x-cache-status"), "MISS");
     assert_eq!(fresh.json::<Value>().await.unwrap(), m);
+    // With the record gone from Redis: `no-store` reads the primary and stores nothing, `no-cache`
+    // reads it and stores what it read (RFC 9111 §5.2.1).
+    let l2 = redis::Client::open(redis().url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let forget = || {
+        let mut l2 = l2.clone();
+        let pattern = format!("*merchant:{id}");
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut l2)
+                .await
+                .unwrap();
+            assert_eq!(keys.len(), 1, "one stored record: {keys:?}");
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut l2)
+                .await
+                .unwrap();
+        }
+    };
+    let read = |directive: Option<&'static str>| {
+        let mut req = s.http.get(s.url(&location));
+        if let Some(d) = directive {
+            req = req.header("cache-control", d);
+        }
+        async move { header(&req.send().await.unwrap(), "x-cache-status") }
+    };
+    forget().await;
+    assert_eq!(read(Some("no-store")).await, "MISS");
+    assert_eq!(read(None).await, "MISS", "no-store stored the record");
+    assert_eq!(read(None).await, "HIT-L2");
+    forget().await;
+    assert_eq!(read(Some("max-age=0, no-cache")).await, "MISS");
+    assert_eq!(
+        read(None).await,
+        "HIT-L2",
+        "no-cache did not store the record"
+    );
 
     // Stale If-Match is refused; the right one applies and re-classifies.
     let patch = json!({"name": "Joe's Dental", "description": "family dentist office", "declared_mcc": null});

@@ -8,14 +8,14 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
-use super::{bypass_cache, json_bytes, CachedJson, State};
+use super::{cache_lookup, json_bytes, CachedJson, State};
 use crate::classify::{self, BusinessInput, Classification};
 use crate::jobs::policy::Policy;
 use crate::jobs::queue::{self, NewJob, QueueError};
 use crate::jobs::{wake, JobKind, MerchantJob};
 use crate::service::auth::scopes::Scope;
 use crate::service::auth::Principal;
-use crate::service::cache::records::Loaded;
+use crate::service::cache::records::{Loaded, Lookup};
 use crate::service::cache::{keys, CacheStatus, Event, Levels, MultiLevelCache};
 use crate::service::classify_cached::classify_cached;
 use crate::service::db::merchants::{self as q, ListFilter};
@@ -204,7 +204,8 @@ pub(super) fn queue_error(e: QueueError) -> ApiError {
     }
 }
 
-/// Read a merchant (cached; `Cache-Control: no-cache` reads through to the database).
+/// Read a merchant (cached; `Cache-Control: no-cache` reads the primary and refreshes the cache,
+/// `no-store` reads the primary and stores nothing).
 #[utoipa::path(
     get,
     path = "/v1/merchants/{id}",
@@ -223,7 +224,7 @@ pub async fn get(
     let key = keys::merchant(id);
     let record = state
         .cache
-        .get_record(&key, bypass_cache(&headers), || async {
+        .get_record(&key, cache_lookup(&headers), || async {
             // The primary, never a replica: see `cache::records`.
             let shard = state.db.shard_for(&id.to_string());
             let mut primary = shard.primary_conn().await?;
@@ -527,7 +528,8 @@ pub async fn list(
         }
         json_bytes(&merge_pages(rows, filter.limit))
     };
-    let (body, cache) = if bypass_cache(&headers) {
+    // Pages live in L1 only and a directive skips them both ways: a page is cheap to build again.
+    let (body, cache) = if cache_lookup(&headers) != Lookup::Cached {
         (load().await?, CacheStatus::Miss)
     } else {
         let key = keys::merchant_list(&format!("{filter:?}"));

@@ -29,6 +29,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::service::cache::records::Lookup;
 use crate::service::cache::CacheStatus;
 use crate::service::state::AppState;
 use error::ApiError;
@@ -142,23 +143,54 @@ impl IntoResponse for CachedJson {
     }
 }
 
-/// `Cache-Control: no-cache` or `no-store` on a request skips every cache level for it.
-pub fn bypass_cache(headers: &axum::http::HeaderMap) -> bool {
-    headers
+/// A request's `Cache-Control`, for the record caches: `no-store` wins over `no-cache` (a cache must
+/// not store any part of a `no-store` exchange, RFC 9111 §5.2.1.5).
+pub fn cache_lookup(headers: &axum::http::HeaderMap) -> Lookup {
+    let mut lookup = Lookup::Cached;
+    let directives = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            matches!(
-                d.trim().to_ascii_lowercase().as_str(),
-                "no-cache" | "no-store"
-            )
-        })
+        .flat_map(|v| v.split(','));
+    for d in directives {
+        let d = d.trim();
+        if d.eq_ignore_ascii_case("no-store") {
+            return Lookup::Bypass;
+        }
+        if d.eq_ignore_ascii_case("no-cache") {
+            lookup = Lookup::Refresh;
+        }
+    }
+    lookup
 }
 
 pub fn json_bytes<T: serde::Serialize>(v: &T) -> Result<Bytes, ApiError> {
     serde_json::to_vec(v)
         .map(Bytes::from)
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(values: &[&str]) -> Lookup {
+        let mut headers = axum::http::HeaderMap::new();
+        for v in values {
+            headers.append(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+        }
+        cache_lookup(&headers)
+    }
+
+    #[test]
+    fn no_store_wins_over_no_cache() {
+        assert_eq!(lookup(&[]), Lookup::Cached);
+        assert_eq!(lookup(&["max-age=0"]), Lookup::Cached);
+        assert_eq!(lookup(&["no-storage"]), Lookup::Cached);
+        assert_eq!(lookup(&["No-Cache"]), Lookup::Refresh);
+        assert_eq!(lookup(&["max-age=0, no-cache"]), Lookup::Refresh);
+        assert_eq!(lookup(&["no-cache, no-store"]), Lookup::Bypass);
+        assert_eq!(lookup(&["no-store", "no-cache"]), Lookup::Bypass);
+        assert_eq!(lookup(&["no-cache", " NO-STORE "]), Lookup::Bypass);
+    }
 }

@@ -7,7 +7,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiPath, ApiQuery, Problem};
-use super::{bypass_cache, json_bytes, CachedJson, State};
+use super::{cache_lookup, json_bytes, CachedJson, State};
 use crate::service::cache::records::Loaded;
 use crate::service::cache::{keys, CacheStatus, Event, MultiLevelCache};
 use crate::service::db::{merchants, risk_assessments as q};
@@ -100,7 +100,7 @@ pub async fn list(
     } else {
         let r = state
             .cache
-            .get_record(&key, bypass_cache(&headers), load)
+            .get_record(&key, cache_lookup(&headers), load)
             .await?;
         (r.body, r.status)
     };

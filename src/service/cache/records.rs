@@ -41,6 +41,17 @@ pub struct Record {
     pub status: CacheStatus,
 }
 
+/// What a read asks of the caches: its request's `Cache-Control` directives (RFC 9111 §5.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// No directive: a servable cached copy answers; a miss loads and stores.
+    Cached,
+    /// `no-cache`: the primary answers, and what it answered refreshes the cache.
+    Refresh,
+    /// `no-store`: the primary answers and nothing of it is stored.
+    Bypass,
+}
+
 /// Whether a cached version may be served, given the newest version this instance has heard of.
 pub fn servable(cached: i64, heard: Option<i64>) -> bool {
     heard.is_none_or(|h| cached >= h)
@@ -48,23 +59,28 @@ pub fn servable(cached: i64, heard: Option<i64>) -> bool {
 
 impl MultiLevelCache {
     /// Serves `key` from the shared level (or L1 without Redis) unless it is older than a version
-    /// heard of; otherwise `load` reads it from the primary. `fresh` (`Cache-Control: no-cache`)
-    /// skips the cached copy but still stores what it loads.
+    /// heard of; otherwise `load` reads it from the primary. `lookup` says whether a cached copy may
+    /// answer and whether what was loaded is stored.
     #[tracing::instrument(level = "debug", name = "cache.get_record", skip_all, fields(cache.key = key, cache.status))]
-    pub async fn get_record<F, Fut, E>(&self, key: &str, fresh: bool, load: F) -> Result<Record, E>
+    pub async fn get_record<F, Fut, E>(
+        &self,
+        key: &str,
+        lookup: Lookup,
+        load: F,
+    ) -> Result<Record, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded, E>>,
     {
         let heard = self.heard.get(key);
-        if !fresh {
+        if lookup == Lookup::Cached {
             if let Some(hit) = self.cached_record(key, heard).await {
                 tracing::Span::current().record("cache.status", hit.status.header_value());
                 return Ok(hit);
             }
         }
         let loaded = load().await?;
-        if servable(loaded.version, heard) {
+        if lookup != Lookup::Bypass && servable(loaded.version, heard) {
             self.store_record(key, loaded.version, Some(&loaded.body))
                 .await;
         }
