@@ -36,6 +36,8 @@ pub struct Cluster {
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+/// How and when `up` ended, if it ended while the tests still ran (it should not).
+static UP_ENDED: OnceLock<String> = OnceLock::new();
 /// Set by [`cluster_with_real_node`] before the first start.
 static WITH_REAL_NODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -139,8 +141,13 @@ fn start_once(extra: &[&str]) -> Result<Cluster, String> {
                         let _ = up.child.wait();
                         return;
                     }
+                    install_panic_report();
                     // Keep reading its stdout and reap it if it ever ends (it should not before exit).
-                    up.drain_and_wait();
+                    let status = up.drain_and_wait();
+                    let _ = UP_ENDED.set(format!(
+                        "tests/cluster/up ended ({status}) while the tests ran\n{}",
+                        up.log_tail(120)
+                    ));
                     // Stay alive so that the parent-death signal only fires when the process exits.
                     loop {
                         std::thread::park();
@@ -163,6 +170,36 @@ fn start_once(extra: &[&str]) -> Result<Cluster, String> {
         ca_cert,
         up_pid,
     })
+}
+
+/// Adds, to every panic of this test binary after the control plane ended under it, `up`'s own log:
+/// why it stopped (a component that exited, with that component's log tail). Without it a test only
+/// sees "connection refused" from whichever call came next.
+fn install_panic_report() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        // The drain thread records the end once `up` is reaped; it may be a moment behind the
+        // failed call that panicked.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while UP_ENDED.get().is_none() && Instant::now() < deadline && !up_is_alive() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(ended) = UP_ENDED.get() {
+            eprintln!("the test control plane is gone: {ended}");
+        }
+    }));
+}
+
+/// Whether `up` still runs (it is this process's child until reaped: a zombie counts as ended).
+fn up_is_alive() -> bool {
+    let Some(Ok(c)) = CLUSTER.get() else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.up_pid)).unwrap_or_default();
+    // Field 3, after the parenthesised command name, is the state; Z is a zombie.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'))
 }
 
 /// Reads the apiserver URL out of a kubeconfig that `up` wrote.
@@ -270,12 +307,15 @@ impl UpProcess {
         }
     }
 
-    /// Reads stdout until `up` closes it, then reaps `up`.
-    fn drain_and_wait(&mut self) {
+    /// Reads stdout until `up` closes it, then reaps `up`; says how it ended.
+    fn drain_and_wait(&mut self) -> String {
         if let Some(rx) = self.lines.take() {
             for _ in rx {}
         }
-        let _ = self.child.wait();
+        match self.child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("cannot wait for it: {e}"),
+        }
     }
 
     /// The last `n` lines of `up`'s own log (which includes the failing component's log tail).
