@@ -172,3 +172,62 @@ async fn redis_cluster_backend() {
     .await;
     assert!(seen, "stale merchant served after the update");
 }
+
+/// After an outage Redis serves again without the records this instance failed to write, and keeps
+/// every other record; an instance that lost track of what it missed drops them all.
+#[tokio::test]
+async fn a_recovery_drops_the_missed_records_only_unless_track_was_lost() {
+    use bytes::Bytes;
+    use kybctl::config::{RedisConfig, Secret};
+    use kybctl::service::cache::l2::RedisCache;
+    use std::sync::Arc;
+
+    let own_redis = TempRedis::start().expect("redis");
+    let cfg = RedisConfig {
+        url: Some(Secret::new(own_redis.url())),
+        command_timeout: Duration::from_millis(200),
+        ..RedisConfig::default()
+    };
+    let metrics = Arc::new(kybctl::service::metrics::Metrics::new());
+    let l2 = RedisCache::from_config(&cfg, "t:", Duration::from_secs(60), metrics)
+        .unwrap()
+        .expect("redis configured");
+    let body = |s: &str| Bytes::from(s.to_owned());
+    let version = |r: Option<Option<(i64, Option<Bytes>)>>| r.expect("redis answers").map(|r| r.0);
+    for key in ["written", "untouched"] {
+        assert!(l2.set_record(key, 1, Some(&body("v1"))).await);
+    }
+
+    // A write that cannot reach Redis is remembered; Redis comes back with version 1 of it.
+    own_redis.freeze();
+    assert!(!l2.set_record("written", 2, Some(&body("v2"))).await);
+    assert!(l2.is_degraded());
+    own_redis.thaw();
+    let back = eventually(Duration::from_secs(10), || async { l2.ping().await }).await;
+    assert!(back, "the cache did not see Redis back");
+    assert_eq!(
+        version(l2.get_record("written").await),
+        None,
+        "the missed record was kept"
+    );
+    assert_eq!(
+        version(l2.get_record("untouched").await),
+        Some(1),
+        "a record nobody wrote was dropped"
+    );
+
+    // Lost track (a repair that could not be announced): the next recovery drops every record.
+    assert!(l2.set_record("written", 2, Some(&body("v2"))).await);
+    l2.lose_track();
+    own_redis.freeze();
+    assert!(
+        l2.get_record("untouched").await.is_none(),
+        "a frozen Redis answered"
+    );
+    own_redis.thaw();
+    let back = eventually(Duration::from_secs(10), || async { l2.ping().await }).await;
+    assert!(back, "the cache did not see Redis back");
+    for key in ["written", "untouched"] {
+        assert_eq!(version(l2.get_record(key).await), None, "{key} was kept");
+    }
+}

@@ -82,9 +82,11 @@ impl AppState {
             let Some(redis) = cache.redis() else { return };
             // Connect now rather than on the first request.
             redis.ping().await;
-            // While Redis is unreachable, keep probing: the probe that finds it back drops the
-            // records the outage may have left stale, and should not wait for the next request.
+            // While Redis is unreachable, keep probing: requests skip it meanwhile, and the probe
+            // that finds it back drops the records the outage may have left stale.
             let mut tick = tokio::time::interval(REDIS_PROBE_EVERY);
+            // A probe of a Redis that is down waits out the command timeout; no burst after it.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -4,9 +4,9 @@
 //! cache is degraded, and the connection heals by itself.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,17 +32,15 @@ pub struct RedisCache {
     ttl: Duration,
     timeout: Duration,
     degraded: AtomicBool,
-    /// While degraded, one command per `RETRY_EVERY` goes to Redis; the rest skip L2 at once instead of
-    /// each waiting out the command timeout.
-    next_try_ms: AtomicU64,
-    epoch: Instant,
+    /// Set while a probe ([`ping`](Self::ping)) brings a degraded cache back: one at a time.
+    recovering: AtomicBool,
     metrics: Arc<Metrics>,
     /// Record keys whose write failed; dropped from Redis before it serves again.
     missed: std::sync::Mutex<HashSet<String>>,
-    missed_overflow: AtomicBool,
+    /// This instance no longer knows every record it may have left stale: more writes missed than
+    /// `MAX_MISSED`, or a repair it could not announce. Its next recovery drops every record.
+    lost_track: AtomicBool,
 }
-
-const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Versioned records (see `records`) live under their own key space: a hash of `v` (the version)
 /// and `b` (the body), never read by an older release that stores plain strings.
@@ -111,11 +109,10 @@ impl RedisCache {
             ttl,
             timeout: cfg.command_timeout,
             degraded: AtomicBool::new(false),
-            next_try_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            recovering: AtomicBool::new(false),
             metrics,
             missed: Default::default(),
-            missed_overflow: AtomicBool::new(false),
+            lost_track: AtomicBool::new(false),
         }))
     }
 
@@ -123,25 +120,11 @@ impl RedisCache {
         self.degraded.load(Ordering::Relaxed)
     }
 
+    /// A command, or `None` at once while degraded: requests skip L2 instead of each waiting out the
+    /// command timeout, and only the probe ([`ping`](Self::ping)) goes to Redis until it is back.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         if self.is_degraded() {
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let next = self.next_try_ms.load(Ordering::Relaxed);
-            let claimed = now >= next
-                && self
-                    .next_try_ms
-                    .compare_exchange(
-                        next,
-                        now + RETRY_EVERY.as_millis() as u64,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok();
-            // The probe is not the caller's command: what Redis holds may have gone stale while this
-            // instance could not reach it, so it is repaired before anything is read from it again.
-            if !claimed || !self.recover().await {
-                return None;
-            }
+            return None;
         }
         self.raw(cmd).await
     }
@@ -174,9 +157,6 @@ impl RedisCache {
         match result {
             Ok(v) => Some(v),
             Err(e) => {
-                let now = self.epoch.elapsed().as_millis() as u64;
-                self.next_try_ms
-                    .store(now + RETRY_EVERY.as_millis() as u64, Ordering::Relaxed);
                 if !self.degraded.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "redis cache unavailable; serving from L1, L3 and the database");
                     self.metrics.cache_degraded.set(1);
@@ -273,22 +253,32 @@ impl RedisCache {
         if missed.len() < MAX_MISSED {
             missed.insert(key.to_owned());
         } else {
-            self.missed_overflow.store(true, Ordering::Relaxed);
+            self.lost_track.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Runs while degraded, at most once per `RETRY_EVERY`. Writes that could not reach Redis
-    /// during the outage (here or on another instance) left older records behind, so every record
-    /// of this namespace is dropped before Redis serves again; later reads refill from the primary.
+    /// A record this instance left stale may be known to no other instance (its repair could not
+    /// be announced): the next recovery drops every record rather than the missed keys alone.
+    pub fn lose_track(&self) {
+        self.lost_track.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs from the probe while degraded: Redis serves again once the records this instance
+    /// failed to write are gone from it.
+    ///
+    /// Not every record of the namespace: a record is stale only where a write did not reach Redis,
+    /// and every such write is remembered by an instance still running: its writer keeps the key,
+    /// and announces a repair through PostgreSQL that every other instance applies or, failing,
+    /// keeps too (`records`). Dropping everything made one slow command on a saturated core (an
+    /// "outage" of one command timeout) cost a reload of the whole working set from the primary.
+    /// When this instance lost track of a key (see `lost_track`), everything is dropped after all.
     async fn recover(&self) -> bool {
         if self.raw::<String>(&redis::cmd("PING")).await.is_none() || !self.drop_records().await {
             return false;
         }
         self.degraded.store(false, Ordering::Relaxed);
         self.metrics.cache_degraded.set(0);
-        tracing::info!(
-            "redis cache reachable again; its records were dropped and refill from the database"
-        );
+        tracing::info!("redis cache reachable again; the records it missed were dropped");
         true
     }
 
@@ -297,7 +287,8 @@ impl RedisCache {
             .missed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .drain()
+            .iter()
+            .cloned()
             .collect();
         for key in &missed {
             if self
@@ -307,16 +298,26 @@ impl RedisCache {
             {
                 return false;
             }
+            // Taken out only once gone from Redis: a failed attempt keeps the rest for the next.
+            self.missed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
+        }
+        if !self.lost_track.load(Ordering::Relaxed) {
+            return true;
         }
         match self.backend {
-            Backend::Single(_) => self.unlink_matching(&self.record_key("*")).await,
-            // A SCAN through the cluster client reaches one node only. The keys this instance missed
-            // are dropped above; other instances' misses are bounded by their own replay and by the
-            // version floors they raise on every notification they hear (see `records`).
+            Backend::Single(_) => {
+                tracing::warn!(
+                    "this instance lost track of the records it missed; dropping them all"
+                );
+                self.unlink_matching(&self.record_key("*")).await
+            }
+            // A SCAN through the cluster client reaches one node only.
             Backend::Cluster { .. } => {
-                if self.missed_overflow.swap(false, Ordering::Relaxed) {
-                    tracing::error!("more than {MAX_MISSED} cache writes missed during the outage on a Redis Cluster; records may be stale until their TTL");
-                }
+                self.lost_track.store(false, Ordering::Relaxed);
+                tracing::error!("this instance lost track of the records it missed (more than {MAX_MISSED}, or a repair it could not announce); on a Redis Cluster they may be stale until their TTL");
                 true
             }
         }
@@ -347,14 +348,13 @@ impl RedisCache {
                 return false;
             }
             if next == 0 {
-                self.missed_overflow.store(false, Ordering::Relaxed);
+                self.lost_track.store(false, Ordering::Relaxed);
                 return true;
             }
             cursor = next;
         }
     }
 
-    /// A round trip, for readiness detail and tests.
     /// PUBLISH `message` on `channel` (a nudge to whoever listens; nothing is lost if nobody does).
     pub async fn publish(&self, channel: &str, message: &str) -> bool {
         let mut cmd = redis::cmd("PUBLISH");
@@ -362,7 +362,18 @@ impl RedisCache {
         self.run::<i64>(&cmd).await.is_some()
     }
 
+    /// The probe: a round trip or, while degraded, an attempt to bring the cache back (see
+    /// [`recover`](Self::recover)); the service calls it every 250 ms while degraded, so Redis
+    /// serves again within that of answering, and no request waits on a Redis that is down.
     pub async fn ping(&self) -> bool {
-        self.run::<String>(&redis::cmd("PING")).await.is_some()
+        if !self.is_degraded() {
+            return self.raw::<String>(&redis::cmd("PING")).await.is_some();
+        }
+        if self.recovering.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let back = self.recover().await;
+        self.recovering.store(false, Ordering::Release);
+        back
     }
 }

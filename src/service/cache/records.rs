@@ -11,7 +11,8 @@
 //! - A miss reads the primary, never a replica: a replica may not have replayed a write another
 //!   instance acknowledged, and what a miss loads is cached for the TTL.
 //! - While Redis is unreachable, records are read from the primary and nothing is stored; before
-//!   Redis serves again its records are dropped (`l2::RedisCache::recover`).
+//!   Redis serves again the records this instance failed to write, or to repair for another, are
+//!   dropped from it (`l2::RedisCache::recover`).
 //! - Every instance remembers the newest version it has heard of per key (from its own writes and
 //!   from every instance's notices) and refuses anything older from any level: the guard for a
 //!   writer that could not reach Redis while others could, within the time its notice takes.
@@ -158,6 +159,9 @@ impl MultiLevelCache {
         );
         if let Err(e) = Self::publish(pool, &super::Invalidation::repair(missed)).await {
             tracing::warn!(error = %e, "could not announce the repair; other instances rely on the versions they heard");
+            if let Some(l2) = &self.l2 {
+                l2.lose_track();
+            }
         }
     }
 
