@@ -80,10 +80,11 @@ impl AppState {
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let Some(redis) = cache.redis() else { return };
-            // Connect now rather than on the first request.
-            redis.ping().await;
-            // While Redis is unreachable, keep probing: requests skip it meanwhile, and the probe
-            // that finds it back drops the records the outage may have left stale.
+            // Connect now rather than on the first request, and learn which server answers.
+            redis.probe().await;
+            // While Redis is unreachable requests skip it, and the probe that finds it back drops
+            // the records the outage may have left stale; while it answers, the probe checks that
+            // the same server does (a restarted one may hold older records than it acknowledged).
             let mut tick = tokio::time::interval(REDIS_PROBE_EVERY);
             // A probe of a Redis that is down waits out the command timeout; no burst after it.
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,9 +93,7 @@ impl AppState {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if redis.is_degraded() {
-                    redis.ping().await;
-                }
+                redis.probe().await;
             }
         });
         for shard in self.db.shards() {

@@ -32,14 +32,16 @@ pub struct RedisCache {
     ttl: Duration,
     timeout: Duration,
     degraded: AtomicBool,
-    /// Set while a probe ([`ping`](Self::ping)) brings a degraded cache back: one at a time.
+    /// Set while a probe ([`probe`](Self::probe)) brings a degraded cache back: one at a time.
     recovering: AtomicBool,
     metrics: Arc<Metrics>,
-    /// Record keys whose write failed; dropped from Redis before it serves again.
+    /// Record keys whose write or repair failed here; dropped from Redis before it serves again.
     missed: std::sync::Mutex<HashSet<String>>,
-    /// This instance no longer knows every record it may have left stale: more writes missed than
-    /// `MAX_MISSED`, or a repair it could not announce. Its next recovery drops every record.
+    /// Every record may be stale: more writes missed than `MAX_MISSED`, or a different server
+    /// answers. The next recovery drops every record.
     lost_track: AtomicBool,
+    /// `run_id` of the Redis server last seen (single node only).
+    server_id: std::sync::Mutex<Option<String>>,
 }
 
 /// Versioned records (see `records`) live under their own key space: a hash of `v` (the version)
@@ -113,6 +115,7 @@ impl RedisCache {
             metrics,
             missed: Default::default(),
             lost_track: AtomicBool::new(false),
+            server_id: Default::default(),
         }))
     }
 
@@ -257,28 +260,57 @@ impl RedisCache {
         }
     }
 
-    /// A record this instance left stale may be known to no other instance (its repair could not
-    /// be announced): the next recovery drops every record rather than the missed keys alone.
-    pub fn lose_track(&self) {
-        self.lost_track.store(true, Ordering::Relaxed);
-    }
-
     /// Runs from the probe while degraded: Redis serves again once the records this instance
     /// failed to write are gone from it.
     ///
-    /// Not every record of the namespace: a record is stale only where a write did not reach Redis,
-    /// and every such write is remembered by an instance still running: its writer keeps the key,
-    /// and announces a repair through PostgreSQL that every other instance applies or, failing,
-    /// keeps too (`records`). Dropping everything made one slow command on a saturated core (an
-    /// "outage" of one command timeout) cost a reload of the whole working set from the primary.
-    /// When this instance lost track of a key (see `lost_track`), everything is dropped after all.
+    /// Not every record of the namespace, as long as Redis kept what it acknowledged: a record is
+    /// then stale only where a write did not reach it, and such a write is remembered by its writer
+    /// and by every instance that could not apply the repair the writer announced (`records`).
+    /// Dropping everything made one slow command on a saturated core (an "outage" of one command
+    /// timeout) cost a reload of the whole working set from the primary. Everything is dropped
+    /// when Redis may have lost acknowledged writes (a different server answers: restarted from a
+    /// snapshot, or failed over to a replica) or this instance lost count of its misses.
     async fn recover(&self) -> bool {
-        if self.raw::<String>(&redis::cmd("PING")).await.is_none() || !self.drop_records().await {
+        if self.raw::<String>(&redis::cmd("PING")).await.is_none() || !self.check_server().await {
+            return false;
+        }
+        if !self.drop_records().await {
             return false;
         }
         self.degraded.store(false, Ordering::Relaxed);
+        // Writes skipped while this recovery ran were remembered after the snapshot it dropped.
+        if !self.drop_records().await {
+            return false;
+        }
         self.metrics.cache_degraded.set(0);
         tracing::info!("redis cache reachable again; the records it missed were dropped");
+        true
+    }
+
+    /// Compares the server's `run_id` (new on every start, and another server's after a failover)
+    /// with the one last seen; a change means Redis may have come back with older records than it
+    /// acknowledged, so every record goes. False when Redis did not answer. Redis Cluster answers
+    /// from any node, each with its own id: not checked there.
+    async fn check_server(&self) -> bool {
+        if matches!(self.backend, Backend::Cluster { .. }) {
+            return true;
+        }
+        let Some(info) = self.raw::<String>(redis::cmd("INFO").arg("server")).await else {
+            return false;
+        };
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+        else {
+            return true;
+        };
+        let mut seen = self.server_id.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.as_ref().is_some_and(|s| *s != id) {
+            tracing::warn!("a different redis server answers (restarted or failed over); every record is dropped");
+            self.lost_track.store(true, Ordering::Relaxed);
+        }
+        *seen = Some(id);
         true
     }
 
@@ -304,20 +336,22 @@ impl RedisCache {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(key);
         }
-        if !self.lost_track.load(Ordering::Relaxed) {
+        // Taken before the scan: a count lost during it is kept for the next recovery.
+        if !self.lost_track.swap(false, Ordering::Relaxed) {
             return true;
         }
         match self.backend {
             Backend::Single(_) => {
-                tracing::warn!(
-                    "this instance lost track of the records it missed; dropping them all"
-                );
-                self.unlink_matching(&self.record_key("*")).await
+                tracing::warn!("dropping every record of the namespace");
+                let done = self.unlink_matching(&self.record_key("*")).await;
+                if !done {
+                    self.lost_track.store(true, Ordering::Relaxed);
+                }
+                done
             }
             // A SCAN through the cluster client reaches one node only.
             Backend::Cluster { .. } => {
-                self.lost_track.store(false, Ordering::Relaxed);
-                tracing::error!("this instance lost track of the records it missed (more than {MAX_MISSED}, or a repair it could not announce); on a Redis Cluster they may be stale until their TTL");
+                tracing::error!("more than {MAX_MISSED} cache writes missed during the outage on a Redis Cluster; records may be stale until their TTL");
                 true
             }
         }
@@ -348,7 +382,6 @@ impl RedisCache {
                 return false;
             }
             if next == 0 {
-                self.lost_track.store(false, Ordering::Relaxed);
                 return true;
             }
             cursor = next;
@@ -362,18 +395,41 @@ impl RedisCache {
         self.run::<i64>(&cmd).await.is_some()
     }
 
-    /// The probe: a round trip or, while degraded, an attempt to bring the cache back (see
-    /// [`recover`](Self::recover)); the service calls it every 250 ms while degraded, so Redis
-    /// serves again within that of answering, and no request waits on a Redis that is down.
-    pub async fn ping(&self) -> bool {
+    /// The probe, for a task that calls it every 250 ms (the service's and the worker's background):
+    /// while degraded it tries to bring the cache back ([`recover`](Self::recover)), so no request
+    /// waits on a Redis that is down; otherwise it checks that the same server still answers. True
+    /// when the cache serves from Redis afterwards.
+    pub async fn probe(&self) -> bool {
         if !self.is_degraded() {
-            return self.raw::<String>(&redis::cmd("PING")).await.is_some();
+            if !self.check_server().await {
+                return false;
+            }
+            if !self.lost_track.load(Ordering::Relaxed) {
+                return true;
+            }
+            // A new server: stop serving from it until its records are gone.
+            self.degraded.store(true, Ordering::Relaxed);
+            self.metrics.cache_degraded.set(1);
         }
-        if self.recovering.swap(true, Ordering::Acquire) {
+        let Some(_one_at_a_time) = Recovering::claim(&self.recovering) else {
             return false;
-        }
-        let back = self.recover().await;
-        self.recovering.store(false, Ordering::Release);
-        back
+        };
+        self.recover().await
+    }
+}
+
+/// Held while one probe recovers; released on drop, so a probe cancelled midway does not leave the
+/// cache degraded for good.
+struct Recovering<'a>(&'a AtomicBool);
+
+impl<'a> Recovering<'a> {
+    fn claim(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::Acquire)).then_some(Self(flag))
+    }
+}
+
+impl Drop for Recovering<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }

@@ -159,9 +159,6 @@ impl MultiLevelCache {
         );
         if let Err(e) = Self::publish(pool, &super::Invalidation::repair(missed)).await {
             tracing::warn!(error = %e, "could not announce the repair; other instances rely on the versions they heard");
-            if let Some(l2) = &self.l2 {
-                l2.lose_track();
-            }
         }
     }
 
