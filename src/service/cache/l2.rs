@@ -32,8 +32,6 @@ pub struct RedisCache {
     ttl: Duration,
     timeout: Duration,
     degraded: AtomicBool,
-    /// Set while a probe ([`probe`](Self::probe)) brings a degraded cache back: one at a time.
-    recovering: AtomicBool,
     metrics: Arc<Metrics>,
     /// Record keys whose write or repair failed here; dropped from Redis before it serves again.
     missed: std::sync::Mutex<HashSet<String>>,
@@ -111,7 +109,6 @@ impl RedisCache {
             ttl,
             timeout: cfg.command_timeout,
             degraded: AtomicBool::new(false),
-            recovering: AtomicBool::new(false),
             metrics,
             missed: Default::default(),
             lost_track: AtomicBool::new(false),
@@ -124,7 +121,7 @@ impl RedisCache {
     }
 
     /// A command, or `None` at once while degraded: requests skip L2 instead of each waiting out the
-    /// command timeout, and only the probe ([`ping`](Self::ping)) goes to Redis until it is back.
+    /// command timeout, and only the probe ([`probe`](Self::probe)) goes to Redis until it is back.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         if self.is_degraded() {
             return None;
@@ -271,10 +268,7 @@ impl RedisCache {
     /// when Redis may have lost acknowledged writes (a different server answers: restarted from a
     /// snapshot, or failed over to a replica) or this instance lost count of its misses.
     async fn recover(&self) -> bool {
-        if self.raw::<String>(&redis::cmd("PING")).await.is_none() || !self.check_server().await {
-            return false;
-        }
-        if !self.drop_records().await {
+        if !self.check_server().await || !self.drop_records().await {
             return false;
         }
         self.degraded.store(false, Ordering::Relaxed);
@@ -290,10 +284,10 @@ impl RedisCache {
     /// Compares the server's `run_id` (new on every start, and another server's after a failover)
     /// with the one last seen; a change means Redis may have come back with older records than it
     /// acknowledged, so every record goes. False when Redis did not answer. Redis Cluster answers
-    /// from any node, each with its own id: not checked there.
+    /// from any node, each with its own id: only a round trip there.
     async fn check_server(&self) -> bool {
         if matches!(self.backend, Backend::Cluster { .. }) {
-            return true;
+            return self.raw::<String>(&redis::cmd("PING")).await.is_some();
         }
         let Some(info) = self.raw::<String>(redis::cmd("INFO").arg("server")).await else {
             return false;
@@ -395,8 +389,8 @@ impl RedisCache {
         self.run::<i64>(&cmd).await.is_some()
     }
 
-    /// The probe, for a task that calls it every 250 ms (the service's and the worker's background):
-    /// while degraded it tries to bring the cache back ([`recover`](Self::recover)), so no request
+    /// The probe, for the one task that calls it every 250 ms (the service's and the worker's
+    /// background; concurrent probes would only repeat each other's UNLINKs). While degraded it tries to bring the cache back ([`recover`](Self::recover)), so no request
     /// waits on a Redis that is down; otherwise it checks that the same server still answers. True
     /// when the cache serves from Redis afterwards.
     pub async fn probe(&self) -> bool {
@@ -411,25 +405,6 @@ impl RedisCache {
             self.degraded.store(true, Ordering::Relaxed);
             self.metrics.cache_degraded.set(1);
         }
-        let Some(_one_at_a_time) = Recovering::claim(&self.recovering) else {
-            return false;
-        };
         self.recover().await
-    }
-}
-
-/// Held while one probe recovers; released on drop, so a probe cancelled midway does not leave the
-/// cache degraded for good.
-struct Recovering<'a>(&'a AtomicBool);
-
-impl<'a> Recovering<'a> {
-    fn claim(flag: &'a AtomicBool) -> Option<Self> {
-        (!flag.swap(true, Ordering::Acquire)).then_some(Self(flag))
-    }
-}
-
-impl Drop for Recovering<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
     }
 }
