@@ -583,6 +583,13 @@ async fn operations_endpoints() {
         .await
         .unwrap();
     assert_eq!(header(&r, "content-encoding"), "gzip");
+    let gzipped = r.bytes().await.unwrap().len();
+    // Not asked: served as is, and marked as varying with what the client accepts, as tower-http
+    // marks it (the service skips its compression layer for such requests).
+    let r = raw.get(s.url("/openapi.json")).send().await.unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(header(&r, "vary"), "accept-encoding");
+    assert!(r.bytes().await.unwrap().len() > gzipped);
 }
 
 /// Concurrent misses on one key compute once: only one request goes below L1.

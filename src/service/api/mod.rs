@@ -1,6 +1,7 @@
 //! HTTP API: routes under `/v1`, health, readiness, metrics and the OpenAPI document.
 
 pub mod classifications;
+pub mod compression;
 pub mod error;
 pub mod health;
 pub mod imports;
@@ -25,7 +26,6 @@ use axum::Router;
 use bytes::Bytes;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -40,7 +40,7 @@ pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status"
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API: the routes and, wrapped once around the whole router, the service-wide layers (request
-/// ids, panic fallback, observation, compression, timeouts, body limit). `B` is the server's request
+/// ids, panic fallback, observation, compression when asked, timeouts, body limit). `B` is the server's request
 /// body type.
 pub fn router<B>(
     state: Arc<AppState>,
@@ -57,6 +57,27 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let server = &state.config.server;
+    // Outermost first. Around the router, not `Router::layer`: axum would wrap each route in a boxed
+    // service per layer, cloned on every request.
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            middleware::MakeRequestUuidFast,
+        ))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(middleware::ObserveLayer::new(state.clone()))
+        .layer(compression::CompressWhenAskedLayer)
+        .layer(timeout::WriteTimeoutLayer::new(server.write_timeout))
+        .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .service(routes(state.clone()))
+}
+
+/// The routes with their per-route layers (authentication, route recording) and no service-wide
+/// layer: what [`router`] wraps. Public for `benches/http_stack.rs`, which measures each layer.
+pub fn routes(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
     let v1 = Router::new()
         .route("/classifications", post(classifications::create))
@@ -80,7 +101,7 @@ where
         )
         .route("/reports/industries", get(reports::industries))
         .route("/jobs/{id}", get(jobs::get));
-    let routes = Router::new()
+    Router::new()
         .nest("/v1", v1)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -89,22 +110,7 @@ where
         .route_layer(crate::service::auth::RequireLayer::new(state.clone()))
         .route_layer(middleware::RecordRouteLayer)
         .fallback(|| async { ApiError::NotFound("route") })
-        .with_state(state.clone());
-    // Outermost first. Around the router, not `Router::layer`: axum would wrap each route in a boxed
-    // service per layer, cloned on every request.
-    ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(
-            X_REQUEST_ID.clone(),
-            middleware::MakeRequestUuidFast,
-        ))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(middleware::ObserveLayer::new(state.clone()))
-        .layer(CompressionLayer::new())
-        .layer(timeout::WriteTimeoutLayer::new(server.write_timeout))
-        .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
-        .layer(DefaultBodyLimit::max(server.max_body_bytes))
-        .service(routes)
+        .with_state(state)
 }
 
 /// `/metrics` and the per-shard `/ready`, for their own listener (`metrics_listen`): off the API port,
