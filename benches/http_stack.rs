@@ -18,11 +18,10 @@ use http_body_util::{BodyExt, Empty};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use kybctl::config::{Config, Secret};
-use kybctl::service::api::{self, compression, middleware, timeout, X_REQUEST_ID};
+use kybctl::service::api::{self, compression, middleware, timeout};
 use kybctl::service::state::AppState;
 
 // The service's allocator (`src/main.rs`), so allocations cost here what they cost there.
@@ -109,16 +108,11 @@ fn main() {
         );
         measure!("routes only (auth, route recording)", routes());
         measure!(
-            "+ request id (set, propagate)",
-            SetRequestIdLayer::new(X_REQUEST_ID.clone(), middleware::MakeRequestUuidFast)
-                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()).layer(routes()))
-        );
-        measure!(
             "+ panic fallback",
             CatchPanicLayer::custom(middleware::panic_response).layer(routes())
         );
         measure!(
-            "+ observation (span, metrics, x-response-time)",
+            "+ observation (request id, span, metrics)",
             middleware::ObserveLayer::new(state.clone()).layer(routes())
         );
         measure!(

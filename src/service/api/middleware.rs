@@ -1,11 +1,16 @@
-//! Per-request observation: request-id span, latency header and metrics; request ids; and the panic
-//! fallback.
+//! Per-request observation: the request id, the request's span, the latency header and metrics; and
+//! the panic fallback.
 //!
 //! `observe` is a tower layer written out rather than `axum::middleware::from_fn` (which boxes the
 //! inner service and its future on every request), and it wraps the router once rather than being
 //! applied to each route with `Router::layer`: axum wraps every route in a boxed, cloned-per-request
 //! service for each such layer. The route template is known only inside the router, so a small
 //! per-route layer ([`RecordRouteLayer`]) hands it back through a [`RouteSlot`] the request carries.
+//!
+//! Request ids are part of the same layer rather than tower-http's `SetRequestId` and
+//! `PropagateRequestId`: those two wrap every request and response future once more each, look the
+//! header up three times and store an extension nothing reads; together they were a third of the
+//! service-wide layers' cost per request (`benches/http_stack.rs`).
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -17,9 +22,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use tower_http::request_id::{MakeRequestId, RequestId};
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
@@ -29,8 +33,12 @@ use crate::service::metrics::{MethodLabel, RequestLabels, RouteLabel};
 use crate::service::state::AppState;
 use crate::telemetry::traces;
 
-/// Wraps every request in a span carrying its request id (so every log line of the request has it),
-/// sets `X-Response-Time`, and records count and latency by route template and status.
+static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
+
+/// Gives every request an id (the caller's `X-Request-Id` if it sent one, else a new UUID, set on the
+/// request for the handlers and echoed on the response), wraps the request in a span carrying that id
+/// (so every log line of the request has it), sets `X-Response-Time`, and records count and latency
+/// by route template and status.
 #[derive(Clone)]
 pub struct ObserveLayer {
     state: Arc<AppState>,
@@ -76,12 +84,16 @@ where
 
     fn call(&mut self, mut req: axum::http::Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) => v.clone(),
+            None => {
+                let v = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
+                v
+            }
+        };
+        let request_id = id.to_str().unwrap_or("-");
         let method = req.method().clone();
-        let request_id = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
         // The route is recorded once the router has matched it (`RecordRoute`).
         let span = tracing::info_span!(
             "request",
@@ -112,6 +124,7 @@ where
             inner: self.inner.call(req).instrument(span),
             done: Some(Done {
                 start,
+                request_id: id,
                 method,
                 slot,
                 state: self.state.clone(),
@@ -181,6 +194,7 @@ where
 /// What the response needs from the request once it is served.
 struct Done {
     start: Instant,
+    request_id: HeaderValue,
     method: Method,
     slot: RouteSlot,
     state: Arc<AppState>,
@@ -217,8 +231,13 @@ where
                     span.record("otel.status_code", "error");
                 }
             }
+            let headers = resp.headers_mut();
             if let Some(v) = response_time(elapsed) {
-                resp.headers_mut().insert("x-response-time", v);
+                headers.insert(X_RESPONSE_TIME.clone(), v);
+            }
+            // A response that names its own request id keeps it.
+            if !headers.contains_key(&X_REQUEST_ID) {
+                headers.insert(X_REQUEST_ID.clone(), done.request_id);
             }
             let labels = RequestLabels {
                 method: MethodLabel(done.method),
@@ -253,19 +272,15 @@ fn response_time(elapsed: std::time::Duration) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
-/// Request ids are random (UUID v4) from the thread's user-space generator: `MakeRequestUuid` asks the
-/// kernel (`getrandom`) on every request, a system call a request id does not need.
-#[derive(Clone, Copy, Default)]
-pub struct MakeRequestUuidFast;
-
-impl MakeRequestId for MakeRequestUuidFast {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        let mut buf = uuid::Uuid::encode_buffer();
-        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
-            .ok()
-            .map(RequestId::new)
-    }
+/// A new request id: a random UUID v4 from the thread's user-space generator (tower-http's
+/// `MakeRequestUuid` asks the kernel, `getrandom`, on every request: a system call a request id does not
+/// need).
+fn new_request_id() -> HeaderValue {
+    // One u128 rather than `[u8; 16]`: rand fills an array a byte at a time, one word drawn per byte.
+    let id = uuid::Builder::from_random_bytes(rand::random::<u128>().to_le_bytes()).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .expect("a hyphenated UUID is a valid header value")
 }
 
 /// A handler panic is a bug; the client gets a problem document and the process keeps serving.
@@ -282,6 +297,102 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    /// The service-wide order of `super::super::router`: observation outside the panic fallback.
+    fn stack(
+        state: Arc<AppState>,
+    ) -> impl tower_service::Service<
+        axum::http::Request<Body>,
+        Response = axum::http::Response<impl axum::body::HttpBody<Error = impl std::fmt::Debug>>,
+        Error = Infallible,
+    > + Clone {
+        let routes = axum::Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/named",
+                get(|| async { ([(X_REQUEST_ID.clone(), "from-handler")], "ok") }),
+            )
+            .route("/boom", get(boom))
+            .route_layer(RecordRouteLayer);
+        ObserveLayer::new(state).layer(CatchPanicLayer::custom(panic_response).layer(routes))
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    fn state() -> Arc<AppState> {
+        let mut config = crate::config::Config::default();
+        config.auth.insecure_no_auth = true;
+        // Built without connecting; nothing here touches the database.
+        config.database.url = Some(crate::config::Secret::new("postgres://kyb@127.0.0.1:1/kyb"));
+        AppState::build(config).expect("state")
+    }
+
+    fn get_req(path: &str, id: Option<&str>) -> axum::http::Request<Body> {
+        let mut req = axum::http::Request::get(path);
+        if let Some(id) = id {
+            req = req.header(&X_REQUEST_ID, id);
+        }
+        req.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_kept_or_made_and_echoed() {
+        let state = state();
+        let svc = stack(state);
+        let r = svc
+            .clone()
+            .oneshot(get_req("/ok", Some("req-abc-123")))
+            .await
+            .unwrap();
+        assert_eq!(r.headers()[&X_REQUEST_ID], "req-abc-123");
+        assert!(r.headers().contains_key("x-response-time"));
+
+        let r = svc.clone().oneshot(get_req("/ok", None)).await.unwrap();
+        let made = r.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned();
+        let parsed = uuid::Uuid::parse_str(&made).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 4);
+        let again = svc.clone().oneshot(get_req("/ok", None)).await.unwrap();
+        assert_ne!(
+            again.headers()[&X_REQUEST_ID],
+            made.as_str(),
+            "a new id per request"
+        );
+
+        // A response that names its own id keeps it (one header, not two).
+        let r = svc.oneshot(get_req("/named", Some("req-1"))).await.unwrap();
+        let ids: Vec<_> = r.headers().get_all(&X_REQUEST_ID).iter().collect();
+        assert_eq!(ids, ["from-handler"]);
+    }
+
+    #[tokio::test]
+    async fn a_handler_panic_is_a_500_with_the_request_id_and_is_counted() {
+        let state = state();
+        let r = stack(state.clone())
+            .oneshot(get_req("/boom", Some("req-boom")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()[&X_REQUEST_ID], "req-boom");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["status"], 500, "{doc}");
+        // The panic's message is for the logs, not the caller.
+        assert!(!doc.to_string().contains("boom"), "{doc}");
+        let metrics = state.metrics.encode();
+        assert!(
+            metrics
+                .contains(r#"kyb_http_requests_total{method="GET",route="/boom",status="500"} 1"#),
+            "{metrics}"
+        );
+    }
 
     #[test]
     fn response_time_is_milliseconds_with_three_decimals() {

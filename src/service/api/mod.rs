@@ -26,7 +26,6 @@ use axum::Router;
 use bytes::Bytes;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::service::cache::records::Lookup;
@@ -39,9 +38,9 @@ pub type State = axum::extract::State<Arc<AppState>>;
 pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The API: the routes and, wrapped once around the whole router, the service-wide layers (request
-/// ids, panic fallback, observation, compression when asked, timeouts, body limit). `B` is the server's request
-/// body type.
+/// The API: the routes and, wrapped once around the whole router, the service-wide layers
+/// (observation with request ids, panic fallback, compression when asked, timeouts, body limit). `B`
+/// is the server's request body type.
 pub fn router<B>(
     state: Arc<AppState>,
 ) -> impl Service<
@@ -61,13 +60,10 @@ where
     // Outermost first. Around the router, not `Router::layer`: axum would wrap each route in a boxed
     // service per layer, cloned on every request.
     ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(
-            X_REQUEST_ID.clone(),
-            middleware::MakeRequestUuidFast,
-        ))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        // Outside the panic fallback, so a handler's panic is answered with the request id and
+        // counted as the 500 it is.
         .layer(middleware::ObserveLayer::new(state.clone()))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(compression::CompressWhenAskedLayer)
         .layer(timeout::WriteTimeoutLayer::new(server.write_timeout))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
