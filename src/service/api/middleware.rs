@@ -319,6 +319,16 @@ mod tests {
                 get(|| async { ([(X_REQUEST_ID.clone(), "from-handler")], "ok") }),
             )
             .route("/boom", get(boom))
+            // What a handler sees (the audit trail records it).
+            .route(
+                "/seen",
+                get(|h: axum::http::HeaderMap| async move {
+                    h.get(&X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                }),
+            )
             .route_layer(RecordRouteLayer);
         ObserveLayer::new(state).layer(CatchPanicLayer::custom(panic_response).layer(routes))
     }
@@ -359,6 +369,14 @@ mod tests {
         let made = r.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned();
         let parsed = uuid::Uuid::parse_str(&made).expect("a UUID");
         assert_eq!(parsed.get_version_num(), 4);
+        let r = svc.clone().oneshot(get_req("/seen", None)).await.unwrap();
+        let echoed = r.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            echoed.as_bytes(),
+            "the handler sees the id the caller gets"
+        );
         let again = svc.clone().oneshot(get_req("/ok", None)).await.unwrap();
         assert_ne!(
             again.headers()[&X_REQUEST_ID],
