@@ -128,7 +128,6 @@ mod tests {
     use super::*;
     use axum::routing::get;
     use tower::ServiceExt;
-
     use tower_layer::Layer;
 
     fn router(len: usize) -> axum::Router {
