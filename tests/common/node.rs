@@ -112,14 +112,11 @@ pub fn postgres_for_pods() -> TempPostgres {
         "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all 198.18.0.0/16 trust\nhost replication all 127.0.0.1/32 trust\n",
     )
     .unwrap();
-    let pg = TempPostgres::start_with(&[
+    TempPostgres::start_with(&[
         &format!("listen_addresses=127.0.0.1,{NODE_IP}"),
         &format!("hba_file={}", hba.display()),
-    ]);
-    // PostgreSQL read the file as it started and reads it again only on a reload, which no test asks
-    // for; removed here, it is not left behind in /tmp by every run.
-    let _ = std::fs::remove_file(&hba);
-    pg.expect("PostgreSQL for the real node's pods")
+    ])
+    .expect("PostgreSQL for the real node's pods")
 }
 
 /// `url` (on 127.0.0.1) as the node's pods reach it.
