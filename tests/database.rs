@@ -502,3 +502,30 @@ async fn the_industry_report_is_exact_across_shards() {
     assert_eq!(rows[1]["naics_code"], "A001", "ties by code");
     s.stop().await;
 }
+
+/// A cluster's own access rules (`start_with_hba`) decide who gets in, and still do after a restart
+/// (PostgreSQL reads `pg_hba.conf` again when it starts): they live in the cluster's directory.
+#[tokio::test]
+async fn a_clusters_access_rules_hold_across_a_restart() {
+    let hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n";
+    let mut pg = TempPostgres::start_with_hba(&[], Some(hba)).unwrap();
+    let admin = PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::query("CREATE ROLE outsider LOGIN")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let outsider = format!("postgres://outsider@127.0.0.1:{}/postgres", pg.port());
+    for round in ["before", "after"] {
+        let err = PgPool::connect(&outsider).await.unwrap_err().to_string();
+        assert!(
+            err.contains("pg_hba.conf rejects"),
+            "{round} the restart: {err}"
+        );
+        let ok = PgPool::connect(&pg.url("postgres")).await.unwrap();
+        ok.close().await;
+        if round == "before" {
+            pg.restart().unwrap();
+        }
+    }
+}

@@ -92,6 +92,13 @@ impl TempPostgres {
 
     /// As [`start`](Self::start) with extra `-c name=value` settings.
     pub fn start_with(settings: &[&str]) -> Result<Self, LocalError> {
+        Self::start_with_hba(settings, None)
+    }
+
+    /// As [`start_with`](Self::start_with), and with `hba` (if given) as the cluster's `pg_hba.conf`.
+    /// Written into the data directory rather than named with `hba_file`, so it lives and goes with
+    /// the cluster: a restart reads it again, and nothing is left behind.
+    pub fn start_with_hba(settings: &[&str], hba: Option<&str>) -> Result<Self, LocalError> {
         let bin = bin_dir()?;
         let run_as = unprivileged("postgres");
         let dir = process::owned_temp_dir("kyb-pg-")?;
@@ -112,6 +119,11 @@ impl TempPostgres {
             ),
             "initdb",
         )?;
+        if let Some(hba) = hba {
+            let path = data.join("pg_hba.conf");
+            std::fs::write(&path, hba)?;
+            chown_tree(&path, run_as)?;
+        }
         let mut pg = Self {
             process: ServerProcess::new(libc::SIGINT),
             dir,

@@ -106,16 +106,10 @@ fn ctr() -> Command {
 
 /// A PostgreSQL that the node's pods reach at `NODE_IP:port` (trust authentication: test only).
 pub fn postgres_for_pods() -> TempPostgres {
-    let hba = std::env::temp_dir().join(format!("kyb-hba-{}.conf", uuid::Uuid::new_v4().simple()));
-    std::fs::write(
-        &hba,
-        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all 198.18.0.0/16 trust\nhost replication all 127.0.0.1/32 trust\n",
+    TempPostgres::start_with_hba(
+        &[&format!("listen_addresses=127.0.0.1,{NODE_IP}")],
+        Some("local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all 198.18.0.0/16 trust\nhost replication all 127.0.0.1/32 trust\n"),
     )
-    .unwrap();
-    TempPostgres::start_with(&[
-        &format!("listen_addresses=127.0.0.1,{NODE_IP}"),
-        &format!("hba_file={}", hba.display()),
-    ])
     .expect("PostgreSQL for the real node's pods")
 }
 
