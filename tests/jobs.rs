@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{business, config, eventually, migrated_db, Service};
 use kybctl::config::ScheduleConfig;
+use kybctl::jobs::failure::{Failure, FailureKind};
 use kybctl::jobs::handlers::{self, Ctx, Handler, HandlerError};
 use kybctl::jobs::policy::Policy;
 use kybctl::jobs::queue::{self, NewJob, QueueError};
@@ -279,6 +280,13 @@ async fn a_worker_stopped_past_its_lease_cannot_complete_its_job() {
         .await,
         "the job was never rescued"
     );
+    let (kind, error): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT last_error_kind, last_error FROM jobs WHERE kind = 'risk_assessment'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kind.as_deref(), Some("expired"), "{error:?}");
     assert_eq!(
         assessments().await,
         0,
@@ -446,6 +454,99 @@ async fn a_panicking_job_fails_its_attempt_not_the_worker() {
     );
     stop.cancel();
     task.await.unwrap();
+}
+
+/// A failed job as its caller sees it (`GET /v1/jobs/{id}`): the kind of failure, and the detail
+/// only where this code wrote it about the job (a rejection, a timeout). Hosts and panic messages
+/// stay with the operators (`queue::get`, what `kybctl jobs show` reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
+    let db = migrated_db().await;
+    let pool = PgPool::connect(&db).await.unwrap();
+    let s = Service::start(config(&db, None)).await;
+    let missing = Uuid::now_v7();
+    let mut conn = pool.acquire().await.unwrap();
+    let ids = queue::enqueue(
+        &mut conn,
+        &Policy::default(),
+        &[
+            NewJob::new(JobKind::Noop, json!({ "fail": "panic" })),
+            NewJob::new(JobKind::Noop, json!({ "fail": "unavailable" })),
+            NewJob::new(JobKind::Noop, json!({ "fail": "slow" })),
+            NewJob::new(
+                JobKind::RiskAssessment,
+                json!(MerchantJob {
+                    merchant_id: missing
+                }),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let standard = handlers::standard();
+    let handler: Handler = Arc::new(
+        move |ctx: Arc<Ctx>, job| match job.payload["fail"].as_str() {
+            Some("panic") => panic!("token=hunter2 seen by a handler"),
+            Some("unavailable") => Box::pin(async {
+                Err(HandlerError::Unavailable(
+                    "database unavailable: db-0.kyb.internal:5432: connection refused".into(),
+                ))
+            }),
+            Some("slow") => Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(())
+            }),
+            _ => standard(ctx, job),
+        },
+    );
+    let mut cfg = quick("caller");
+    cfg.job_timeout = Duration::from_secs(1);
+    let (stop, task) = start_worker(&db, cfg, handler).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM jobs WHERE state = 'failed' AND last_error IS NOT NULL",
+            )
+            .await
+                == 4
+        })
+        .await,
+        "{:?}",
+        queue::list(&pool, None, None, 10).await
+    );
+    stop.cancel();
+    task.await.unwrap();
+    let missing = missing.to_string();
+    for (id, kind, detail, told) in [
+        (ids[0], "internal", "token=hunter2", None),
+        (ids[1], "unavailable", "db-0.kyb.internal", None),
+        (
+            ids[2],
+            "timeout",
+            "timed out after 1s",
+            Some("timed out after 1s"),
+        ),
+        (ids[3], "rejected", missing.as_str(), Some(missing.as_str())),
+    ] {
+        let operators = queue::get(&pool, id).await.unwrap().unwrap();
+        assert_eq!(operators.last_error_kind.as_deref(), Some(kind));
+        assert!(
+            operators.last_error.as_deref().unwrap().contains(detail),
+            "{operators:?}"
+        );
+        let r = s.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let caller: Value = r.json().await.unwrap();
+        assert_eq!(caller["last_error_kind"], kind, "{caller}");
+        let message = caller["last_error"].as_str().unwrap();
+        match told {
+            Some(shown) => assert!(message.contains(shown), "{caller}"),
+            None => assert!(!message.contains(detail) && !message.is_empty(), "{caller}"),
+        }
+    }
+    s.stop().await;
 }
 
 /// Under a flood of high-priority jobs above the workers' capacity, a low-priority job still starts:
@@ -894,9 +995,14 @@ async fn the_jobs_command_steers_the_queue() {
     .unwrap();
     let mut last = claimed[0].clone();
     last.max_attempts = 1;
-    queue::fail(&pool, &one_try, &last, "broken on purpose")
-        .await
-        .unwrap();
+    queue::fail(
+        &pool,
+        &one_try,
+        &last,
+        &Failure::new(FailureKind::Internal, "broken on purpose"),
+    )
+    .await
+    .unwrap();
     let (_, out, _) = jobs(&["dead-letters", "-o", "json"]);
     let letters: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(letters[0]["job_id"], dead.to_string());

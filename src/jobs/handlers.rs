@@ -10,31 +10,56 @@ use std::sync::Arc;
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::failure::FailureKind;
 use super::policy::Policy;
 use super::queue::{self, Claimed, QueueError};
 use super::{JobKind, MerchantJob};
+use crate::db_error::DbError;
 use crate::service::cache::{keys, Event, MultiLevelCache};
 use crate::service::db::{merchants, risk_assessments, ShardPools};
 use crate::service::state::AppState;
 
+/// Why an attempt failed; the job is retried or, attempts used up, buried. The variants are the
+/// failure kinds a caller is told apart ([`FailureKind`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// The attempt failed; the job is retried or, attempts used up, buried.
+    /// The job cannot be done as asked; the message is about the job only (the caller sees it).
+    #[error("{0}")]
+    Rejected(String),
+    /// A service the job needs did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else: for operators only.
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
 
-impl From<crate::db_error::DbError> for HandlerError {
-    fn from(e: crate::db_error::DbError) -> Self {
-        HandlerError::Failed(e.to_string())
+impl HandlerError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Rejected(_) => FailureKind::Rejected,
+            Self::Unavailable(_) | Self::Queue(QueueError::Db(DbError::Unavailable(_))) => {
+                FailureKind::Unavailable
+            }
+            Self::Failed(_) | Self::Queue(_) => FailureKind::Internal,
+        }
+    }
+}
+
+impl From<DbError> for HandlerError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(_) => HandlerError::Unavailable(e.to_string()),
+            other => HandlerError::Failed(other.to_string()),
+        }
     }
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        HandlerError::Failed(crate::db_error::DbError::from(e).to_string())
+        DbError::from(e).into()
     }
 }
 
@@ -72,7 +97,7 @@ pub async fn run(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
         Some(JobKind::IndustryReport) => industry_report(ctx, job).await,
         Some(JobKind::ReclassifyAll) => reclassify_all(ctx, job).await,
         Some(JobKind::Noop) => Ok(queue::finish(ctx.primary()?, job, None).await?),
-        None => Err(HandlerError::Failed(format!(
+        None => Err(HandlerError::Rejected(format!(
             "unknown job kind {:?} (enqueued by a newer release?)",
             job.kind
         ))),
@@ -82,13 +107,13 @@ pub async fn run(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
 /// A job is enqueued with the write that needs it, so its merchant exists unless the job was made by
 /// hand (`kybctl jobs enqueue`) with a wrong id: a failure, kept in the dead letters to be replayed.
 fn no_such_merchant(id: uuid::Uuid) -> HandlerError {
-    HandlerError::Failed(format!("no merchant {id} on this shard"))
+    HandlerError::Rejected(format!("no merchant {id} on this shard"))
 }
 
 fn merchant_of(job: &Claimed) -> Result<uuid::Uuid, HandlerError> {
     serde_json::from_value::<MerchantJob>(job.payload.clone())
         .map(|p| p.merchant_id)
-        .map_err(|e| HandlerError::Failed(format!("payload: {e}")))
+        .map_err(|e| HandlerError::Rejected(format!("payload: {e}")))
 }
 
 /// Classifies the merchant from its current details and makes that its active classification.
@@ -202,4 +227,34 @@ async fn reclassify_all(ctx: &Ctx, job: &Claimed) -> Result<(), HandlerError> {
     }
     // The enqueues are idempotent by their keys, so they need no transaction with the completion.
     Ok(queue::finish(ctx.primary()?, job, Some(json!({ "enqueued": enqueued }))).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_told_by_where_it_came_from() {
+        let down = || DbError::Unavailable("db-0:5432 refused".into());
+        let kinds = [
+            (HandlerError::from(down()), FailureKind::Unavailable),
+            (QueueError::Db(down()).into(), FailureKind::Unavailable),
+            (
+                HandlerError::from(DbError::Conflict("x".into())),
+                FailureKind::Internal,
+            ),
+            (
+                HandlerError::from(sqlx::Error::RowNotFound),
+                FailureKind::Internal,
+            ),
+            (
+                QueueError::LeaseLost(uuid::Uuid::nil()).into(),
+                FailureKind::Internal,
+            ),
+            (no_such_merchant(uuid::Uuid::nil()), FailureKind::Rejected),
+        ];
+        for (e, kind) in kinds {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
 }

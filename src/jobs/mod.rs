@@ -5,10 +5,12 @@
 //! - [`policy`]: the decisions, pure (claim order with aging, batch sizes, retries).
 //! - [`queue`]: the SQL.
 //! - [`handlers`]: what each kind of job does; its effect commits with its completion.
+//! - [`failure`]: why an attempt failed, for operators and for the job's caller.
 //! - [`worker`]: claiming, heartbeats, rescue of expired leases, graceful shutdown.
 //! - [`schedule`]: recurring jobs, each tick enqueued once across every scheduler.
 //! - [`wake`]: an optional Redis nudge after a commit, so idle workers need not wait for their poll.
 
+pub mod failure;
 pub mod handlers;
 pub mod policy;
 pub mod queue;

@@ -14,6 +14,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::failure::{self, Failure};
 use super::policy::{AfterFailure, Policy};
 use super::JobKind;
 use crate::db_error::DbError;
@@ -304,8 +305,9 @@ pub async fn fail(
     pool: &PgPool,
     policy: &Policy,
     job: &Claimed,
-    error: &str,
+    failure: &Failure,
 ) -> Result<AfterFailure, QueueError> {
+    let error = failure.detail.as_str();
     let next = Policy {
         max_attempts: job.max_attempts,
         ..policy.clone()
@@ -318,8 +320,8 @@ pub async fn fail(
     };
     let updated: Option<Uuid> = sqlx::query_scalar(
         "UPDATE jobs SET state = $3, run_at = coalesce($4, run_at), ready_at = coalesce($5, ready_at),
-                last_error = $6, lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
-                finished_at = CASE WHEN $7 THEN now() END
+                last_error = $6, last_error_kind = $8, lease_token = NULL, lease_expires_at = NULL,
+                leased_by = NULL, finished_at = CASE WHEN $7 THEN now() END
           WHERE id = $1 AND lease_token = $2 AND state = 'running'
          RETURNING id",
     )
@@ -330,6 +332,7 @@ pub async fn fail(
     .bind(run_at.map(|r| policy.ready_at(r, job.priority)))
     .bind(error)
     .bind(finished)
+    .bind(failure.kind.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     if updated.is_none() {
@@ -417,6 +420,7 @@ pub async fn rescue_expired(pool: &PgPool) -> Result<u64, QueueError> {
              UPDATE jobs j
                 SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END,
                     last_error = 'lease expired: worker ' || coalesce(j.leased_by, '?') || ' stopped renewing it',
+                    last_error_kind = 'expired',
                     lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
                     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END
                FROM expired WHERE j.id = expired.id
@@ -459,9 +463,27 @@ pub struct JobView {
     pub run_at: DateTime<Utc>,
     pub first_started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The last failed attempt's error. Through the API, the caller's form of it (see
+    /// `last_error_kind`): a fixed sentence unless the job was `rejected` or timed out, never the
+    /// hosts, statements or panic messages `kybctl jobs show` gives operators.
     pub last_error: Option<String>,
+    /// What kind of failure that was: `rejected` (the job cannot be done as asked), `unavailable`
+    /// (a service it needs did not answer), `internal`, `timeout` or `expired` (its worker stopped).
+    pub last_error_kind: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+}
+
+impl JobView {
+    /// What the API tells the job's caller: the error in the caller's form ([`failure::for_caller`]).
+    pub fn for_caller(mut self) -> Self {
+        if let Some(detail) = self.last_error.take() {
+            let (kind, message) = failure::for_caller(self.last_error_kind.as_deref(), &detail);
+            self.last_error = Some(message);
+            self.last_error_kind = Some(kind.as_str().to_owned());
+        }
+        self
+    }
 }
 
 /// The columns of a [`JobView`], then the rest of the statement.
@@ -469,7 +491,8 @@ macro_rules! view {
     ($rest:literal) => {
         concat!(
             "SELECT id, queue, kind, state AS status, priority, attempts, max_attempts, payload,
-                    enqueued_at, run_at, first_started_at, finished_at, last_error, result
+                    enqueued_at, run_at, first_started_at, finished_at, last_error, last_error_kind,
+                    result
                FROM jobs ",
             $rest
         )

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::failure::{Failure, FailureKind};
 use super::handlers::{Ctx, Handler, HandlerError};
 use super::policy::{self, AfterFailure, Policy};
 use super::queue::{self, Claimed, QueueError};
@@ -241,25 +242,34 @@ fn start(
         },
     );
     let (running, wakeup, cfg) = (running.clone(), wakeup.clone(), cfg.clone());
+    let abort = handler.abort_handle();
     tokio::spawn(async move {
         let outcome = match tokio::time::timeout(cfg.job_timeout, handler).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(HandlerError::Queue(QueueError::LeaseLost(_))))) => Err(None),
-            Ok(Ok(Err(e))) => Err(Some(e.to_string())),
-            Ok(Err(joined)) if joined.is_panic() => Err(Some(format!(
-                "the job panicked: {}",
-                panic_message(joined.into_panic())
+            Ok(Ok(Err(e))) => Err(Some(Failure::new(e.kind(), e.to_string()))),
+            Ok(Err(joined)) if joined.is_panic() => Err(Some(Failure::new(
+                FailureKind::Internal,
+                format!("the job panicked: {}", panic_message(joined.into_panic())),
             ))),
             // Aborted: its lease was lost, or the worker is shutting down and hands it back.
             Ok(Err(_)) => Err(None),
-            Err(_) => Err(Some(format!("timed out after {:?}", cfg.job_timeout))),
+            Err(_) => {
+                // Dropping a task's handle detaches the task: without this, a hung handler would
+                // keep its connection and its work after its slot went to the next job.
+                abort.abort();
+                Err(Some(Failure::new(
+                    FailureKind::Timeout,
+                    format!("timed out after {:?}", cfg.job_timeout),
+                )))
+            }
         };
         let label = match outcome {
             Ok(()) => "succeeded",
             Err(None) => "lost",
-            Err(Some(error)) => {
+            Err(Some(failure)) => {
                 span.record("otel.status_code", "error");
-                record_failure(&ctx, &job, &error).await
+                record_failure(&ctx, &job, &failure).await
             }
         };
         metrics
@@ -276,18 +286,19 @@ fn start(
     });
 }
 
-async fn record_failure(ctx: &Ctx, job: &Claimed, error: &str) -> &'static str {
+async fn record_failure(ctx: &Ctx, job: &Claimed, failure: &Failure) -> &'static str {
+    let (error, kind) = (failure.detail.as_str(), failure.kind.as_str());
     let Ok(primary) = ctx.shard.writable() else {
         tracing::warn!(job = %job.id, error, "attempt failed and cannot be recorded; it is rescued when its lease expires");
         return "failed";
     };
-    match queue::fail(primary, &ctx.policy, job, error).await {
+    match queue::fail(primary, &ctx.policy, job, failure).await {
         Ok(AfterFailure::Retry { run_at }) => {
-            tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, %run_at, error, "job failed; retrying");
+            tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, %run_at, error, failure = kind, "job failed; retrying");
             "failed"
         }
         Ok(AfterFailure::Dead) => {
-            tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error, "job failed for the last time; moved to the dead letters");
+            tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error, failure = kind, "job failed for the last time; moved to the dead letters");
             "dead"
         }
         Err(QueueError::LeaseLost(_)) => "lost",

@@ -7,7 +7,8 @@ use super::State;
 use crate::jobs::queue::{self, JobView, QueueError};
 
 /// A job: `queued`, `running`, `succeeded` (with its `result`), `failed` (an attempt failed and a
-/// retry is scheduled), `dead` (attempts used up) or `cancelled`.
+/// retry is scheduled), `dead` (attempts used up) or `cancelled`. A failure is told by its kind and
+/// a message for the caller; its detail (hosts, statements, panics) is for operators only.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}",
@@ -25,7 +26,7 @@ pub async fn get(
     // A job lives in the shard of the write that enqueued it, which its id does not name.
     for shard in state.db.shards() {
         match queue::get(shard.writable()?, id).await {
-            Ok(Some(job)) => return Ok(axum::Json(job)),
+            Ok(Some(job)) => return Ok(axum::Json(job.for_caller())),
             Ok(None) => {}
             Err(QueueError::Db(e)) => return Err(e.into()),
             Err(e) => return Err(ApiError::Internal(e.to_string())),
