@@ -485,6 +485,9 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
     .unwrap();
     drop(conn);
     let standard = handlers::standard();
+    // Set by the slow job if it were left running past its timeout.
+    let outlived = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = outlived.clone();
     let handler: Handler = Arc::new(
         move |ctx: Arc<Ctx>, job| match job.payload["fail"].as_str() {
             Some("panic") => panic!("token=hunter2 seen by a handler"),
@@ -493,10 +496,14 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
                     "database unavailable: db-0.kyb.internal:5432: connection refused".into(),
                 ))
             }),
-            Some("slow") => Box::pin(async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                Ok(())
-            }),
+            Some("slow") => {
+                let flag = flag.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                })
+            }
             _ => standard(ctx, job),
         },
     );
@@ -546,6 +553,9 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
             None => assert!(!message.contains(detail) && !message.is_empty(), "{caller}"),
         }
     }
+    // The slow job's handler was stopped at its timeout, not left to run on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!outlived.load(std::sync::atomic::Ordering::SeqCst));
     s.stop().await;
 }
 
