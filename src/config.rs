@@ -236,10 +236,15 @@ pub struct PoolConfig {
     pub analytics_max_connections: Option<u32>,
     /// Of `max_connections`, how many the API service keeps for one-statement requests (a merchant
     /// read by id, a creation), which it hands back without sqlx's ping (`service::db::direct`).
-    /// Default: half; 0 turns it off; the main pool always keeps one. Not an extra pool: the
-    /// connections come out of the main one, so a pod's total stays `max_connections`.
+    /// Default: half; 0 turns it off; the main pool always keeps [`MIN_MAIN_POOL`]. Not an extra
+    /// pool: the connections come out of the main one, so a pod's total stays `max_connections`.
     pub direct_max_connections: Option<u32>,
 }
+
+/// The fewest connections a process's main pool may have: one is held for as long as the process
+/// runs by the cache-invalidation listener (`LISTEN` needs its own session), and transactions, the
+/// primary's probe and a worker's claims need at least one more.
+pub const MIN_MAIN_POOL: u32 = 2;
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -617,9 +622,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let pool = &self.database.pool;
-        if pool.max_connections == 0 || pool.min_connections > pool.max_connections {
+        if pool.max_connections < MIN_MAIN_POOL || pool.min_connections > pool.max_connections {
             return Err(ConfigError::Invalid(format!(
-                "database.pool: min_connections ({}) must be <= max_connections ({}) and max > 0",
+                "database.pool: min_connections ({}) must be <= max_connections ({}), and \
+                 max_connections at least {MIN_MAIN_POOL} (one listens for cache invalidations)",
                 pool.min_connections, pool.max_connections
             )));
         }
@@ -747,6 +753,14 @@ mod tests {
         let c = Config::from_yaml("database: {pool: {max_connections: 2, min_connections: 5}}")
             .unwrap();
         assert!(c.validate().is_err());
+        // One connection would be the cache-invalidation listener's, and nothing else could run.
+        let c = Config::from_yaml("database: {pool: {max_connections: 1, min_connections: 1}}")
+            .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 2"), "{e}");
+        let c = Config::from_yaml("database: {pool: {max_connections: 2, min_connections: 1}}")
+            .unwrap();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -529,3 +529,48 @@ async fn a_clusters_access_rules_hold_across_a_restart() {
         }
     }
 }
+
+/// The smallest pools a pod can be given still serve. The cache-invalidation listener holds one
+/// main-pool connection for good, so the main pool keeps two whatever the direct pool asks: with
+/// one left (`direct_max_connections` one short of the pool, as the setting's documentation
+/// allowed), the listener took it and the service never became ready.
+#[tokio::test]
+async fn the_smallest_pools_serve_transactions_beside_the_listener() {
+    let url = common::migrated_db().await;
+    for (max, direct) in [(2, None), (16, Some(15))] {
+        let mut cfg = config(&url, None);
+        cfg.database.pool.max_connections = max;
+        cfg.database.pool.min_connections = 1;
+        cfg.database.pool.direct_max_connections = direct;
+        let s = Service::start(cfg).await;
+        let ready = eventually(Duration::from_secs(10), || async {
+            s.get("/ready").await.status() == StatusCode::OK
+        })
+        .await;
+        assert!(
+            ready,
+            "max {max}, direct {direct:?}: {:?}",
+            s.get("/ready").await.text().await
+        );
+        let created: Value = s
+            .post_json(
+                "/v1/merchants",
+                &business("Small Pool Bakery", "bakery bread"),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        // An update is a transaction on the main pool.
+        let id = created["id"].as_str().unwrap();
+        let r = s
+            .http
+            .patch(s.url(&format!("/v1/merchants/{id}")))
+            .json(&serde_json::json!({"status": "suspended"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "max {max}, direct {direct:?}");
+        s.stop().await;
+    }
+}

@@ -15,8 +15,12 @@ use crate::operator::split::surge_pods;
 /// Connections kept back from the pods: migration and analysis Jobs, `kybctl` at a terminal, and
 /// PostgreSQL's own reserved superuser slots.
 pub const RESERVED: i32 = 10;
-/// Fewer main-pool connections than this per pod cannot serve concurrent requests.
-pub const MIN_MAIN: i32 = 2;
+/// Fewer main-pool connections than this per pod cannot serve: the service's own floor
+/// (`config::MIN_MAIN_POOL`), one of which its cache-invalidation listener holds.
+pub const MIN_MAIN: i32 = crate::config::MIN_MAIN_POOL as i32;
+/// A worker pod's main-pool connections besides its jobs': one for claims and heartbeats, and the
+/// cache-invalidation listener's.
+pub const WORKER_OVERHEAD: i32 = 2;
 
 /// What each pod gets, in the KybPlatform's status.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -85,19 +89,19 @@ pub fn budget(spec: &KybPlatformSpec) -> Result<ConnectionBudget, String> {
         ));
     }
     // A worker's jobs each hold a main-pool connection for their transaction, and the worker needs
-    // one more for claims and heartbeats.
+    // more for claims and heartbeats and for its cache-invalidation listener.
     if let Some(w) = spec
         .workers
         .as_ref()
         .filter(|w| w.replicas > 0 || w.max_replicas.is_some())
     {
-        if w.concurrency + 1 > main {
+        if w.concurrency + WORKER_OVERHEAD > main {
             return Err(format!(
                 "spec.workers.concurrency {} needs {} connections per worker pod, but each pod gets \
                  {main} from spec.database.maxConnections {} over {pods} pods: lower the concurrency \
                  or the replica counts, or raise maxConnections",
                 w.concurrency,
-                w.concurrency + 1,
+                w.concurrency + WORKER_OVERHEAD,
                 db.max_connections,
             ));
         }
@@ -158,7 +162,7 @@ mod tests {
             3 + 3,
             "2 API pods, their surge of 1, 3 workers"
         );
-        assert!(b.main >= 11, "10 jobs and the claims: {b:?}");
+        assert!(b.main >= 12, "10 jobs, the claims and the listener: {b:?}");
         let s = spec(
             "autoscaling: {enabled: false}\nreplicas: 2\nworkers: {replicas: 0, maxReplicas: 8}\n",
         );
@@ -169,7 +173,7 @@ mod tests {
         );
         let s = spec("autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 20}\nworkers: {replicas: 2, concurrency: 10}\n");
         let e = budget(&s).unwrap_err();
-        assert!(e.contains("spec.workers.concurrency 10 needs 11 connections per worker pod, but each pod gets 5 from"), "{e}");
+        assert!(e.contains("spec.workers.concurrency 10 needs 12 connections per worker pod, but each pod gets 5 from"), "{e}");
     }
 
     #[test]

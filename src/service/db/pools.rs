@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::direct::{DirectPool, Lease};
 use super::freshness::{Freshness, WriteMark};
-use crate::config::{ConfigError, DatabaseConfig, PoolConfig, Secret};
+use crate::config::{ConfigError, DatabaseConfig, PoolConfig, Secret, MIN_MAIN_POOL};
 use crate::db_error::{is_connection_error, DbError};
 use crate::telemetry::spans;
 
@@ -129,7 +129,9 @@ pub enum Serving {
 
 /// How `max_connections` of the primary splits into (main pool, direct pool). The direct pool's
 /// share comes out of the main pool, so a pod opens no more connections than the operator's budget
-/// gave it; the main pool keeps at least one, for transactions. A process serving no API (the job
+/// gave it; the main pool keeps at least [`MIN_MAIN_POOL`]: the cache-invalidation listener holds
+/// one for good, and transactions and the primary's probe need another (with one left, the
+/// listener took it and the service never became ready). A process serving no API (the job
 /// worker, whose jobs each hold a main-pool connection) keeps them all.
 pub fn split_primary(pool: &PoolConfig, serving: Serving) -> (u32, u32) {
     let max = pool.max_connections;
@@ -138,7 +140,7 @@ pub fn split_primary(pool: &PoolConfig, serving: Serving) -> (u32, u32) {
         Serving::Api => pool
             .direct_max_connections
             .unwrap_or(max / 2)
-            .min(max.saturating_sub(1)),
+            .min(max.saturating_sub(MIN_MAIN_POOL)),
     };
     (max - direct, direct)
 }
@@ -393,9 +395,10 @@ mod tests {
         assert_eq!(split_primary(&pool(100, None), Serving::Api), (50, 50));
         assert_eq!(split_primary(&pool(16, None), Serving::Api), (8, 8));
         assert_eq!(split_primary(&pool(3, None), Serving::Api), (2, 1));
-        // The main pool keeps one for transactions, whatever the setting asks.
-        assert_eq!(split_primary(&pool(1, None), Serving::Api), (1, 0));
-        assert_eq!(split_primary(&pool(10, Some(10)), Serving::Api), (1, 9));
+        // The main pool keeps the listener's and one for transactions, whatever the setting asks.
+        assert_eq!(split_primary(&pool(2, None), Serving::Api), (2, 0));
+        assert_eq!(split_primary(&pool(10, Some(10)), Serving::Api), (2, 8));
+        assert_eq!(split_primary(&pool(16, Some(15)), Serving::Api), (2, 14));
         assert_eq!(split_primary(&pool(10, Some(0)), Serving::Api), (10, 0));
         assert_eq!(split_primary(&pool(10, Some(3)), Serving::Api), (7, 3));
         // The job worker's jobs hold main-pool connections: it keeps them all.
