@@ -704,6 +704,56 @@ async fn workers_come_and_go_with_the_spec() {
     op.stop().await;
 }
 
+/// Two platforms whose children's names collide (`kyb`'s worker Deployment is `kyb-worker`, the name
+/// a platform `kyb-worker` gives its API Deployment): the second is refused in its status, saying
+/// whose object it is, and the first's Deployment is left as it was, instead of both rewriting it on
+/// every reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_does_not_take_over_another_platforms_child() {
+    let c = cluster().await;
+    let (ns, op) = Operator::start_shipped("op-taken").await;
+    operator::apply(
+        &ns,
+        &format!(
+            "{}  workers: {{replicas: 1, concurrency: 2, types: [classify]}}\n",
+            operator::platform_yaml("kyb")
+        ),
+    )
+    .await;
+    operator::wait_ready(&ns, "kyb", "120s").await;
+    let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
+    let before = deployments.get("kyb-worker").await.unwrap();
+    operator::apply_platform(&ns, "kyb-worker").await;
+    let refused = || async {
+        let kp = operator::platform(&ns, "kyb-worker").await;
+        kp.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
+            .is_some_and(|c| {
+                c.status == "False" && c.message.contains("is controlled by KybPlatform kyb")
+            })
+    };
+    eventually(
+        Duration::from_secs(30),
+        "kyb-worker refused in its status",
+        refused,
+    )
+    .await;
+    // Give a fight time to show: the platforms' reconciles keep running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = deployments.get("kyb-worker").await.unwrap();
+    assert_eq!(
+        after.metadata.owner_references, before.metadata.owner_references,
+        "still kyb's alone"
+    );
+    assert_eq!(
+        after.metadata.generation, before.metadata.generation,
+        "unchanged"
+    );
+    operator::wait_ready(&ns, "kyb", "30s").await;
+    op.stop().await;
+}
+
 /// Who holds the operators' Lease in `ns`, as `kubectl` reads it.
 fn holder_of_lease(c: &cluster::Cluster, ns: &str) -> String {
     let (_, out, _) = run(c.kubectl().args([

@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use super::build::{self, Children, FIELD_MANAGER};
 use super::drift;
 use super::metrics::OperatorMetrics;
+use super::ownership;
 use super::queue_status;
 use super::render;
 use super::revisions;
@@ -62,6 +63,13 @@ pub enum Error {
     CacheNotSynced,
     #[error(transparent)]
     Build(#[from] build::BuildError),
+    /// A child's name is taken by an object that is not the platform's ([`ownership::conflict`]).
+    #[error("{kind} {name} {why}: applying this platform would take it over; rename the platform or remove that object")]
+    NameTaken {
+        kind: String,
+        name: String,
+        why: String,
+    },
 }
 
 impl Error {
@@ -73,6 +81,7 @@ impl Error {
             Error::Serialise(..) => "serialise",
             Error::CacheNotSynced => "cache_not_synced",
             Error::Build(_) => "invalid_spec",
+            Error::NameTaken { .. } => "name_taken",
         }
     }
 }
@@ -260,11 +269,32 @@ where
         return Ok(None);
     }
     let name = desired.name_any();
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    // The caches hold only this operator's labelled objects: a miss may still be someone else's.
+    let found = match live {
+        Some(m) => Some(m.clone()),
+        None => api
+            .list_metadata(&ListParams::default().fields(&format!("metadata.name={name}")))
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .map(|o| o.metadata),
+    };
+    if let Some(why) = found
+        .as_ref()
+        .and_then(|m| ownership::conflict(m, desired.meta()))
+    {
+        return Err(Error::NameTaken {
+            kind: K::kind(&()).into_owned(),
+            name,
+            why,
+        });
+    }
     if let Some(path) = drifted {
         tracing::info!(kind = %K::kind(&()), name = %name, namespace = %ns, field = %path, "undoing an edit of an owned field");
         metrics.drift_corrections.inc();
     }
-    let api = Api::<K>::namespaced(client.clone(), ns);
     desired.annotations_mut().insert(APPLIED_HASH.into(), hash);
     metrics.writes.inc();
     // Force: this operator owns these fields; a human edit of them is drift to undo.

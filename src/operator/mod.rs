@@ -16,6 +16,7 @@ pub mod keda;
 pub mod leader;
 pub mod metrics;
 pub mod monitoring;
+pub mod ownership;
 pub mod progressive;
 pub mod queue_status;
 pub mod render;
