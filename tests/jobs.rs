@@ -461,6 +461,11 @@ async fn a_panicking_job_fails_its_attempt_not_the_worker() {
 /// stay with the operators (`queue::get`, what `kybctl jobs show` reads).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
+    // The panicking job's panic hook prints a symbolised backtrace where RUST_BACKTRACE is set (as in
+    // CI); the first one in a process reads the test binary's debug info, which on a loaded machine
+    // took longer than the job timeout, and the panic was judged a timeout. Symbolising one here
+    // first leaves the hook only the printing.
+    let _ = std::backtrace::Backtrace::force_capture().to_string();
     let db = migrated_db().await;
     let pool = PgPool::connect(&db).await.unwrap();
     let s = Service::start(config(&db, None)).await;
@@ -499,7 +504,7 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
             Some("slow") => {
                 let flag = flag.clone();
                 Box::pin(async move {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    tokio::time::sleep(Duration::from_secs(6)).await;
                     flag.store(true, std::sync::atomic::Ordering::SeqCst);
                     Ok(())
                 })
@@ -508,7 +513,7 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
         },
     );
     let mut cfg = quick("caller");
-    cfg.job_timeout = Duration::from_secs(1);
+    cfg.job_timeout = Duration::from_secs(3);
     let (stop, task) = start_worker(&db, cfg, handler).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -532,8 +537,8 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
         (
             ids[2],
             "timeout",
-            "timed out after 1s",
-            Some("timed out after 1s"),
+            "timed out after 3s",
+            Some("timed out after 3s"),
         ),
         (ids[3], "rejected", missing.as_str(), Some(missing.as_str())),
     ] {
@@ -553,8 +558,9 @@ async fn a_failed_jobs_caller_is_told_its_kind_not_the_operators_detail() {
             None => assert!(!message.contains(detail) && !message.is_empty(), "{caller}"),
         }
     }
-    // The slow job's handler was stopped at its timeout, not left to run on.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The slow job's handler was stopped at its timeout, not left to run on (it failed at 3 s and
+    // would set the flag at 6).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!outlived.load(std::sync::atomic::Ordering::SeqCst));
     s.stop().await;
 }
