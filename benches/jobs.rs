@@ -360,7 +360,7 @@ async fn main() {
         let reference = churn(&db, &pool, true, waves, per_wave).await;
         println!("\njobs table under churn: {waves} waves of {per_wave} jobs run and purged");
         print_churn(
-            "the migration's settings (fillfactor 80, vacuum at 1 % + 1,000 rows, no cost delay)",
+            "the migrations' settings (vacuum at 1 % + 1,000 rows, no cost delay)",
             &ours,
         );
         print_churn("PostgreSQL's defaults (the reference)", &reference);
