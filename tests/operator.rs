@@ -652,7 +652,9 @@ async fn workers_come_and_go_with_the_spec() {
     operator::apply(
         &ns,
         &format!(
-            "{}  workers: {{replicas: 2, concurrency: 4, types: [classify]}}\n",
+            // 3: with the default autoscaling (25 API pods at peak) each pod gets 5 connections,
+            // and a worker needs its concurrency + 2 (claims, the cache-invalidation listener).
+            "{}  workers: {{replicas: 2, concurrency: 3, types: [classify]}}\n",
             operator::platform_yaml("kyb")
         ),
     )
