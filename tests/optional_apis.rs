@@ -204,7 +204,8 @@ async fn keda_sizes_the_workers_once_installed_and_status_shows_the_queue() {
 /// Without the Prometheus Operator the dashboard ConfigMap is there and the Monitoring condition
 /// says what is missing; once its CRDs are installed the PodMonitor and PrometheusRule are applied
 /// (accepted by its own schemas) under the shipped RBAC; `spec.monitoring.enabled: false` removes
-/// all three.
+/// all three, and a rule of the user's own under the platform's name is neither deleted nor taken
+/// over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitoring_is_rendered_where_the_prometheus_operator_is_installed() {
     let c = cluster().await;
@@ -356,6 +357,75 @@ async fn monitoring_is_rendered_where_the_prometheus_operator_is_installed() {
                 .unwrap()
                 .is_none()
             && condition(&kp, "Monitoring").is_none()
+    })
+    .await;
+
+    // A PrometheusRule of the user's own under the platform's name: not deleted while monitoring is
+    // off, not taken over when it is turned on (the platform is refused, naming it), and once the
+    // user removes it the platform's own is applied by the retries alone.
+    let foreign: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "kyb", "namespace": ns},
+        "spec": {"groups": [{"name": "mine", "rules": [{"record": "mine", "expr": "vector(1)"}]}]},
+    }))
+    .unwrap();
+    rules
+        .create(&Default::default(), &foreign)
+        .await
+        .expect("the user's rule");
+    check(c.kubectl().args([
+        "patch",
+        "kyb",
+        "kyb",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec": {"slos": {"throughputRpm": 23456}}}"#,
+    ]));
+    eventually(Duration::from_secs(60), "the change observed", || async {
+        let kp = platforms.get("kyb").await.unwrap();
+        kp.status.as_ref().and_then(|s| s.observed_generation) == kp.metadata.generation
+    })
+    .await;
+    assert!(
+        rules.get_opt("kyb").await.unwrap().is_some(),
+        "the user's rule was deleted"
+    );
+    operator::apply(
+        &ns,
+        &format!(
+            "{}  monitoring: {{labels: {{release: prometheus}}}}\n",
+            operator::platform_yaml("kyb")
+        ),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "the platform refused", || async {
+        let kp = platforms.get("kyb").await.unwrap();
+        kp.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
+            .is_some_and(|c| {
+                c.status == "False"
+                    && c.message
+                        .contains("PrometheusRule kyb exists and was not made by this operator")
+            })
+    })
+    .await;
+    let kept = rules.get("kyb").await.unwrap();
+    assert_eq!(kept.data["spec"]["groups"][0]["name"], "mine", "taken over");
+    assert!(kept.metadata.owner_references.is_none(), "taken over");
+    rules.delete("kyb", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(60), "Monitoring Rendered", || async {
+        let kp = platforms.get("kyb").await.unwrap();
+        condition(&kp, "Monitoring") == Some(("True".into(), "Rendered".into()))
+            && rules.get_opt("kyb").await.unwrap().is_some_and(|r| {
+                r.metadata
+                    .owner_references
+                    .is_some_and(|o| o[0].kind == "KybPlatform")
+            })
     })
     .await;
     op.stop().await;

@@ -81,6 +81,9 @@ pub struct Children {
     pub monitoring: Option<(serde_json::Value, serde_json::Value)>,
     /// The Grafana dashboard ConfigMap `<name>-dashboard`, with monitoring and its dashboard on.
     pub dashboard: Option<ConfigMap>,
+    /// What an object must show to be this platform's: its controlling owner reference and labels
+    /// (see `ownership`). Children of kinds not cached are judged against it before a delete.
+    pub claim: ObjectMeta,
     /// Short hash of image and configuration: marks the revision in status and on its pods.
     pub revision: String,
     /// Short hash of what a migration depends on (the image and the databases it migrates): names the
@@ -668,6 +671,11 @@ pub fn build(kp: &KybPlatform) -> Result<Children, BuildError> {
         worker_scaling,
         monitoring,
         dashboard,
+        claim: ObjectMeta {
+            labels: Some(labels(kp, "platform")),
+            owner_references: Some(vec![owner(kp)?]),
+            ..Default::default()
+        },
         revision,
         schema,
     })
@@ -1184,6 +1192,13 @@ mod tests {
             let l = m.labels.as_ref().unwrap();
             assert_eq!(l["app.kubernetes.io/instance"], "kyb");
             assert_eq!(l["app.kubernetes.io/managed-by"], FIELD_MANAGER);
+            // The claim a delete of an uncached kind is judged by covers every child, and a
+            // platform of another uid claims none.
+            assert_eq!(super::super::ownership::conflict(m, &c.claim), None);
+            let mut other = kp.clone();
+            other.metadata.uid = Some("other-uid".into());
+            let theirs = build(&other).unwrap().claim;
+            assert!(super::super::ownership::conflict(m, &theirs).is_some());
         }
     }
 

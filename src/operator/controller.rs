@@ -72,6 +72,17 @@ pub enum Error {
     },
 }
 
+impl From<super::dynamic::Error> for Error {
+    fn from(e: super::dynamic::Error) -> Self {
+        match e {
+            super::dynamic::Error::Kube(e) => Error::Kube(e),
+            super::dynamic::Error::NameTaken { kind, name, why } => {
+                Error::NameTaken { kind, name, why }
+            }
+        }
+    }
+}
+
 impl Error {
     /// Metric label.
     pub fn reason(&self) -> &'static str {
@@ -134,12 +145,6 @@ impl Context {
     async fn forget(&self, api: OptionalApi) {
         self.optional_apis.lock().await.remove(&api);
     }
-}
-
-/// Whether `e` says the kind itself is not served (its CRD was deleted since discovery), rather than
-/// that one object is missing.
-fn kind_gone(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(a) if a.code == 404)
 }
 
 /// The children as last seen by the controller's watches. Those whose fields can be edited are kept
@@ -910,12 +915,12 @@ async fn apply_workers(
             .worker_scaling
             .as_ref()
             .filter(|_| children.workers.is_some());
-        match super::keda::reconcile(client, ns, name, wanted).await {
+        match super::keda::reconcile(client, ns, name, wanted, &children.claim).await {
             Ok(writes) => {
                 metrics.writes.inc_by(u64::from(writes));
             }
             // KEDA was uninstalled since it was discovered: asked again next time.
-            Err(e) if kind_gone(&e) => ctx.forget(OptionalApi::Keda).await,
+            Err(e) if e.kind_gone() => ctx.forget(OptionalApi::Keda).await,
             Err(e) => return Err(e.into()),
         };
     }
@@ -981,11 +986,12 @@ async fn apply_monitoring(
             .as_ref()
             .map(|_| status::Monitoring::PrometheusOperatorMissing));
     }
-    match super::monitoring::reconcile(client, ns, name, children.monitoring.as_ref()).await {
+    let monitoring = children.monitoring.as_ref();
+    match super::monitoring::reconcile(client, ns, name, monitoring, &children.claim).await {
         Ok(writes) => {
             metrics.writes.inc_by(u64::from(writes));
         }
-        Err(e) if kind_gone(&e) => {
+        Err(e) if e.kind_gone() => {
             ctx.forget(OptionalApi::PrometheusOperator).await;
             return Ok(children
                 .monitoring

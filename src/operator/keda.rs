@@ -12,6 +12,7 @@
 //! Rendering is pure ([`render`]); the rest is thin I/O through `dynamic`: whether the CRDs exist
 //! (API discovery) and applying or deleting the objects.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
 use serde_json::{json, Value};
@@ -139,13 +140,15 @@ pub async fn installed(client: &Client) -> Result<bool, kube::Error> {
 }
 
 /// Makes KEDA's objects for `name`'s workers match `scaling`: applied when present, deleted (with
-/// any TriggerAuthentication of the platform's workers) when not. Returns the objects written.
+/// any TriggerAuthentication of the platform's workers) when not; only objects the platform's
+/// `claim` (see `dynamic::delete`) covers are deleted. Returns the objects written.
 pub async fn reconcile(
     client: &Client,
     ns: &str,
     name: &str,
     scaling: Option<&Scaling>,
-) -> Result<u32, kube::Error> {
+    claim: &ObjectMeta,
+) -> Result<u32, dynamic::Error> {
     let objects =
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &scaled_object_resource());
     let auths = Api::<DynamicObject>::namespaced_with(
@@ -166,7 +169,7 @@ pub async fn reconcile(
         }
         writes += u32::from(dynamic::apply(&objects, s.scaled_object.clone()).await?);
     } else {
-        writes += u32::from(dynamic::delete(&objects, &worker).await?);
+        writes += u32::from(dynamic::delete(&objects, &worker, claim).await?);
     }
     // TriggerAuthentications of databases no longer in the spec (or of all, without scaling).
     let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=worker");
@@ -176,7 +179,7 @@ pub async fn reconcile(
     {
         let n = a.metadata.name.clone().unwrap_or_default();
         if !keep.contains(&n) {
-            writes += u32::from(dynamic::delete(&auths, &n).await?);
+            writes += u32::from(dynamic::delete(&auths, &n, claim).await?);
         }
     }
     Ok(writes)

@@ -444,14 +444,15 @@ pub async fn installed(client: &Client) -> Result<bool, kube::Error> {
     Ok(true)
 }
 
-/// The PodMonitor and PrometheusRule of platform `name`: applied when given, deleted when not.
-/// Returns the objects written.
+/// The PodMonitor and PrometheusRule of platform `name`: applied when given, deleted when not (if
+/// the platform's `claim` covers them; see `dynamic::delete`). Returns the objects written.
 pub async fn reconcile(
     client: &Client,
     ns: &str,
     name: &str,
     objects: Option<&(Value, Value)>,
-) -> Result<u32, kube::Error> {
+    claim: &ObjectMeta,
+) -> Result<u32, dynamic::Error> {
     let monitors = Api::<DynamicObject>::namespaced_with(
         client.clone(),
         ns,
@@ -473,7 +474,7 @@ pub async fn reconcile(
         }
         None => {
             for api in [&monitors, &rules] {
-                writes += u32::from(dynamic::delete(api, name).await?);
+                writes += u32::from(dynamic::delete(api, name, claim).await?);
             }
         }
     }
