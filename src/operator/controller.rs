@@ -63,22 +63,15 @@ pub enum Error {
     CacheNotSynced,
     #[error(transparent)]
     Build(#[from] build::BuildError),
-    /// A child's name is taken by an object that is not the platform's ([`ownership::conflict`]).
-    #[error("{kind} {name} {why}: applying this platform would take it over; rename the platform or remove that object")]
-    NameTaken {
-        kind: String,
-        name: String,
-        why: String,
-    },
+    #[error(transparent)]
+    NameTaken(#[from] ownership::NameTaken),
 }
 
 impl From<super::dynamic::Error> for Error {
     fn from(e: super::dynamic::Error) -> Self {
         match e {
             super::dynamic::Error::Kube(e) => Error::Kube(e),
-            super::dynamic::Error::NameTaken { kind, name, why } => {
-                Error::NameTaken { kind, name, why }
-            }
+            super::dynamic::Error::NameTaken(t) => Error::NameTaken(t),
         }
     }
 }
@@ -92,7 +85,7 @@ impl Error {
             Error::Serialise(..) => "serialise",
             Error::CacheNotSynced => "cache_not_synced",
             Error::Build(_) => "invalid_spec",
-            Error::NameTaken { .. } => "name_taken",
+            Error::NameTaken(_) => "name_taken",
         }
     }
 }
@@ -290,11 +283,12 @@ where
         .as_ref()
         .and_then(|m| ownership::conflict(m, desired.meta()))
     {
-        return Err(Error::NameTaken {
+        return Err(ownership::NameTaken {
             kind: K::kind(&()).into_owned(),
             name,
             why,
-        });
+        }
+        .into());
     }
     if let Some(path) = drifted {
         tracing::info!(kind = %K::kind(&()), name = %name, namespace = %ns, field = %path, "undoing an edit of an owned field");

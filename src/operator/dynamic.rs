@@ -18,13 +18,8 @@ use super::ownership;
 pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    /// The name is held by an object that is not the platform's ([`ownership::conflict`]).
-    #[error("{kind} {name} {why}")]
-    NameTaken {
-        kind: String,
-        name: String,
-        why: String,
-    },
+    #[error(transparent)]
+    NameTaken(#[from] ownership::NameTaken),
 }
 
 impl Error {
@@ -67,11 +62,12 @@ pub async fn apply(api: &Api<DynamicObject>, mut desired: DynamicObject) -> Resu
         .as_ref()
         .and_then(|l| ownership::conflict(&l.metadata, &desired.metadata))
     {
-        return Err(Error::NameTaken {
+        return Err(ownership::NameTaken {
             kind: kind_of(live.as_ref(), &desired),
             name,
             why,
-        });
+        }
+        .into());
     }
     let applied = live
         .as_ref()

@@ -8,6 +8,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::build::FIELD_MANAGER;
 
+/// A child's name held by an object that is not the platform's: the platform is refused, the object
+/// left as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name} {why}: applying this platform would take it over; rename the platform or remove that object")]
+pub struct NameTaken {
+    pub kind: String,
+    pub name: String,
+    pub why: String,
+}
+
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 const INSTANCE: &str = "app.kubernetes.io/instance";
 
