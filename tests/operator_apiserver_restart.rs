@@ -43,13 +43,34 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
         out.lines().filter(|l| !l.trim().is_empty()).count()
     };
     let count = |kind: &str| count_where(kind, "");
-    operator::apply_platform(&ns, "before").await;
-    // Mid-reconcile: the first children exist, the migration Job has not completed yet.
-    cluster::eventually(Duration::from_secs(30), "the first children", || async {
-        count("configmaps") >= 2 // kube-root-ca.crt and the platform's own
-    })
+    // Mid-reconcile, for certain: the expand Job's pod is held (kwok never completes it), so the
+    // platform's first children exist and it cannot be Ready when the apiserver goes away. Waiting on
+    // kwok's readiness delays instead lost the race on a loaded CI machine.
+    let before = operator::platform_yaml("before").replace(
+        "spec:\n",
+        "spec:\n  migrations: {podAnnotations: {kwok.x-k8s.io/hold: \"true\"}}\n",
+    );
+    cluster::check_with_stdin(c.kubectl().args(["apply", "-n", &ns, "-f", "-"]), &before);
+    let held_pod = || {
+        let (_, out, _) = run(c.kubectl().args([
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "kyb.io/migration-phase=expand",
+            "-o",
+            "name",
+        ]));
+        out.lines().next().map(|l| l.trim().to_string())
+    };
+    cluster::eventually(
+        Duration::from_secs(60),
+        "the held expand Job's pod",
+        || async { held_pod().is_some() },
+    )
     .await;
-    // kwok makes the Deployment's pods Ready only after 10-25 s, so the platform cannot be Ready yet.
+    assert!(count("configmaps") >= 2, "the first children"); // kube-root-ca.crt and the platform's
     let (_, ready, _) = run(c.kubectl().args([
         "get",
         "kyb/before",
@@ -63,6 +84,16 @@ async fn an_apiserver_restart_mid_reconcile_converges_without_duplicates() {
         .await
         .expect("restart task");
 
+    // The held pod is let go; the operator must notice its Job complete through resumed watches.
+    let pod = held_pod().expect("the held pod survives the restart");
+    check(c.kubectl().args([
+        "annotate",
+        "-n",
+        &ns,
+        &pod,
+        "kwok.x-k8s.io/hold=false",
+        "--overwrite",
+    ]));
     // The operator's watches must have resumed: a platform created after the restart is reconciled.
     operator::apply_platform(&ns, "after").await;
     for name in ["before", "after"] {
