@@ -139,13 +139,10 @@ pub fn rule_groups(kp: &KybPlatform, m: &MonitoringSpec) -> Value {
         .collect();
     let for_ = m.alert_for.as_str();
     let p95 = p95_seconds(kp);
-    // The platform's pods by name, as kube-state-metrics and cAdvisor label them: `<name>-<hash>-<id>`
-    // (the API Deployment), `<name>-<revision>-<hash>-<id>` (a revision's), `<name>-worker-<hash>-<id>`.
-    // Exact enough that a platform `kyb` does not take in `kyb-staging`'s pods; pod labels would be
-    // exact, but kube-state-metrics exports none unless told to.
     let pods = format!(
-        r#"namespace="{}",pod=~"{name}-((worker|[0-9a-f]{{10}})-)?[a-z0-9]{{1,10}}-[a-z0-9]{{5}}""#,
-        kp.metadata.namespace.as_deref().unwrap_or_default()
+        r#"namespace="{}",pod=~"{}""#,
+        kp.metadata.namespace.as_deref().unwrap_or_default(),
+        pod_name_pattern(kp)
     );
     let thresholds = vec![
         alert(
@@ -203,6 +200,22 @@ pub fn rule_groups(kp: &KybPlatform, m: &MonitoringSpec) -> Value {
         {"name": format!("kyb-{name}-slo-burn"), "interval": m.interval, "rules": burn},
         {"name": format!("kyb-{name}-thresholds"), "interval": m.interval, "rules": thresholds},
     ])
+}
+
+/// The platform's pods by name, as kube-state-metrics and cAdvisor label them: `<name>-<hash>-<id>`
+/// (the API Deployment), `<name>-<revision>-<hash>-<id>` (a revision's) and, only while the spec has
+/// workers, `<name>-worker-<hash>-<id>`. Exact enough that a platform `kyb` does not take in
+/// `kyb-staging`'s pods, nor the API pods of a platform `kyb-worker` (which can exist only while
+/// `kyb` has no workers: the operator refuses a Deployment name another platform holds). Pod labels
+/// would be exact, but kube-state-metrics exports none unless told to.
+fn pod_name_pattern(kp: &KybPlatform) -> String {
+    let name = kp.metadata.name.as_deref().unwrap_or_default();
+    let middle = if kp.spec.workers.is_some() {
+        "worker|[0-9a-f]{10}"
+    } else {
+        "[0-9a-f]{10}"
+    };
+    format!("{name}-(({middle})-)?[a-z0-9]{{1,10}}-[a-z0-9]{{5}}")
 }
 
 /// The PrometheusRule object, named and owned by `meta`.
@@ -575,25 +588,36 @@ mod tests {
                 && e.contains(r#"route=~"/v1/.*""#)));
     }
 
+    /// The pod pattern the CPU and memory alerts of `k` select, as a regex anchored like PromQL's.
+    fn resource_alert_pods(k: &KybPlatform) -> regex::Regex {
+        let groups = rule_groups(k, &k.spec.monitoring);
+        let all = rules(&groups);
+        let patterns: Vec<&str> = ["KybHighCpu", "KybHighMemory"]
+            .iter()
+            .map(|n| {
+                let expr = all.iter().find(|r| r["alert"] == *n).unwrap()["expr"]
+                    .as_str()
+                    .unwrap();
+                expr.split(r#"pod=~""#)
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            patterns[0], patterns[1],
+            "CPU and memory watch the same pods"
+        );
+        regex::Regex::new(&format!("^(?:{})$", patterns[0])).unwrap()
+    }
+
     #[test]
     fn resource_alerts_take_this_platforms_pods_only() {
-        let k = kp();
-        let groups = rule_groups(&k, &k.spec.monitoring);
-        let cpu = rules(&groups)
-            .into_iter()
-            .find(|r| r["alert"] == "KybHighCpu")
-            .unwrap()["expr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let pattern = cpu
-            .split(r#"pod=~""#)
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        let mut k = kp();
+        k.spec.workers = Some(serde_json::from_value(json!({})).unwrap());
+        let re = resource_alert_pods(&k);
         for ours in [
             "kyb-6d4cf56db6-x7k2p",
             "kyb-worker-5f9c7b-abcde",
@@ -605,6 +629,19 @@ mod tests {
             "kyb-staging-6d4cf56db6-x7k2p",
             "kyb-staging-worker-5f9c7b-abcde",
             "kyb2-6d4cf56db6-x7k2p",
+        ] {
+            assert!(!re.is_match(theirs), "{theirs}");
+        }
+    }
+
+    #[test]
+    fn without_workers_a_platform_named_like_its_workers_is_not_taken_in() {
+        // Platform `kyb` has no workers, so a platform `kyb-worker` may exist beside it.
+        let re = resource_alert_pods(&kp());
+        assert!(re.is_match("kyb-6d4cf56db6-x7k2p"));
+        for theirs in [
+            "kyb-worker-5f9c7b-abcde",            // kyb-worker's API pods
+            "kyb-worker-0123456789-7c9d8f-zz9q1", // and its revisions'
         ] {
             assert!(!re.is_match(theirs), "{theirs}");
         }
