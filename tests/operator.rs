@@ -756,6 +756,71 @@ async fn a_platform_does_not_take_over_another_platforms_child() {
     op.stop().await;
 }
 
+/// A Secret under the generated key's name that the platform did not make (its entry would be
+/// mounted into the API pods as an accepted key) is refused, not used, and left as it is; once it is
+/// gone the operator makes its own and the platform becomes Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_api_key_secret_is_refused_not_used() {
+    let c = cluster().await;
+    let (ns, op) = Operator::start_shipped("op-planted").await;
+    check(c.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "kyb-api-key",
+        "-n",
+        &ns,
+        "--from-literal=key=kyb_chosen",
+        "--from-literal=keys.yaml=- client: planted\n",
+    ]));
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client().await, &ns);
+    let planted = secrets.get("kyb-api-key").await.unwrap();
+    operator::apply_platform(&ns, "kyb").await;
+    eventually(
+        Duration::from_secs(30),
+        "kyb refused in its status",
+        || async {
+            let kp = operator::platform(&ns, "kyb").await;
+            kp.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
+                .is_some_and(|c| {
+                    c.status == "False"
+                        && c.message
+                            .contains("Secret kyb-api-key exists and was not made")
+                })
+        },
+    )
+    .await;
+    let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
+    assert!(
+        deployments.get_opt("kyb").await.unwrap().is_none(),
+        "no API pods were given the planted key"
+    );
+    let after = secrets.get("kyb-api-key").await.unwrap();
+    assert_eq!(
+        after.data, planted.data,
+        "the planted Secret is left as it is"
+    );
+    assert_eq!(after.metadata.owner_references, None);
+
+    check(
+        c.kubectl()
+            .args(["delete", "secret", "kyb-api-key", "-n", &ns]),
+    );
+    operator::wait_ready(&ns, "kyb", "120s").await;
+    let made = secrets.get("kyb-api-key").await.unwrap();
+    assert!(
+        made.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "KybPlatform" && o.name == "kyb"),
+        "the operator's own, owned by the platform"
+    );
+    op.stop().await;
+}
+
 /// Who holds the operators' Lease in `ns`, as `kubectl` reads it.
 fn holder_of_lease(c: &cluster::Cluster, ns: &str) -> String {
     let (_, out, _) = run(c.kubectl().args([

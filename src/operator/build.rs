@@ -168,6 +168,16 @@ pub(super) fn meta(
     })
 }
 
+/// The metadata of [`generated_key_secret`]: what the Secret found under its name is checked against.
+pub fn generated_key_meta(kp: &KybPlatform) -> Result<ObjectMeta, BuildError> {
+    let name = kp
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::Missing("name"))?;
+    meta(kp, render::generated_key_secret(name), "api-key")
+}
+
 /// The Secret of the platform's generated API key: the key itself and its hashed entry (the API pods
 /// mount only the entry). The key is made by the caller, so this stays pure. Owned by the platform,
 /// so it goes with it.
@@ -176,13 +186,8 @@ pub fn generated_key_secret(
     key: &str,
     entry_yaml: &str,
 ) -> Result<Secret, BuildError> {
-    let name = kp
-        .metadata
-        .name
-        .as_deref()
-        .ok_or(BuildError::Missing("name"))?;
     Ok(Secret {
-        metadata: meta(kp, render::generated_key_secret(name), "api-key")?,
+        metadata: generated_key_meta(kp)?,
         type_: Some("Opaque".into()),
         string_data: Some(BTreeMap::from([
             (render::GENERATED_KEY.into(), key.to_owned()),

@@ -400,6 +400,18 @@ async fn missing_secrets(
             None if name == generated => Some(create_generated_key(&api, kp, metrics).await?),
             found => found,
         };
+        // The generated key's entry is mounted into the API pods as an accepted key: a Secret under
+        // its name that the platform did not make would let whoever made it choose a key.
+        if let Some(s) = secret.as_ref().filter(|_| name == generated) {
+            if let Some(why) = ownership::conflict(&s.metadata, &build::generated_key_meta(kp)?) {
+                return Err(ownership::NameTaken {
+                    kind: "Secret".into(),
+                    name: name.to_owned(),
+                    why,
+                }
+                .into());
+            }
+        }
         let Some(secret) = secret else {
             return Ok(Some(Blocker {
                 reason: "SecretMissing",
