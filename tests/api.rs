@@ -659,3 +659,98 @@ async fn a_request_over_the_write_timeout_is_counted_under_its_route() {
     );
     drop(silent);
 }
+
+/// `Idempotency-Key` on `POST /v1/merchants`: the same request sent again (synchronous or with
+/// `async=true`) makes nothing new and is answered with what the key made; the key with another body
+/// is refused; another caller's key of the same spelling is its own.
+#[tokio::test]
+async fn a_creation_sent_again_with_its_key_makes_nothing_new() {
+    let db = migrated_db().await;
+    let s = Service::start(config(&db, Some(&redis().url()))).await;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let send = |key: &'static str, query: &'static str, body: Value| {
+        let req = s
+            .http
+            .post(s.url(&format!("/v1/merchants{query}")))
+            .header("idempotency-key", key)
+            .json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let pizza = json!({"name": "Joe's Pizza", "description": "pizza restaurant", "country": "US"});
+
+    let first = send("order-1", "", pizza.clone()).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(header(&first, "idempotent-replayed"), "");
+    let made: Value = first.json().await.unwrap();
+    let again = send("\"order-1\"", "", pizza.clone()).await;
+    assert_eq!(again.status(), StatusCode::CREATED, "the same answer");
+    assert_eq!(header(&again, "idempotent-replayed"), "true");
+    assert_eq!(
+        header(&again, "location"),
+        format!("/v1/merchants/{}", made["id"].as_str().unwrap())
+    );
+    assert_eq!(again.json::<Value>().await.unwrap(), made);
+    assert_eq!(count("SELECT count(*) FROM merchants").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM classifications").await,
+        1,
+        "no second history row"
+    );
+
+    // The key with another body: refused, nothing written.
+    let other = send(
+        "order-1",
+        "",
+        json!({"name": "Joe's Pizza", "country": "CA"}),
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = other.json().await.unwrap();
+    assert_eq!(problem["field"], "Idempotency-Key", "{problem}");
+    assert_eq!(count("SELECT count(*) FROM merchants").await, 1);
+
+    // Asynchronous: the retry names the same job, and one job exists.
+    let bakery = json!({"name": "Acme Bakery", "description": "bread and cakes"});
+    let r1 = send("order-2", "?async=true", bakery.clone()).await;
+    assert_eq!(r1.status(), StatusCode::ACCEPTED);
+    let a1: Value = r1.json().await.unwrap();
+    let r2 = send("order-2", "?async=true", bakery.clone()).await;
+    assert_eq!(r2.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r2, "idempotent-replayed"), "true");
+    assert_eq!(
+        header(&r2, "location"),
+        format!("/v1/jobs/{}", a1["job"]["id"].as_str().unwrap())
+    );
+    let a2: Value = r2.json().await.unwrap();
+    assert_eq!(a2["merchant"]["id"], a1["merchant"]["id"]);
+    assert_eq!(a2["job"]["id"], a1["job"]["id"]);
+    assert_eq!(count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(count("SELECT count(*) FROM merchants").await, 2);
+
+    // Concurrent sends of one key: one merchant, every answer naming it.
+    let shop = json!({"name": "Bolt Garage", "description": "car repair"});
+    let answers =
+        futures::future::join_all((0..8).map(|_| send("order-3", "", shop.clone()))).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for r in answers {
+        assert_eq!(r.status(), StatusCode::CREATED);
+        ids.insert(r.json::<Value>().await.unwrap()["id"].clone().to_string());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(count("SELECT count(*) FROM merchants").await, 3);
+
+    // A malformed key is refused before anything is written.
+    let bad = send("two words", "", shop.clone()).await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(count("SELECT count(*) FROM merchants").await, 3);
+    s.stop().await;
+}

@@ -42,6 +42,7 @@ async fn merchants_with_jobs(pool: &PgPool, n: usize, kind: JobKind) -> Vec<Uuid
                 id,
                 &business_input(&format!("Shop {i}")),
                 MerchantStatus::Active,
+                None,
             )
             .await
             .unwrap();
@@ -119,6 +120,7 @@ async fn a_job_commits_and_rolls_back_with_its_write() {
             id,
             &business_input("Shop"),
             MerchantStatus::Active,
+            None,
         )
         .await
         .unwrap();
@@ -378,6 +380,7 @@ async fn failing_jobs_retry_then_die_and_replay_once() {
         merchant,
         &business_input("Late Shop"),
         MerchantStatus::Active,
+        None,
     )
     .await
     .unwrap();
@@ -1045,19 +1048,30 @@ fn ndjson(prefix: &str, n: usize) -> String {
 }
 
 async fn post_ndjson(s: &Service, body: String, content_type: &str) -> reqwest::Response {
-    s.http
+    post_keyed(s, body, content_type, None).await
+}
+
+async fn post_keyed(
+    s: &Service,
+    body: String,
+    content_type: &str,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut req = s
+        .http
         .post(s.url("/v1/merchants:import"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+        .header("content-type", content_type);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    req.body(body).send().await.unwrap()
 }
 
 /// A bulk import over two shards: every line checked before anything is written, each shard's
 /// merchants committed with their jobs (batches of 1,000 inside one transaction), and a worker
 /// classifies them all. A shard whose transaction fails (its jobs table is gone) keeps none of its
-/// lines and names them, while the other shard's stand.
+/// lines and names them, while the other shard's stand; the same file sent again under its
+/// `Idempotency-Key` once the shard is back writes that shard's lines and replays the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_import_commits_per_shard_with_a_job_per_line() {
     let pg = common::pg();
@@ -1161,12 +1175,14 @@ async fn a_bulk_import_commits_per_shard_with_a_job_per_line() {
 
     // Shard 1 loses its jobs table: its merchants' INSERT succeeds, their jobs' fails, and the
     // transaction takes both back. Shard 0's lines stand; shard 1's come back as failed.
-    sqlx::query("DROP TABLE jobs CASCADE")
+    sqlx::query("ALTER TABLE jobs RENAME TO jobs_away")
         .execute(&pools[1])
         .await
         .unwrap();
     let before = [merchants(0).await, merchants(1).await];
-    let r = post_ndjson(&s, ndjson("Partial", 400), "application/x-ndjson").await;
+    let ndjson_type = "application/x-ndjson";
+    let key = Some("partial-file-1");
+    let r = post_keyed(&s, ndjson("Partial", 400), ndjson_type, key).await;
     assert_eq!(r.status(), StatusCode::MULTI_STATUS);
     let result: Value = r.json().await.unwrap();
     let (ok, failed) = (
@@ -1185,5 +1201,69 @@ async fn a_bulk_import_commits_per_shard_with_a_job_per_line() {
     );
     assert_eq!(merchants(0).await, before[0] + ok.len() as i64);
     assert_eq!(merchants(1).await, before[1], "nothing half-applied");
+
+    // The shard is back; the same file under the same key: shard 1's lines are written, shard 0's
+    // replayed (the same ids and jobs, nothing new), so every line is imported exactly once.
+    sqlx::query("ALTER TABLE jobs_away RENAME TO jobs")
+        .execute(&pools[1])
+        .await
+        .unwrap();
+    let jobs_on = |i: usize| count(&pools[i], "SELECT count(*) FROM jobs");
+    let jobs_before = [jobs_on(0).await, jobs_on(1).await];
+    let r = post_keyed(&s, ndjson("Partial", 400), ndjson_type, key).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let retried: Value = r.json().await.unwrap();
+    let lines = retried["imported"].as_array().unwrap();
+    assert_eq!(lines.len(), 400);
+    for l in ok {
+        let again = &lines[l["line"].as_u64().unwrap() as usize - 1];
+        assert_eq!((&again["id"], &again["job"]), (&l["id"], &l["job"]));
+        assert_eq!(again["replayed"], true);
+    }
+    let written = lines.iter().filter(|l| l["replayed"] == false).count();
+    assert_eq!(written, failed.len(), "the failed lines, and only they");
+    assert_eq!(merchants(0).await, before[0] + ok.len() as i64);
+    assert_eq!(merchants(1).await, before[1] + failed.len() as i64);
+    assert_eq!(
+        jobs_on(0).await,
+        jobs_before[0],
+        "no job again for a replayed line"
+    );
+    assert_eq!(jobs_on(1).await, jobs_before[1] + failed.len() as i64);
+
+    // Once more: everything replayed, nothing written.
+    let r = post_keyed(&s, ndjson("Partial", 400), ndjson_type, key).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let third: Value = r.json().await.unwrap();
+    assert!(third["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["replayed"] == true));
+    assert_eq!(merchants(1).await, before[1] + failed.len() as i64);
+
+    // The key with one line changed: that line's shard refuses (nothing of it written), the other
+    // shard's lines are replayed: 207, the refusal naming the key.
+    let mut changed = ndjson("Partial", 400);
+    changed = changed.replacen("Partial 1\"", "Partial one\"", 1);
+    let r = post_keyed(&s, changed, ndjson_type, key).await;
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    let mixed: Value = r.json().await.unwrap();
+    let refused = mixed["failed"].as_array().unwrap();
+    assert!(refused.iter().any(|l| l["line"] == 1), "{mixed}");
+    assert!(refused[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+    assert!(mixed["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["replayed"] == true));
+    assert_eq!(
+        [merchants(0).await, merchants(1).await],
+        [before[0] + ok.len() as i64, before[1] + failed.len() as i64],
+        "nothing new anywhere"
+    );
     s.stop().await;
 }

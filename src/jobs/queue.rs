@@ -50,6 +50,9 @@ impl From<sqlx::Error> for QueueError {
 /// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// Given by the caller when it must name the job before it exists (a keyed creation's job, which
+    /// a retry reports without looking it up); otherwise a new UUIDv7.
+    pub id: Option<Uuid>,
     pub queue: String,
     pub kind: JobKind,
     pub payload: Value,
@@ -63,6 +66,7 @@ pub struct NewJob {
 impl NewJob {
     pub fn new(kind: JobKind, payload: Value) -> Self {
         Self {
+            id: None,
             queue: DEFAULT_QUEUE.into(),
             kind,
             payload,
@@ -95,7 +99,7 @@ pub async fn enqueue(
     let (mut run_ats, mut ready_ats, mut keys) = (vec![], vec![], vec![]);
     for j in jobs {
         let run_at = j.run_at.unwrap_or(now);
-        ids.push(Uuid::now_v7());
+        ids.push(j.id.unwrap_or_else(Uuid::now_v7));
         queues.push(j.queue.clone());
         kinds.push(j.kind.as_str());
         payloads.push(j.payload.clone());
@@ -643,6 +647,7 @@ pub async fn replay(pool: &PgPool, policy: &Policy, id: Uuid) -> Result<(Uuid, b
         what: "its kind is unknown to this release",
     })?;
     let copy = NewJob {
+        id: None,
         queue,
         kind,
         payload,

@@ -1,6 +1,7 @@
 //! `POST /v1/merchants:import`: many merchants in one request, as NDJSON (one `NewMerchant` per
 //! line). Every line is checked before anything is written; then each shard's merchants and the jobs
 //! that classify them commit in one transaction per shard, so a shard holds all of its lines or none.
+//! With an `Idempotency-Key` the same file sent again makes nothing new (see [`super::idempotency`]).
 
 use std::collections::BTreeMap;
 
@@ -13,11 +14,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
+use super::idempotency::{self, Idempotency};
 use super::State;
 use crate::classify::BusinessInput;
 use crate::jobs::policy::Policy;
 use crate::jobs::queue::{self, NewJob};
 use crate::jobs::{wake, JobKind, MerchantJob};
+use crate::service::auth::Principal;
 use crate::service::cache::{keys, Event, MultiLevelCache};
 use crate::service::db::merchants as q;
 use crate::service::db::ShardPools;
@@ -41,6 +44,8 @@ pub struct ImportedLine {
     pub id: Uuid,
     /// `GET /v1/jobs/{job}` follows its classification.
     pub job: Uuid,
+    /// Made by an earlier request with this `Idempotency-Key`; nothing was written for it this time.
+    pub replayed: bool,
 }
 
 /// A line that was valid but not imported: its shard's transaction failed, so send it again.
@@ -63,11 +68,18 @@ struct Parsed {
     id: Uuid,
     business: BusinessInput,
     status: MerchantStatus,
+    /// Under an `Idempotency-Key`: what the line's merchant is made from.
+    digest: Option<Vec<u8>>,
 }
 
 /// Reads every non-blank line as a merchant; the first bad line fails the whole request, naming it.
-/// Pure: nothing is written before all lines pass.
-fn parse(body: &[u8], max_line_bytes: usize) -> Result<Vec<Parsed>, ApiError> {
+/// Under `key`, each line's id is the key's for that line. Pure: nothing is written before all lines
+/// pass.
+fn parse(
+    body: &[u8],
+    max_line_bytes: usize,
+    key: Option<&Idempotency>,
+) -> Result<Vec<Parsed>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
     let mut out = Vec::new();
@@ -99,11 +111,13 @@ fn parse(body: &[u8], max_line_bytes: usize) -> Result<Vec<Parsed>, ApiError> {
             ApiError::Invalid { field, message } => at(&field, message),
             other => other,
         })?;
+        let status = new.status.unwrap_or(MerchantStatus::Active);
         out.push(Parsed {
             line,
-            id: Uuid::now_v7(),
+            id: key.map_or_else(Uuid::now_v7, |k| k.merchant_id(line)),
+            digest: key.map(|_| idempotency::digest(&business, status)),
             business,
-            status: new.status.unwrap_or(MerchantStatus::Active),
+            status,
         });
     }
     if out.is_empty() {
@@ -130,21 +144,68 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Writes one shard's lines and their jobs in one transaction; returns each line's job.
-async fn commit_shard(shard: &ShardPools, lines: &[&Parsed]) -> Result<Vec<Uuid>, ApiError> {
+/// What became of a line on a shard that committed.
+struct Committed {
+    job: Uuid,
+    replayed: bool,
+}
+
+/// Writes one shard's lines and their jobs in one transaction; returns each line's job, in order. A
+/// line whose merchant exists already (an `Idempotency-Key` sent again) is replayed if it was made
+/// from the same content, and refuses the shard's lines if not.
+async fn commit_shard(shard: &ShardPools, lines: &[&Parsed]) -> Result<Vec<Committed>, ApiError> {
     let primary = shard.writable()?;
     let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
-    let mut jobs = Vec::with_capacity(lines.len());
+    let mut out = Vec::with_capacity(lines.len());
     for chunk in lines.chunks(BATCH) {
         let rows: Vec<_> = chunk
             .iter()
-            .map(|p| (p.id, &p.business, p.status))
+            .map(|p| q::UnclassifiedRow {
+                id: p.id,
+                business: &p.business,
+                status: p.status,
+                digest: p.digest.clone(),
+            })
             .collect();
-        q::insert_unclassified_many(&mut tx, &rows).await?;
+        let inserted: std::collections::HashSet<Uuid> = q::insert_unclassified_many(&mut tx, &rows)
+            .await?
+            .into_iter()
+            .collect();
+        let existing: Vec<Uuid> = chunk
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| !inserted.contains(id))
+            .collect();
+        if !existing.is_empty() {
+            let stored: std::collections::HashMap<Uuid, Option<Vec<u8>>> =
+                q::idempotency_digests(&mut tx, &existing)
+                    .await?
+                    .into_iter()
+                    .collect();
+            if let Some(p) = chunk
+                .iter()
+                .find(|p| !inserted.contains(&p.id) && stored.get(&p.id) != Some(&p.digest))
+            {
+                // Dropping the transaction rolls back this shard's new lines too.
+                return Err(ApiError::Invalid {
+                    field: format!("line {}", p.line),
+                    message:
+                        "this Idempotency-Key was sent before with other content on this line; \
+                              send the request as it was, or use a new key"
+                            .into(),
+                });
+            }
+        }
         let new: Vec<NewJob> = chunk
             .iter()
-            .map(|p| {
-                NewJob::new(
+            .filter(|p| inserted.contains(&p.id))
+            .map(|p| NewJob {
+                // A keyed line's job is named by its merchant, so a retry can report it.
+                id: p
+                    .digest
+                    .as_ref()
+                    .map(|_| idempotency::classify_job_id(p.id)),
+                ..NewJob::new(
                     JobKind::Classify,
                     serde_json::json!(MerchantJob { merchant_id: p.id }),
                 )
@@ -153,19 +214,29 @@ async fn commit_shard(shard: &ShardPools, lines: &[&Parsed]) -> Result<Vec<Uuid>
         let ids = queue::enqueue(&mut tx, &Policy::default(), &new)
             .await
             .map_err(super::merchants::queue_error)?;
-        if ids.len() != chunk.len() {
+        if ids.len() != new.len() {
             // No unique key is set, so every job is inserted; anything else is a bug, and the
             // transaction is dropped (rolled back) rather than leave a merchant without its job.
             return Err(ApiError::Internal(format!(
                 "{} of {} classification jobs enqueued",
                 ids.len(),
-                chunk.len()
+                new.len()
             )));
         }
-        jobs.extend(ids);
+        let mut ids = ids.into_iter();
+        for p in chunk {
+            let replayed = !inserted.contains(&p.id);
+            let job = if replayed {
+                idempotency::classify_job_id(p.id)
+            } else {
+                ids.next()
+                    .ok_or_else(|| ApiError::Internal("a job id went missing".into()))?
+            };
+            out.push(Committed { job, replayed });
+        }
     }
     spans::db("COMMIT", "", tx.commit()).await?;
-    Ok(jobs)
+    Ok(out)
 }
 
 /// What a caller is told about a shard whose lines were not imported: retryable or not, without
@@ -177,9 +248,28 @@ fn failure_detail(e: &ApiError) -> String {
              them again"
                 .into()
         }
+        ApiError::Invalid { field, .. } => format!(
+            "this Idempotency-Key was sent before with other content ({field}); nothing of these \
+             merchants was written"
+        ),
         _ => "these merchants could not be written (an internal error, logged); nothing of them \
               was written"
             .into(),
+    }
+}
+
+/// The answer when no shard took its lines: 503 only when every shard was unavailable (worth
+/// retrying as it is), 422 when every shard refused a reused `Idempotency-Key`, 500 otherwise.
+fn nothing_imported(errors: Vec<ApiError>) -> ApiError {
+    let all = |f: fn(&ApiError) -> bool| !errors.is_empty() && errors.iter().all(f);
+    if all(|e| matches!(e, ApiError::Unavailable(_)))
+        || all(|e| matches!(e, ApiError::Invalid { .. }))
+    {
+        return errors.into_iter().next().expect("not empty");
+    }
+    match errors.into_iter().next() {
+        Some(e) => ApiError::Internal(format!("no shard took the import: {e}")),
+        None => ApiError::Internal("nothing imported".into()),
     }
 }
 
@@ -188,10 +278,18 @@ fn failure_detail(e: &ApiError) -> String {
 /// written. Merchants are then written per shard, each shard all-or-nothing: 202 when all were
 /// imported, 207 when some shard failed (its lines are in `failed`: send them again), 503 when every
 /// shard was unavailable, 500 when none took them otherwise. A 503 from the server's write timeout
-/// leaves each shard all-or-nothing without saying which: look before sending again.
+/// leaves each shard all-or-nothing without saying which: with an `Idempotency-Key`, send the same
+/// file again with the same key (what was written is replayed, the rest written); without one, look
+/// before sending again.
 #[utoipa::path(
     post,
     path = "/v1/merchants:import",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false,
+            pattern = r#"^([!#-~]{1,255}|"[!#-~]{1,255}")$"#,
+            description = "Sent again with the same file, makes nothing new: each line's merchant \
+                           made before is answered with `replayed: true`, the rest are written. \
+                           The key is the caller's own; reused with another file it is refused \
+                           for the lines that differ (422)")),
     request_body(
         content = Vec<NewMerchant>,
         content_type = "application/x-ndjson",
@@ -211,6 +309,7 @@ fn failure_detail(e: &ApiError) -> String {
 )]
 pub async fn import(
     axum::extract::State(state): State,
+    axum::Extension(caller): axum::Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -222,7 +321,8 @@ pub async fn import(
             ApiError::BadRequest(r.body_text())
         }
     })?;
-    let parsed = parse(&body, state.config.server.max_body_bytes)?;
+    let key = Idempotency::from_headers(&headers, &caller.client)?;
+    let parsed = parse(&body, state.config.server.max_body_bytes, key.as_ref())?;
 
     let mut by_shard: BTreeMap<usize, Vec<&Parsed>> = BTreeMap::new();
     let shards = state.db.shards();
@@ -243,45 +343,41 @@ pub async fn import(
         imported: Vec::with_capacity(parsed.len()),
         failed: Vec::new(),
     };
-    let mut last_error = None;
-    let mut any_internal = false;
+    let mut errors = Vec::new();
     let inv = keys::invalidation_for(&Event::MerchantCreated);
     for ((i, lines), outcome) in by_shard.iter().zip(outcomes) {
         match outcome {
-            Ok(jobs) => {
+            Ok(committed) => {
                 let shard = &shards[*i];
                 // As for one creation: listings are stale, other instances are told, workers woken.
-                if let Err(e) = MultiLevelCache::publish(&shard.relaxed, &inv).await {
-                    tracing::warn!(error = %e, "could not announce imported merchants");
+                if committed.iter().any(|c| !c.replayed) {
+                    if let Err(e) = MultiLevelCache::publish(&shard.relaxed, &inv).await {
+                        tracing::warn!(error = %e, "could not announce imported merchants");
+                    }
+                    shard.note_write(keys::MERCHANT_LISTS).await;
                 }
-                shard.note_write(keys::MERCHANT_LISTS).await;
                 result
                     .imported
-                    .extend(lines.iter().zip(jobs).map(|(p, job)| ImportedLine {
+                    .extend(lines.iter().zip(committed).map(|(p, c)| ImportedLine {
                         line: p.line,
                         id: p.id,
-                        job,
+                        job: c.job,
+                        replayed: c.replayed,
                     }));
             }
             Err(e) => {
                 tracing::warn!(error = %e, lines = lines.len(), "import: a shard's merchants were not written");
                 let detail = failure_detail(&e);
-                any_internal |= !matches!(e, ApiError::Unavailable(_));
                 result.failed.extend(lines.iter().map(|p| FailedLine {
                     line: p.line,
                     detail: detail.clone(),
                 }));
-                last_error = Some(e);
+                errors.push(e);
             }
         }
     }
     if result.imported.is_empty() {
-        // 503 only when every shard was unavailable (worth retrying as it is); otherwise 500.
-        return Err(match last_error {
-            Some(e @ ApiError::Unavailable(_)) if !any_internal => e,
-            Some(e) => ApiError::Internal(format!("no shard took the import: {e}")),
-            None => ApiError::Internal("nothing imported".into()),
-        });
+        return Err(nothing_imported(errors));
     }
     state.cache.invalidate_local(&inv).await;
     let key_prefix = &state.config.cache.key_prefix;
@@ -310,7 +406,7 @@ mod tests {
     #[test]
     fn reads_one_merchant_per_line_and_skips_blank_ones() {
         let body = b"{\"name\":\"Acme Bakery\"}\r\n\n  \n{\"name\":\"Bolt Garage\",\"status\":\"pending\"}";
-        let got = parse(body, 1024).unwrap();
+        let got = parse(body, 1024, None).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].line, got[1].line), (1, 4));
         assert_eq!(got[1].status, MerchantStatus::Pending);
@@ -320,27 +416,75 @@ mod tests {
     #[test]
     fn the_first_bad_line_is_named_and_nothing_passes() {
         let body = b"{\"name\":\"Acme\"}\n{\"name\":\"\"}\n{not json";
-        assert!(field_of(parse(body, 1024).err().unwrap()).starts_with("line 2: name"));
+        assert!(field_of(parse(body, 1024, None).err().unwrap()).starts_with("line 2: name"));
         let body = b"{\"name\":\"Acme\"}\n{not json";
-        assert_eq!(field_of(parse(body, 1024).err().unwrap()), "line 2: (line)");
+        assert_eq!(
+            field_of(parse(body, 1024, None).err().unwrap()),
+            "line 2: (line)"
+        );
         let body = b"{\"name\":\"Acme\",\"colour\":\"red\"}";
-        assert_eq!(field_of(parse(body, 1024).err().unwrap()), "line 1: (line)");
+        assert_eq!(
+            field_of(parse(body, 1024, None).err().unwrap()),
+            "line 1: (line)"
+        );
     }
 
     #[test]
     fn empty_long_and_oversized_imports_are_refused() {
-        assert_eq!(field_of(parse(b"\n \n", 1024).err().unwrap()), "(body)");
+        assert_eq!(
+            field_of(parse(b"\n \n", 1024, None).err().unwrap()),
+            "(body)"
+        );
         let long = format!("{{\"name\":\"{}\"}}", "a".repeat(100));
         assert_eq!(
-            field_of(parse(long.as_bytes(), 50).err().unwrap()),
+            field_of(parse(long.as_bytes(), 50, None).err().unwrap()),
             "line 1: (line)"
         );
         let many = "{\"name\":\"Acme\"}\n".repeat(MAX_LINES + 1);
         assert_eq!(
-            field_of(parse(many.as_bytes(), 1024).err().unwrap()),
+            field_of(parse(many.as_bytes(), 1024, None).err().unwrap()),
             format!("line {}", MAX_LINES + 1)
         );
-        assert!(matches!(parse(b"\xff", 1024), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse(b"\xff", 1024, None),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn under_a_key_each_line_has_the_keys_id_and_a_digest() {
+        let mut h = HeaderMap::new();
+        h.insert(idempotency::HEADER, "file-7".parse().unwrap());
+        let key = Idempotency::from_headers(&h, "acme").unwrap().unwrap();
+        let body = b"{\"name\":\"Acme\"}\n\n{\"name\":\"Bolt\"}";
+        let once = parse(body, 1024, Some(&key)).unwrap();
+        let again = parse(body, 1024, Some(&key)).unwrap();
+        assert_eq!(
+            once.iter().map(|p| p.id).collect::<Vec<_>>(),
+            [key.merchant_id(1), key.merchant_id(3)]
+        );
+        assert_eq!(once[1].id, again[1].id, "the same file, the same ids");
+        assert!(once.iter().all(|p| p.digest.is_some()));
+        assert!(parse(body, 1024, None)
+            .unwrap()
+            .iter()
+            .all(|p| p.digest.is_none()));
+    }
+
+    #[test]
+    fn a_request_nothing_took_is_answered_for_what_stopped_it() {
+        let down = || ApiError::Unavailable("down".into());
+        let reused = || ApiError::Invalid {
+            field: "line 2".into(),
+            message: "reused".into(),
+        };
+        let status = |e: ApiError| e.into_response().status();
+        assert_eq!(status(nothing_imported(vec![down(), down()])), 503);
+        assert_eq!(status(nothing_imported(vec![reused(), reused()])), 422);
+        assert_eq!(status(nothing_imported(vec![down(), reused()])), 500);
+        let internal = ApiError::Internal("x".into());
+        assert_eq!(status(nothing_imported(vec![down(), internal])), 500);
+        assert_eq!(status(nothing_imported(vec![])), 500);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use super::idempotency::{self, Idempotency};
 use super::{cache_lookup, json_bytes, CachedJson, State};
 use crate::classify::{self, BusinessInput, Classification};
 use crate::jobs::policy::Policy;
@@ -80,16 +81,23 @@ pub enum Asynchronous {
     False,
 }
 
-/// Create a merchant; it is classified on the way in, or with `async=true` by a job.
+/// Create a merchant; it is classified on the way in, or with `async=true` by a job. With an
+/// `Idempotency-Key`, the same request sent again makes nothing new: it is answered with the merchant
+/// the key made (`Idempotent-Replayed: true`), as it is now.
 #[utoipa::path(
     post,
     path = "/v1/merchants",
-    params(CreateParams),
+    params(CreateParams,
+           ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            pattern = r#"^([!#-~]{1,255}|"[!#-~]{1,255}")$"#,
+            description = "The caller's key for this creation: sent again with the same body, it \
+                           is answered with the merchant it made instead of making another; sent \
+                           with another body, it is refused (422)")),
     request_body = NewMerchant,
     responses(
-        (status = 201, description = "Created", body = Merchant),
+        (status = 201, description = "Created (or, for a key sent again, created before)", body = Merchant),
         (status = 202, description = "Created; its classification is queued (see Location)", body = AcceptedMerchant),
-        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or an Idempotency-Key sent before with another merchant", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Primary database unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "merchants"
@@ -97,21 +105,35 @@ pub enum Asynchronous {
 pub async fn create(
     axum::extract::State(state): State,
     ApiQuery(params): ApiQuery<CreateParams>,
+    axum::Extension(caller): axum::Extension<Principal>,
+    headers: HeaderMap,
     ApiJson(new): ApiJson<NewMerchant>,
 ) -> Result<Response, ApiError> {
+    let key = Idempotency::from_headers(&headers, &caller.client)?;
     let status = new.status.unwrap_or(MerchantStatus::Active);
     let input = tidy(new.business)?;
-    let id = Uuid::now_v7();
+    let id = key.as_ref().map_or_else(Uuid::now_v7, |k| k.merchant_id(0));
+    let digest = key.as_ref().map(|_| idempotency::digest(&input, status));
+    let asynchronous = params.asynchronous == Some(Asynchronous::True);
     let shard = state.db.shard_for(&id.to_string());
     let primary = shard.writable()?;
-    let (merchant, job) = if params.asynchronous == Some(Asynchronous::True) {
+    let (merchant, job) = if asynchronous {
         // The merchant and the job that classifies it commit together, or neither does.
         let mut tx = spans::db("BEGIN", "", primary.begin()).await?;
-        let stamp = q::insert_unclassified(&mut tx, id, &input, status).await?;
-        let job = NewJob::new(
-            JobKind::Classify,
-            serde_json::json!(MerchantJob { merchant_id: id }),
-        );
+        let inserted =
+            q::insert_unclassified(&mut tx, id, &input, status, digest.as_deref()).await?;
+        let Some(stamp) = inserted else {
+            drop(tx);
+            return replay(primary, id, digest, asynchronous).await;
+        };
+        let job = NewJob {
+            // A keyed merchant's job is named by it, so a retry can report it.
+            id: digest.as_ref().map(|_| idempotency::classify_job_id(id)),
+            ..NewJob::new(
+                JobKind::Classify,
+                serde_json::json!(MerchantJob { merchant_id: id }),
+            )
+        };
         let ids = queue::enqueue(&mut tx, &Policy::default(), &[job])
             .await
             .map_err(queue_error)?;
@@ -125,8 +147,18 @@ pub async fn create(
     } else {
         let classification = classification_for(&state, &input).await?;
         let mut conn = shard.primary_conn().await?;
-        let inserted = q::insert(conn.conn(), id, &input, status, &classification).await;
-        let stamp = conn.finish(inserted)?;
+        let inserted = q::insert(
+            conn.conn(),
+            id,
+            &input,
+            status,
+            &classification,
+            digest.as_deref(),
+        )
+        .await;
+        let Some(stamp) = conn.finish(inserted)? else {
+            return replay(primary, id, digest, asynchronous).await;
+        };
         (
             stamped(id, input, status, Some(classification), stamp),
             None,
@@ -178,6 +210,65 @@ pub async fn create(
     }
     Ok(with_etag(resp, version))
 }
+
+/// The answer to a keyed creation whose merchant exists already: that merchant as it is now, if it
+/// was made from the same content (422 if not); with its job while it is kept when `asynchronous`.
+async fn replay(
+    primary: &sqlx::PgPool,
+    id: Uuid,
+    digest: Option<Vec<u8>>,
+    asynchronous: bool,
+) -> Result<Response, ApiError> {
+    let mut conn = primary.acquire().await?;
+    let stored = q::idempotency_digests(&mut conn, &[id]).await?;
+    if stored.first().map(|(_, d)| d) != Some(&digest) {
+        return Err(ApiError::Invalid {
+            field: "Idempotency-Key".into(),
+            message: "sent before with another merchant; send that request as it was, or use a \
+                      new key"
+                .into(),
+        });
+    }
+    let merchant = q::get(&mut *conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    drop(conn);
+    let version = merchant.version.into();
+    let job_id = idempotency::classify_job_id(id);
+    let job = if asynchronous {
+        queue::get(primary, job_id).await.map_err(queue_error)?
+    } else {
+        None
+    };
+    let (mut resp, location) = match job {
+        Some(job) => (
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(AcceptedMerchant { merchant, job }),
+            )
+                .into_response(),
+            format!("/v1/jobs/{job_id}"),
+        ),
+        // Synchronous, or the job finished and was pruned: the merchant is classified by now.
+        None => (
+            (StatusCode::CREATED, axum::Json(merchant)).into_response(),
+            format!("/v1/merchants/{id}"),
+        ),
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
+    if let Ok(loc) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, loc);
+    }
+    Ok(with_etag(resp, version))
+}
+
+/// Stripe's name for the mark on a replayed answer.
+static IDEMPOTENT_REPLAYED: header::HeaderName =
+    header::HeaderName::from_static("idempotent-replayed");
 
 fn stamped(
     id: Uuid,

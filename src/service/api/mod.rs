@@ -4,6 +4,7 @@ pub mod classifications;
 pub mod compression;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod imports;
 pub mod jobs;
 pub mod merchants;

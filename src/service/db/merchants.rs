@@ -119,13 +119,17 @@ pub struct Stamp {
 /// Inserts a merchant and its active classification in one statement: one round trip and its own
 /// transaction, where BEGIN, two INSERTs, a read-back and COMMIT took five (issue 9). The caller
 /// already holds everything the response needs except what the database assigns.
+///
+/// `None` when a merchant `id` exists already (a keyed creation sent again; `digest` is its
+/// `Idempotency-Key` digest): nothing is written then, not even the classification's history row.
 pub async fn insert<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
     input: &BusinessInput,
     status: MerchantStatus,
     c: &Classification,
-) -> Result<Stamp, sqlx::Error> {
+    digest: Option<&[u8]>,
+) -> Result<Option<Stamp>, sqlx::Error> {
     spans::db(
         "INSERT",
         "merchants",
@@ -133,13 +137,14 @@ pub async fn insert<'e>(
             "WITH m AS (
              INSERT INTO merchants (id, name, description, website, country, declared_mcc, status,
                                     industry_id, mcc, confidence_score, classification_method,
-                                    matched_terms, alternatives)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                    matched_terms, alternatives, idempotency_digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15)
+             ON CONFLICT (id) DO NOTHING
              RETURNING version, created_at, updated_at
          ), c AS (
              INSERT INTO classifications (id, business_id, industry_id, mcc, confidence_score,
                                           classification_method, matched_terms, alternatives)
-             VALUES ($14, $1, $8, $9, $10, $11, $12, $13)
+             SELECT $14, $1, $8, $9, $10, $11, $12, $13 FROM m
          )
          SELECT version, created_at, updated_at FROM m",
         )
@@ -157,25 +162,29 @@ pub async fn insert<'e>(
         .bind(&c.matched_terms)
         .bind(sqlx::types::Json(&c.alternatives))
         .bind(Uuid::now_v7())
-        .fetch_one(db),
+        .bind(digest)
+        .fetch_optional(db),
     )
     .await
 }
 
 /// Inserts a merchant not classified yet (`POST /v1/merchants?async=true`: a job classifies it), on
-/// the caller's connection, so the job that classifies it commits with it.
+/// the caller's connection, so the job that classifies it commits with it. `None` as for [`insert`].
 pub async fn insert_unclassified(
     conn: &mut PgConnection,
     id: Uuid,
     input: &BusinessInput,
     status: MerchantStatus,
-) -> Result<Stamp, DbError> {
+    digest: Option<&[u8]>,
+) -> Result<Option<Stamp>, DbError> {
     Ok(spans::db(
         "INSERT",
         "merchants",
         sqlx::query_as(
-            "INSERT INTO merchants (id, name, description, website, country, declared_mcc, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO merchants (id, name, description, website, country, declared_mcc, status,
+                                    idempotency_digest)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO NOTHING
          RETURNING version, created_at, updated_at",
         )
         .bind(id)
@@ -185,48 +194,62 @@ pub async fn insert_unclassified(
         .bind(&input.country)
         .bind(&input.declared_mcc)
         .bind(status)
-        .fetch_one(conn),
+        .bind(digest)
+        .fetch_optional(conn),
     )
     .await?)
 }
 
+/// A merchant of an import, not classified yet.
+pub struct UnclassifiedRow<'a> {
+    pub id: Uuid,
+    pub business: &'a BusinessInput,
+    pub status: MerchantStatus,
+    /// Under an `Idempotency-Key`: what the row was made from (`api::idempotency::digest`).
+    pub digest: Option<Vec<u8>>,
+}
+
 /// Inserts many merchants not classified yet in one statement (`POST /v1/merchants:import`), on the
-/// caller's connection so their jobs commit with them. Returns each row's stamp in the order given.
+/// caller's connection so their jobs commit with them. A row whose id exists already (a keyed retry)
+/// is left as it is. Returns the ids inserted, in the order given.
 pub async fn insert_unclassified_many(
     conn: &mut PgConnection,
-    rows: &[(Uuid, &BusinessInput, MerchantStatus)],
-) -> Result<Vec<Stamp>, DbError> {
+    rows: &[UnclassifiedRow<'_>],
+) -> Result<Vec<Uuid>, DbError> {
     let mut ids = Vec::with_capacity(rows.len());
     let (mut names, mut descriptions, mut websites) = (vec![], vec![], vec![]);
-    let (mut countries, mut mccs, mut statuses) = (vec![], vec![], vec![]);
-    for (id, b, status) in rows {
-        ids.push(*id);
+    let (mut countries, mut mccs, mut statuses, mut digests) = (vec![], vec![], vec![], vec![]);
+    for r in rows {
+        let b = r.business;
+        ids.push(r.id);
         names.push(b.name.as_str());
         descriptions.push(b.description.as_deref());
         websites.push(b.website.as_deref());
         countries.push(b.country.as_deref());
         mccs.push(b.declared_mcc.as_deref());
-        statuses.push(status.as_str());
+        statuses.push(r.status.as_str());
+        digests.push(r.digest.as_deref());
     }
-    // `WITH ORDINALITY` and the ORDER BY give the stamps back in the order of `rows`: RETURNING
-    // alone promises no order.
-    let stamped: Vec<(i64, i32, DateTime<Utc>, DateTime<Utc>)> = spans::db(
+    // `WITH ORDINALITY` and the ORDER BY give the ids back in the order of `rows`: RETURNING alone
+    // promises no order.
+    let inserted: Vec<(i64, Uuid)> = spans::db(
         "INSERT",
         "merchants",
         sqlx::query_as(
             "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[])
+                                  $6::text[], $7::text[], $8::bytea[])
                       WITH ORDINALITY AS t(id, name, description, website, country, declared_mcc,
-                                           status, n)
+                                           status, idempotency_digest, n)
          ), inserted AS (
-             INSERT INTO merchants (id, name, description, website, country, declared_mcc, status)
-             SELECT id, name, description, website, country, declared_mcc, status FROM input
-             RETURNING id, version, created_at, updated_at
+             INSERT INTO merchants (id, name, description, website, country, declared_mcc, status,
+                                    idempotency_digest)
+             SELECT id, name, description, website, country, declared_mcc, status,
+                    idempotency_digest FROM input
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id
          )
-         SELECT input.n, inserted.version, inserted.created_at, inserted.updated_at
-           FROM inserted JOIN input USING (id)
-          ORDER BY input.n",
+         SELECT input.n, inserted.id FROM inserted JOIN input USING (id) ORDER BY input.n",
         )
         .bind(&ids)
         .bind(&names)
@@ -235,17 +258,27 @@ pub async fn insert_unclassified_many(
         .bind(&countries)
         .bind(&mccs)
         .bind(&statuses)
+        .bind(&digests)
         .fetch_all(conn),
     )
     .await?;
-    Ok(stamped
-        .into_iter()
-        .map(|(_, version, created_at, updated_at)| Stamp {
-            version,
-            created_at,
-            updated_at,
-        })
-        .collect())
+    Ok(inserted.into_iter().map(|(_, id)| id).collect())
+}
+
+/// The `Idempotency-Key` digests of the merchants `ids` that exist (none for a merchant made without
+/// a key), read on the caller's connection: inside an import's transaction, after its inserts.
+pub async fn idempotency_digests(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Option<Vec<u8>>)>, DbError> {
+    Ok(spans::db(
+        "SELECT",
+        "merchants",
+        sqlx::query_as("SELECT id, idempotency_digest FROM merchants WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn),
+    )
+    .await?)
 }
 
 async fn insert_classification(
