@@ -589,7 +589,8 @@ fn merge_pages(mut rows: Vec<Merchant>, limit: u32) -> MerchantPage {
     }
 }
 
-/// List merchants in creation order (keyset pagination, read from replicas, every shard).
+/// List merchants in id order (keyset pagination, read from replicas, every shard): creation order,
+/// except for merchants made under an `Idempotency-Key`, whose ids are derived from the key.
 #[utoipa::path(
     get,
     path = "/v1/merchants",

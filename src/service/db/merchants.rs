@@ -419,8 +419,9 @@ pub struct ListFilter {
     pub limit: u32,
 }
 
-/// One page in id order (ids are UUIDv7, so creation order). Fetches `limit + 1` rows to know if
-/// there is a next page.
+/// One page in id order: creation order for merchants made without an `Idempotency-Key` (UUIDv7
+/// ids), while a keyed merchant's id is derived from its key and sorts where it falls. Fetches
+/// `limit + 1` rows to know if there is a next page.
 pub async fn list(pool: PgPool, f: &ListFilter) -> Result<Vec<Merchant>, sqlx::Error> {
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(select_merchants!());
     q.push(" WHERE true");
