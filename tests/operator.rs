@@ -726,19 +726,11 @@ async fn a_platform_does_not_take_over_another_platforms_child() {
     let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);
     let before = deployments.get("kyb-worker").await.unwrap();
     operator::apply_platform(&ns, "kyb-worker").await;
-    let refused = || async {
-        let kp = operator::platform(&ns, "kyb-worker").await;
-        kp.status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
-            .is_some_and(|c| {
-                c.status == "False" && c.message.contains("is controlled by KybPlatform kyb")
-            })
-    };
-    eventually(
+    operator::wait_refused(
+        &ns,
+        "kyb-worker",
+        "is controlled by KybPlatform kyb",
         Duration::from_secs(30),
-        "kyb-worker refused in its status",
-        refused,
     )
     .await;
     // Give a fight time to show: the platforms' reconciles keep running.
@@ -776,20 +768,11 @@ async fn a_planted_api_key_secret_is_refused_not_used() {
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client().await, &ns);
     let planted = secrets.get("kyb-api-key").await.unwrap();
     operator::apply_platform(&ns, "kyb").await;
-    eventually(
+    operator::wait_refused(
+        &ns,
+        "kyb",
+        "Secret kyb-api-key exists and was not made",
         Duration::from_secs(30),
-        "kyb refused in its status",
-        || async {
-            let kp = operator::platform(&ns, "kyb").await;
-            kp.status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
-                .is_some_and(|c| {
-                    c.status == "False"
-                        && c.message
-                            .contains("Secret kyb-api-key exists and was not made")
-                })
-        },
     )
     .await;
     let deployments = Api::<Deployment>::namespaced(c.client().await, &ns);

@@ -402,17 +402,12 @@ async fn monitoring_is_rendered_where_the_prometheus_operator_is_installed() {
         ),
     )
     .await;
-    eventually(Duration::from_secs(60), "the platform refused", || async {
-        let kp = platforms.get("kyb").await.unwrap();
-        kp.status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
-            .is_some_and(|c| {
-                c.status == "False"
-                    && c.message
-                        .contains("PrometheusRule kyb exists and was not made by this operator")
-            })
-    })
+    operator::wait_refused(
+        &ns,
+        "kyb",
+        "PrometheusRule kyb exists and was not made by this operator",
+        Duration::from_secs(60),
+    )
     .await;
     let kept = rules.get("kyb").await.unwrap();
     assert_eq!(kept.data["spec"]["groups"][0]["name"], "mine", "taken over");

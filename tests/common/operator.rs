@@ -150,6 +150,19 @@ pub async fn platform(ns: &str, name: &str) -> KybPlatform {
         .unwrap()
 }
 
+/// Waits until the platform is refused: `Reconciled` False with a message containing `why`.
+pub async fn wait_refused(ns: &str, name: &str, why: &str, timeout: Duration) {
+    crate::cluster::eventually(timeout, &format!("{name} refused: {why}"), || async {
+        platform(ns, name)
+            .await
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"))
+            .is_some_and(|c| c.status == "False" && c.message.contains(why))
+    })
+    .await;
+}
+
 /// The platform's rollout status (the default until the operator has written one).
 pub async fn rollout_status(ns: &str, name: &str) -> RolloutStatus {
     platform(ns, name)
