@@ -225,9 +225,11 @@ async fn a_failing_canary_has_a_5xx_ratio_and_stable_has_none() {
 }
 
 /// A config Prometheus refuses (here a label name with a dash) fails `start` at once, quoting its log.
+/// "At once" is told by the message: `start` saw the process exit, rather than waiting out its
+/// readiness timeout (which says "did not answer"). Not by a clock: with `RUST_BACKTRACE=1`, as in CI,
+/// the panic's first backtrace alone took 22 s to symbolise once.
 #[test]
 fn a_refused_config_fails_start_with_the_log_tail() {
-    let t = Instant::now();
     let Err(panic) = std::panic::catch_unwind(|| {
         TempPrometheus::start(&[("127.0.0.1:1", &[("not-a-label", "x")])])
     }) else {
@@ -237,9 +239,4 @@ fn a_refused_config_fails_start_with_the_log_tail() {
     eprintln!("{msg}");
     assert!(msg.contains("exited"), "{msg}");
     assert!(msg.contains("not-a-label"), "{msg}");
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t.elapsed()
-    );
 }
