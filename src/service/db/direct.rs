@@ -48,8 +48,7 @@ impl managed::Manager for Connector {
     }
 }
 
-/// At most `size` connections to one primary, opened on demand. A clone shares the connections.
-#[derive(Clone)]
+/// At most `size` connections to one primary, opened on demand.
 pub struct DirectPool {
     pool: managed::Pool<Connector>,
     idle_timeout: Duration,
