@@ -13,6 +13,9 @@ pub enum DbError {
     Conflict(String),
     #[error("database error: {0}")]
     Query(sqlx::Error),
+    /// A statement's error told to each of several requests it served (`sqlx::Error` is not `Clone`).
+    #[error("database error: {0}")]
+    Failed(String),
 }
 
 impl From<sqlx::Error> for DbError {

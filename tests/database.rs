@@ -7,12 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{business, config, eventually, migrated_db_on, Service};
+use futures::future::join_all;
+use futures::FutureExt;
 use kybctl::config::{ReadYourWrites, Secret};
+use kybctl::db_error::DbError;
 use kybctl::local::TempPostgres;
 use kybctl::service::db::{Role, Serving, ShardPools};
+use kybctl::service::metrics::Metrics;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 async fn count(pool: PgPool, name: String) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM merchants WHERE name = $1")
@@ -40,6 +45,7 @@ fn shard(primary: &str, replica: &str, ryw: ReadYourWrites) -> ShardPools {
         None,
         &cfg,
         Serving::Api,
+        &Metrics::new().db_read_batches,
     )
     .unwrap()
 }
@@ -193,6 +199,18 @@ async fn primary_outage_answers_503_and_recovers() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()["retry-after"], "5");
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/merchants/{}", Uuid::now_v7())))
+        .header("cache-control", "no-store")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a read of the primary"
+    );
     assert_eq!(
         s.get("/health").await.status(),
         StatusCode::OK,
@@ -572,5 +590,146 @@ async fn the_smallest_pools_serve_transactions_beside_the_listener() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "max {max}, direct {direct:?}");
         s.stop().await;
+    }
+}
+
+/// The `kyb_db_merchant_read_batch_size` histogram of shard `s`: (statements, reads).
+fn read_batches(metrics: &Metrics) -> (u64, u64) {
+    let text = metrics.encode();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{shard=\"s\"}} ")))
+            .map(|v| v.parse::<f64>().unwrap() as u64)
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    (
+        value("kyb_db_merchant_read_batch_size_count"),
+        value("kyb_db_merchant_read_batch_size_sum"),
+    )
+}
+
+/// Reads by id from the primary share statements while every read worker is busy
+/// (`db::merchant_reads`): many reads at once, of merchants that exist, of one that does not and of
+/// one id asked for many times, each get their own answer, in fewer statements than reads. A read
+/// given up on leaves the others alone. A statement that fails (a renamed column, a connection the
+/// server dropped) fails each read it served, and the workers serve the next reads.
+#[tokio::test]
+async fn concurrent_primary_reads_share_statements_and_each_gets_its_own_answer() {
+    let url = common::migrated_db().await;
+    let metrics = Metrics::new();
+    let cfg = config(&url, None).database;
+    let shard = ShardPools::connect_lazy(
+        "s",
+        &Secret::new(&url),
+        &[],
+        None,
+        &cfg,
+        Serving::Api,
+        &metrics.db_read_batches,
+    )
+    .unwrap();
+    let admin = PgPool::connect(&url).await.unwrap();
+    let mut ids = vec![];
+    for i in 0..50 {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO merchants (id, name) VALUES ($1, $2)")
+            .bind(id)
+            .bind(format!("Batch {i}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let missing = Uuid::now_v7();
+    let asked: Vec<Uuid> = (0..300)
+        .map(|i| match i % 7 {
+            0 => missing,
+            1 => ids[0],
+            _ => ids[i % 50],
+        })
+        .collect();
+    let answers = join_all(asked.iter().map(|id| shard.merchant(*id))).await;
+    for (id, answer) in asked.iter().zip(answers) {
+        let found = answer.unwrap();
+        if *id == missing {
+            assert!(found.is_none(), "{found:?}");
+        } else {
+            let m = found.expect("an existing merchant");
+            let n = ids.iter().position(|i| i == id).unwrap();
+            assert_eq!((m.id, m.business.name), (*id, format!("Batch {n}")));
+        }
+    }
+    let (statements, reads) = read_batches(&metrics);
+    assert_eq!(reads, 300, "every read counted");
+    assert!(
+        statements < 300 / 4,
+        "300 reads at once on 5 workers: {statements} statements"
+    );
+
+    // Given up on once it is queued: the read is dropped, and the workers serve the next ones.
+    assert!(
+        shard.merchant(ids[1]).now_or_never().is_none(),
+        "polled once, queued, then dropped"
+    );
+    assert_eq!(
+        shard.merchant(ids[2]).await.unwrap().map(|m| m.id),
+        Some(ids[2])
+    );
+
+    // A statement that fails fails each read it served, and the workers go on. (PostgreSQL analyses a
+    // prepared statement again when its table changes, so the renamed column fails it.)
+    sqlx::query("ALTER TABLE merchants RENAME COLUMN name TO name_away")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let answers = join_all(ids[..20].iter().map(|id| shard.merchant(*id))).await;
+    assert!(
+        answers.iter().all(|a| matches!(a, Err(DbError::Failed(_)))),
+        "{answers:?}"
+    );
+    sqlx::query("ALTER TABLE merchants RENAME COLUMN name_away TO name")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let answers = join_all(ids[..20].iter().map(|id| shard.merchant(*id))).await;
+    for (id, answer) in ids[..20].iter().zip(answers) {
+        assert!(matches!(&answer, Ok(Some(m)) if m.id == *id), "{answer:?}");
+    }
+
+    // One worker on one connection, which the server then drops: used moments ago, the connection
+    // is taken without a ping, so the batch fails as unavailable; rested, it is asked first and
+    // replaced, so the next batch is served.
+    let mut cfg = config(&url, None).database;
+    cfg.pool.direct_max_connections = Some(1);
+    let one = ShardPools::connect_lazy(
+        "one",
+        &Secret::new(&url),
+        &[],
+        None,
+        &cfg,
+        Serving::Api,
+        &metrics.db_read_batches,
+    )
+    .unwrap();
+    assert!(one.merchant(ids[3]).await.unwrap().is_some());
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answers = join_all(ids[..20].iter().map(|id| one.merchant(*id))).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(DbError::Unavailable(_)))),
+        "{answers:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let answers = join_all(ids[..20].iter().map(|id| one.merchant(*id))).await;
+    for (id, answer) in ids[..20].iter().zip(answers) {
+        assert!(matches!(&answer, Ok(Some(m)) if m.id == *id), "{answer:?}");
     }
 }

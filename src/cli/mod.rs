@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
 use crate::service::db::{Database, Serving};
+use crate::service::metrics::Metrics;
 use crate::telemetry::{self, LogFormat};
 
 /// Exit codes, the same for every command.
@@ -186,7 +187,7 @@ pub fn main_with(migrations: &'static sqlx::migrate::Migrator) -> u8 {
 /// The configured shards' pools (connected lazily), or the exit code after printing why not.
 fn database(overrides: &Overrides) -> Result<Database, u8> {
     Config::load(overrides)
-        .and_then(|config| Database::connect_lazy(&config, Serving::NoApi))
+        .and_then(|config| Database::connect_lazy(&config, Serving::NoApi, &Metrics::new()))
         .map_err(|e| {
             eprintln!("error: {e}");
             exit::USAGE

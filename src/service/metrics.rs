@@ -87,6 +87,11 @@ impl LevelLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub shard: String,
     pub role: String,
@@ -138,6 +143,7 @@ pub struct Metrics {
     pub cache_invalidations: Counter,
     pub cache_degraded: Gauge,
     pub db_connections: Family<PoolLabels, Gauge>,
+    pub db_read_batches: Family<ShardLabels, Histogram>,
     pub breaker_state: Family<BreakerLabels, Gauge>,
     pub outbound_calls: Family<OutcomeLabels, Counter>,
     pub job_attempts: Family<JobOutcomeLabels, Counter>,
@@ -176,6 +182,9 @@ impl Metrics {
         let cache_invalidations = Counter::default();
         let cache_degraded = Gauge::default();
         let db_connections = Family::<PoolLabels, Gauge>::default();
+        let db_read_batches = Family::<ShardLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+        });
         let breaker_state = Family::<BreakerLabels, Gauge>::default();
         let outbound_calls = Family::<OutcomeLabels, Counter>::default();
         let job_attempts = Family::<JobOutcomeLabels, Counter>::default();
@@ -222,6 +231,11 @@ impl Metrics {
             "db_pool_connections",
             "Database pool connections by shard, role and state",
             db_connections.clone(),
+        );
+        registry.register(
+            "db_merchant_read_batch_size",
+            "Merchant reads by id answered per statement, by shard",
+            db_read_batches.clone(),
         );
         registry.register(
             "circuit_breaker_state",
@@ -273,6 +287,7 @@ impl Metrics {
             cache_invalidations,
             cache_degraded,
             db_connections,
+            db_read_batches,
             breaker_state,
             outbound_calls,
             job_attempts,

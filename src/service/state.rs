@@ -49,7 +49,7 @@ impl AppState {
         serving: Serving,
     ) -> Result<Arc<Self>, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let db = Database::connect_lazy(&config, serving)?;
+        let db = Database::connect_lazy(&config, serving, &metrics)?;
         let c = &config.cache;
         let l2 = RedisCache::from_config(&config.redis, &c.key_prefix, c.l2_ttl, metrics.clone())?;
         let l3 = DbCache::new(

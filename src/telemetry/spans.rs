@@ -5,7 +5,9 @@
 use std::fmt::Display;
 use std::future::Future;
 
+use opentelemetry::trace::TraceContextExt;
 use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Runs a database statement under a client span named `OPERATION collection` (`collection` empty for
 /// BEGIN and COMMIT); an error marks the span failed.
@@ -24,6 +26,40 @@ pub async fn db<T, E: Display>(
         otel.status_code = tracing::field::Empty,
         error.message = tracing::field::Empty,
     );
+    traced(span, query).await
+}
+
+/// Runs a database statement that serves several requests (`callers`, each one's span where it asked):
+/// its span is a child of the first caller's and linked to the others' (OpenTelemetry's pattern for a
+/// batch), with `db.operation.batch.size`, so every request's trace leads to the statement.
+pub async fn db_batch<T, E: Display>(
+    operation: &'static str,
+    collection: &'static str,
+    callers: &[Span],
+    query: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let Some((first, others)) = callers.split_first() else {
+        return db(operation, collection, query).await;
+    };
+    let span = tracing::debug_span!(
+        parent: first,
+        "db",
+        otel.name = %format_args!("{operation} {collection}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+        db.operation.batch.size = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    );
+    if !span.is_disabled() && !others.is_empty() {
+        // The convention records the size only for batches of two or more.
+        span.record("db.operation.batch.size", callers.len());
+        for other in others {
+            span.add_link(other.context().span().span_context().clone());
+        }
+    }
     traced(span, query).await
 }
 

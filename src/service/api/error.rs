@@ -211,6 +211,7 @@ impl From<DbError> for ApiError {
             DbError::NotFound => ApiError::NotFound("record"),
             DbError::Conflict(d) => ApiError::Conflict(d),
             DbError::Query(e) => ApiError::Internal(e.to_string()),
+            DbError::Failed(d) => ApiError::Internal(d),
         }
     }
 }

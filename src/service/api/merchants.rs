@@ -317,11 +317,11 @@ pub async fn get(
         .cache
         .get_record(&key, cache_lookup(&headers), || async {
             // The primary, never a replica: see `cache::records`.
-            let shard = state.db.shard_for(&id.to_string());
-            let mut primary = shard.primary_conn().await?;
-            let found = q::get(primary.conn(), id).await;
-            let m = primary
-                .finish(found)?
+            let m = state
+                .db
+                .shard_for(&id.to_string())
+                .merchant(id)
+                .await?
                 .ok_or(ApiError::NotFound("merchant"))?;
             Ok::<_, ApiError>(Loaded {
                 version: m.version.into(),

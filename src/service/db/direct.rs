@@ -48,7 +48,8 @@ impl managed::Manager for Connector {
     }
 }
 
-/// At most `size` connections to one primary, opened on demand.
+/// At most `size` connections to one primary, opened on demand. A clone shares the connections.
+#[derive(Clone)]
 pub struct DirectPool {
     pool: managed::Pool<Connector>,
     idle_timeout: Duration,

@@ -92,6 +92,25 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Merchan
     Ok(row.map(Into::into))
 }
 
+/// The merchants of `ids` that exist, in no particular order: one statement for several reads
+/// (`merchant_reads`), traced under the spans of the requests that asked (`callers`).
+pub async fn get_many(
+    db: &mut PgConnection,
+    ids: &[Uuid],
+    callers: &[tracing::Span],
+) -> Result<Vec<Merchant>, sqlx::Error> {
+    let rows: Vec<Row> = spans::db_batch(
+        "SELECT",
+        "merchants",
+        callers,
+        sqlx::query_as(concat!(select_merchants!(), " WHERE m.id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(db),
+    )
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
 /// Same as [`get`] inside a transaction, locking the row for an update.
 pub async fn get_for_update(
     tx: &mut PgConnection,

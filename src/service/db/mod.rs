@@ -2,6 +2,7 @@
 
 pub mod direct;
 pub mod freshness;
+pub mod merchant_reads;
 pub mod merchants;
 pub mod pools;
 pub mod risk_assessments;
@@ -10,6 +11,7 @@ pub mod shard;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
+use crate::service::metrics::Metrics;
 pub use pools::{PoolStats, PrimaryConn, Role, Serving, ShardPools};
 use shard::ShardRouter;
 
@@ -21,7 +23,11 @@ pub struct Database {
 
 impl Database {
     /// Creates the pools lazily: the service starts (and reports not-ready) while databases are down.
-    pub fn connect_lazy(config: &Config, serving: Serving) -> Result<Self, ConfigError> {
+    pub fn connect_lazy(
+        config: &Config,
+        serving: Serving,
+        metrics: &Metrics,
+    ) -> Result<Self, ConfigError> {
         let db = &config.database;
         let router = ShardRouter::from_config(&db.sharding)
             .map_err(|e| ConfigError::Invalid(format!("database.sharding: {e}")))?;
@@ -34,6 +40,7 @@ impl Database {
                 db.analytics_url.as_ref(),
                 db,
                 serving,
+                &metrics.db_read_batches,
             )?]
         } else {
             db.sharding
@@ -43,7 +50,15 @@ impl Database {
                     let url = s.url.as_ref().ok_or_else(|| {
                         ConfigError::Invalid(format!("shard {}: url is required", s.id))
                     })?;
-                    ShardPools::connect_lazy(&s.id, url, &s.replica_urls, None, db, serving)
+                    ShardPools::connect_lazy(
+                        &s.id,
+                        url,
+                        &s.replica_urls,
+                        None,
+                        db,
+                        serving,
+                        &metrics.db_read_batches,
+                    )
                 })
                 .collect::<Result<_, _>>()?
         };

@@ -5,15 +5,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::direct::{DirectPool, Lease};
 use super::freshness::{Freshness, WriteMark};
+use super::merchant_reads::MerchantReads;
+use super::merchants;
 use crate::config::{ConfigError, DatabaseConfig, PoolConfig, Secret, MIN_MAIN_POOL};
 use crate::db_error::{is_connection_error, DbError};
+use crate::service::metrics::ShardLabels;
+use crate::service::model::Merchant;
 use crate::telemetry::spans;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,6 +63,8 @@ pub struct ShardPools {
     /// Part of the primary's connections, for one-statement requests of the API service (`direct`);
     /// `None` in processes that serve no API and where the configuration gives it none.
     pub direct: Option<DirectPool>,
+    /// Merchant reads by id batched over the direct pool (`None` with no direct pool).
+    pub merchant_reads: Option<MerchantReads>,
     /// The primary again, with `synchronous_commit=off`: for writes whose loss in a crash is harmless
     /// (cache rows, invalidation fan-out), so they never wait for a WAL flush.
     pub relaxed: PgPool,
@@ -178,15 +187,24 @@ impl ShardPools {
         analytics_url: Option<&Secret>,
         cfg: &DatabaseConfig,
         serving: Serving,
+        read_batches: &Family<ShardLabels, Histogram>,
     ) -> Result<Self, ConfigError> {
         let max = cfg.pool.max_connections;
         let (main, direct) = split_primary(&cfg.pool, serving);
         let primary = pool(url, cfg, main)?;
+        let direct_size = direct as usize;
         let direct = if direct > 0 {
             Some(DirectPool::new(options(url)?, direct as usize, &cfg.pool))
         } else {
             None
         };
+        // One worker per direct connection: a worker never waits for a connection another holds.
+        let merchant_reads = direct.as_ref().map(|d| {
+            let sizes = read_batches.get_or_create(&ShardLabels {
+                shard: id.to_owned(),
+            });
+            MerchantReads::new(d.clone(), direct_size, sizes.clone())
+        });
         let relaxed = pool_with(
             options(url)?.options([("synchronous_commit", "off")]),
             cfg,
@@ -214,6 +232,7 @@ impl ShardPools {
             id: id.to_owned(),
             primary,
             direct,
+            merchant_reads,
             relaxed,
             replicas,
             analytics,
@@ -251,6 +270,20 @@ impl ShardPools {
             Some(direct) => PrimaryConn::Direct(direct.lease().await?),
             None => PrimaryConn::Pooled(primary.acquire().await?),
         })
+    }
+
+    /// The merchant `id` as the primary has it now: batched with other reads where this process
+    /// has a direct pool, else one statement on the main pool.
+    pub async fn merchant(&self, id: Uuid) -> Result<Option<Merchant>, DbError> {
+        self.writable()?;
+        match &self.merchant_reads {
+            Some(reads) => reads.get(id).await,
+            None => {
+                let mut primary = self.primary_conn().await?;
+                let found = merchants::get(primary.conn(), id).await;
+                Ok(primary.finish(found)?)
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
