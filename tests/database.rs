@@ -608,6 +608,23 @@ fn read_batches(metrics: &Metrics) -> (u64, u64) {
     )
 }
 
+/// A shard of the API service on `url` alone (no replica), `direct` connections for its read workers
+/// (`None`: the default share), counting its batches in `metrics`.
+fn reading_shard(id: &str, url: &str, direct: Option<u32>, metrics: &Metrics) -> ShardPools {
+    let mut cfg = config(url, None).database;
+    cfg.pool.direct_max_connections = direct;
+    ShardPools::connect_lazy(
+        id,
+        &Secret::new(url),
+        &[],
+        None,
+        &cfg,
+        Serving::Api,
+        &metrics.db_read_batches,
+    )
+    .unwrap()
+}
+
 /// Reads by id from the primary share statements while every read worker is busy
 /// (`db::merchant_reads`): many reads at once, of merchants that exist, of one that does not and of
 /// one id asked for many times, each get their own answer, in fewer statements than reads. A read
@@ -617,17 +634,7 @@ fn read_batches(metrics: &Metrics) -> (u64, u64) {
 async fn concurrent_primary_reads_share_statements_and_each_gets_its_own_answer() {
     let url = common::migrated_db().await;
     let metrics = Metrics::new();
-    let cfg = config(&url, None).database;
-    let shard = ShardPools::connect_lazy(
-        "s",
-        &Secret::new(&url),
-        &[],
-        None,
-        &cfg,
-        Serving::Api,
-        &metrics.db_read_batches,
-    )
-    .unwrap();
+    let shard = reading_shard("s", &url, None, &metrics);
     let admin = PgPool::connect(&url).await.unwrap();
     let mut ids = vec![];
     for i in 0..50 {
@@ -699,18 +706,7 @@ async fn concurrent_primary_reads_share_statements_and_each_gets_its_own_answer(
     // One worker on one connection, which the server then drops: used moments ago, the connection
     // is taken without a ping, so the batch fails as unavailable; rested, it is asked first and
     // replaced, so the next batch is served.
-    let mut cfg = config(&url, None).database;
-    cfg.pool.direct_max_connections = Some(1);
-    let one = ShardPools::connect_lazy(
-        "one",
-        &Secret::new(&url),
-        &[],
-        None,
-        &cfg,
-        Serving::Api,
-        &metrics.db_read_batches,
-    )
-    .unwrap();
+    let one = reading_shard("one", &url, Some(1), &metrics);
     assert!(one.merchant(ids[3]).await.unwrap().is_some());
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
