@@ -6,7 +6,10 @@ pub mod traces;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing::subscriber::Interest;
+use tracing::{span, Event, Metadata};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{self, Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -50,12 +53,12 @@ pub fn init(format: LogFormat, color: bool) -> Telemetry {
         .with_ansi(color && format == LogFormat::Human);
     // Per-layer filters: a span only the trace layer wants is created only when traces are on.
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Human => logs.with_filter(filter).boxed(),
+        LogFormat::Human => logs.with_filter(AskedEveryTime(filter)).boxed(),
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_filter(filter)
+            .with_filter(AskedEveryTime(filter))
             .boxed(),
     };
     let (provider, problem) = match traces::provider_from_env() {
@@ -73,7 +76,7 @@ pub fn init(format: LogFormat, color: bool) -> Telemetry {
                 .with_location(false)
                 .with_threads(false)
                 .with_tracked_inactivity(false)
-                .with_filter(EnvFilter::new(TRACE_FILTER));
+                .with_filter(AskedEveryTime(EnvFilter::new(TRACE_FILTER)));
             tracing_subscriber::registry()
                 .with(logs)
                 .with(otel)
@@ -89,4 +92,108 @@ pub fn init(format: LogFormat, color: bool) -> Telemetry {
         tracing::info!("exporting traces over OTLP");
     }
     Telemetry { traces: provider }
+}
+
+/// A per-layer filter whose verdict is asked for each span and event, never cached at the callsite as
+/// "always".
+///
+/// Why: tracing-subscriber hands a per-layer filter's verdict from `enabled` to `on_new_span` in a
+/// thread-local. A callsite cached as "always" skips `enabled`, so its span takes whatever verdict
+/// the thread's last `enabled` call left there. A `log::log_enabled!` through the `log` bridge (sqlx
+/// asks one after every query) leaves "disabled" there, and the next request span on that worker
+/// thread went missing from the trace layer (its children exported as roots of their own traces) and
+/// from the logs' span context (tokio-rs/tracing#2519; the upstream fix, #3572, caps the interest the
+/// same way). The cost is one directive match per span or event the filter lets through.
+struct AskedEveryTime<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for AskedEveryTime<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &layer::Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        let interest = self.0.callsite_enabled(meta);
+        if interest.is_always() {
+            Interest::sometimes()
+        } else {
+            interest
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, cx: &layer::Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, cx: layer::Context<'_, S>) {
+        self.0.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_close(id, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::Subscriber;
+
+    use super::*;
+
+    /// Names of the spans a layer is told about.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<&'static str>>>);
+
+    impl<S: Subscriber> Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            attrs: &span::Attributes<'_>,
+            _: &span::Id,
+            _: layer::Context<'_, S>,
+        ) {
+            self.0.lock().unwrap().push(attrs.metadata().name());
+        }
+    }
+
+    /// What sqlx does after each query, then what the observation middleware does on the next request
+    /// on the same thread. Without `AskedEveryTime` the layer sees no span at all.
+    #[test]
+    fn a_span_after_a_log_crate_check_still_reaches_its_filtered_layer() {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(
+            seen.clone()
+                .with_filter(AskedEveryTime(EnvFilter::new(TRACE_FILTER))),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let bridge = tracing_log::LogTracer::new();
+            let query_log = log::Metadata::builder()
+                .target("sqlx::postgres")
+                .level(log::Level::Debug)
+                .build();
+            for _ in 0..3 {
+                // Its answer is not the point (per-layer filters say yes to the whole subscriber and
+                // decide per layer); the verdict it leaves behind on the thread is.
+                log::Log::enabled(&bridge, &query_log);
+                let _request = tracing::info_span!("request").entered();
+            }
+        });
+        assert_eq!(*seen.0.lock().unwrap(), ["request"; 3]);
+    }
 }
