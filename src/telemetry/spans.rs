@@ -9,6 +9,30 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// A database client span, its parent the current span unless one is given. One macro rather than a
+/// function: the parent is part of `tracing`'s span macro, not a value it takes.
+macro_rules! db_span {
+    ($operation:expr, $collection:expr $(, parent: $parent:expr)?) => {
+        tracing::debug_span!(
+            $(parent: $parent,)?
+            "db",
+            otel.name = %format_args!(
+                "{}{}{}",
+                $operation,
+                if $collection.is_empty() { "" } else { " " },
+                $collection
+            ),
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = $operation,
+            db.collection.name = $collection,
+            db.operation.batch.size = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        )
+    };
+}
+
 /// Runs a database statement under a client span named `OPERATION collection` (`collection` empty for
 /// BEGIN and COMMIT); an error marks the span failed.
 pub async fn db<T, E: Display>(
@@ -16,17 +40,7 @@ pub async fn db<T, E: Display>(
     collection: &'static str,
     query: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    let span = tracing::debug_span!(
-        "db",
-        otel.name = %format_args!("{operation}{}{collection}", if collection.is_empty() { "" } else { " " }),
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-        db.collection.name = collection,
-        otel.status_code = tracing::field::Empty,
-        error.message = tracing::field::Empty,
-    );
-    traced(span, query).await
+    traced(db_span!(operation, collection), query).await
 }
 
 /// Runs a database statement that serves several requests (`callers`, each one's span where it asked):
@@ -41,18 +55,7 @@ pub async fn db_batch<T, E: Display>(
     let Some((first, others)) = callers.split_first() else {
         return db(operation, collection, query).await;
     };
-    let span = tracing::debug_span!(
-        parent: first,
-        "db",
-        otel.name = %format_args!("{operation} {collection}"),
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-        db.collection.name = collection,
-        db.operation.batch.size = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        error.message = tracing::field::Empty,
-    );
+    let span = db_span!(operation, collection, parent: first);
     if !span.is_disabled() && !others.is_empty() {
         // The convention records the size only for batches of two or more.
         span.record("db.operation.batch.size", callers.len());
