@@ -19,7 +19,7 @@ use super::State;
 use crate::classify::BusinessInput;
 use crate::jobs::policy::Policy;
 use crate::jobs::queue::{self, NewJob};
-use crate::jobs::{wake, JobKind, MerchantJob};
+use crate::jobs::wake;
 use crate::service::auth::Principal;
 use crate::service::cache::{keys, Event, MultiLevelCache};
 use crate::service::db::merchants as q;
@@ -199,17 +199,7 @@ async fn commit_shard(shard: &ShardPools, lines: &[&Parsed]) -> Result<Vec<Commi
         let new: Vec<NewJob> = chunk
             .iter()
             .filter(|p| inserted.contains(&p.id))
-            .map(|p| NewJob {
-                // A keyed line's job is named by its merchant, so a retry can report it.
-                id: p
-                    .digest
-                    .as_ref()
-                    .map(|_| idempotency::classify_job_id(p.id)),
-                ..NewJob::new(
-                    JobKind::Classify,
-                    serde_json::json!(MerchantJob { merchant_id: p.id }),
-                )
-            })
+            .map(|p| super::merchants::classify_job(p.id, p.digest.is_some()))
             .collect();
         let ids = queue::enqueue(&mut tx, &Policy::default(), &new)
             .await

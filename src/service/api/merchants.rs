@@ -126,14 +126,7 @@ pub async fn create(
             drop(tx);
             return replay(primary, id, digest, asynchronous).await;
         };
-        let job = NewJob {
-            // A keyed merchant's job is named by it, so a retry can report it.
-            id: digest.as_ref().map(|_| idempotency::classify_job_id(id)),
-            ..NewJob::new(
-                JobKind::Classify,
-                serde_json::json!(MerchantJob { merchant_id: id }),
-            )
-        };
+        let job = classify_job(id, digest.is_some());
         let ids = queue::enqueue(&mut tx, &Policy::default(), &[job])
             .await
             .map_err(queue_error)?;
@@ -285,6 +278,18 @@ fn stamped(
         version: stamp.version,
         created_at: stamp.created_at,
         updated_at: stamp.updated_at,
+    }
+}
+
+/// The job that classifies a new merchant. A keyed merchant's job is named by it, so a retry of the
+/// request can report the job without looking it up.
+pub(super) fn classify_job(merchant_id: Uuid, keyed: bool) -> NewJob {
+    NewJob {
+        id: keyed.then(|| idempotency::classify_job_id(merchant_id)),
+        ..NewJob::new(
+            JobKind::Classify,
+            serde_json::json!(MerchantJob { merchant_id }),
+        )
     }
 }
 
@@ -644,6 +649,17 @@ mod tests {
         assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
         assert!(decode_cursor("not a cursor!").is_err());
         assert!(decode_cursor("AAAA").is_err());
+    }
+
+    #[test]
+    fn a_keyed_merchants_job_is_named_by_the_merchant() {
+        let merchant = Uuid::now_v7();
+        let keyed = classify_job(merchant, true);
+        assert_eq!(keyed.id, Some(idempotency::classify_job_id(merchant)));
+        assert_eq!(keyed.kind, JobKind::Classify);
+        let payload: MerchantJob = serde_json::from_value(keyed.payload).unwrap();
+        assert_eq!(payload.merchant_id, merchant);
+        assert_eq!(classify_job(merchant, false).id, None);
     }
 
     #[test]
