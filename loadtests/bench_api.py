@@ -286,13 +286,18 @@ def summary(runs, key):
 
 
 def release_binary(example=None):
-    """Builds kybctl (or one of its examples) in release mode (incrementally) and returns its path."""
-    args = ["cargo", "build", "--release", "-q"] + (["--example", example] if example else [])
-    subprocess.run(args, cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    if example:
-        return os.path.join(target, "release", "examples", example)
-    return os.path.join(target, "release", "kybctl")
+    """Builds kybctl (or one of its examples) in release mode (incrementally) and returns its path, as
+    cargo reports it: the target directory may come from CARGO_TARGET_DIR, a `.cargo/config.toml` or
+    `--config`, so it is not guessed."""
+    name = example or "kybctl"
+    args = ["cargo", "build", "--release", "--message-format=json-render-diagnostics"]
+    args += ["--example", example] if example else ["--bin", "kybctl"]
+    out = subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == name and msg.get("executable"):
+            return msg["executable"]
+    sys.exit(f"cargo built no executable named {name}")
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
