@@ -1,6 +1,9 @@
 //! Prometheus metrics of the API service (prometheus-client, text exposition format).
 
+use std::sync::OnceLock;
+
 use axum::extract::MatchedPath;
+use axum::http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,6 +62,100 @@ impl std::hash::Hash for RouteLabel {
 impl EncodeLabelValue for RouteLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// The request families' series each (method, route, status) has used, kept at hand so that a request
+/// finds its counter and histogram without the families' lookups. Each lookup hashes the whole label set
+/// (SipHash) under the family's lock; the two were ~900 instructions of a `GET /health` (callgrind,
+/// BENCHMARKS.md), a tenth of what the service's middleware adds to a bare axum route. A clone of a
+/// prometheus-client metric shares its value, so a series held here is the family's own (the request
+/// families are never cleared).
+///
+/// Written out rather than a concurrent map: the slots are filled in order and never emptied, so a
+/// lookup is a few atomic loads and comparisons, with no lock and no reference count written from the
+/// two cores at once. Routes are matched by their template's address: the router shares one string per
+/// route, and the series keeps a clone of it, so the address cannot be reused by another string.
+struct RequestSeries {
+    slots: [OnceLock<Series>; SERIES_KEPT],
+}
+
+/// Series kept at hand: the API's routes times the statuses each answers with fit many times over.
+/// A request past them (a client probing odd paths and methods) goes to the families directly.
+const SERIES_KEPT: usize = 64;
+
+struct Series {
+    method: Method,
+    route: Option<MatchedPath>,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl Series {
+    fn is(&self, method: &Method, route: Option<&MatchedPath>, status: u16) -> bool {
+        self.status == status
+            && self.method == *method
+            && match (&self.route, route) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::ptr::eq(a.as_str(), b.as_str()),
+                _ => false,
+            }
+    }
+
+    fn record(&self, seconds: f64) {
+        self.requests.inc();
+        self.duration.observe(seconds);
+    }
+}
+
+impl Default for RequestSeries {
+    fn default() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+impl RequestSeries {
+    /// Records one request in its series, which `make` finds in the families the first time.
+    fn record(
+        &self,
+        method: &Method,
+        route: Option<&MatchedPath>,
+        status: u16,
+        seconds: f64,
+        make: impl FnOnce() -> (Counter, Histogram),
+    ) {
+        let mut make = Some(make);
+        let series_of = |(requests, duration): (Counter, Histogram)| Series {
+            method: method.clone(),
+            route: route.cloned(),
+            status,
+            requests,
+            duration,
+        };
+        for slot in &self.slots {
+            if slot.get().is_none() {
+                // The first empty slot: every series before it was looked at and none is this one.
+                let Some(make) = make.take() else { break };
+                if let Err(new) = slot.set(series_of(make())) {
+                    // Another request took the slot first; if for another series, this one is
+                    // counted all the same (it is the family's) and kept by a later request.
+                    if !slot.get().is_some_and(|s| s.is(method, route, status)) {
+                        new.record(seconds);
+                        return;
+                    }
+                }
+            }
+            if let Some(s) = slot.get().filter(|s| s.is(method, route, status)) {
+                s.record(seconds);
+                return;
+            }
+        }
+        if let Some(make) = make {
+            series_of(make()).record(seconds);
+        }
     }
 }
 
@@ -137,6 +234,8 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<RequestLabels, Histogram>,
+    /// The two families' series by request, for [`Metrics::observe_request`].
+    http_series: RequestSeries,
     pub cache_hits: Family<LevelLabel, Counter>,
     pub cache_misses: Family<LevelLabel, Counter>,
     pub cache_errors: Family<LevelLabel, Counter>,
@@ -281,6 +380,7 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            http_series: RequestSeries::default(),
             cache_hits,
             cache_misses,
             cache_errors,
@@ -297,6 +397,28 @@ impl Metrics {
             queue_oldest_ready,
             dead_letters,
         }
+    }
+
+    /// Counts a served request and its latency under its method, route template (`None`: no route
+    /// matched) and status.
+    pub fn observe_request(
+        &self,
+        method: &Method,
+        route: Option<&MatchedPath>,
+        status: u16,
+        seconds: f64,
+    ) {
+        self.http_series.record(method, route, status, seconds, || {
+            let labels = RequestLabels {
+                method: MethodLabel(method.clone()),
+                route: route.map_or(RouteLabel::Unmatched, |p| RouteLabel::Matched(p.clone())),
+                status,
+            };
+            (
+                self.http_requests.get_or_create_owned(&labels),
+                self.http_duration.get_or_create_owned(&labels),
+            )
+        });
     }
 
     pub fn encode(&self) -> String {
@@ -330,5 +452,46 @@ mod request_label_tests {
             out.contains(r#"requests_total{method="GET",route="unmatched",status="200"} 2"#),
             "{out}"
         );
+    }
+
+    /// Requests land in the families' series whether their series is kept at hand, kept by a
+    /// second look, or past the kept ones.
+    #[test]
+    fn requests_are_counted_in_the_families_kept_at_hand_or_not() {
+        let metrics = Metrics::new();
+        let get = axum::http::Method::GET;
+        metrics.observe_request(&get, None, 404, 0.001);
+        metrics.observe_request(&get, None, 404, 0.002);
+        metrics.observe_request(&axum::http::Method::POST, None, 404, 0.001);
+        // Twice as many series as are kept: the ones past them go to the families directly.
+        for status in 0..(2 * SERIES_KEPT as u16) {
+            metrics.observe_request(&get, None, 600 + status, 0.001);
+        }
+        metrics.observe_request(&get, None, 600 + 2 * SERIES_KEPT as u16 - 1, 0.001);
+        let out = metrics.encode();
+        let count = |labels: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("kyb_http_requests_total{{{labels}}} ")))
+                .unwrap_or_else(|| panic!("no series {labels} in\n{out}"))
+                .to_owned()
+        };
+        assert_eq!(count(r#"method="GET",route="unmatched",status="404""#), "2");
+        assert_eq!(
+            count(r#"method="POST",route="unmatched",status="404""#),
+            "1"
+        );
+        assert_eq!(count(r#"method="GET",route="unmatched",status="600""#), "1");
+        let last = 600 + 2 * SERIES_KEPT - 1;
+        assert_eq!(
+            count(&format!(
+                r#"method="GET",route="unmatched",status="{last}""#
+            )),
+            "2"
+        );
+        assert!(
+            out.contains(r#"kyb_http_request_duration_seconds_count{method="GET",route="unmatched",status="404"} 2"#),
+            "{out}"
+        );
+        assert!(metrics.http_series.slots.iter().all(|s| s.get().is_some()));
     }
 }
