@@ -74,8 +74,9 @@ impl EncodeLabelValue for RouteLabel {
 ///
 /// Written out rather than a concurrent map: the slots are filled in order and never emptied, so a
 /// lookup is a few atomic loads and comparisons, with no lock and no reference count written from the
-/// two cores at once. Routes are matched by their template's address: the router shares one string per
-/// route, and the series keeps a clone of it, so the address cannot be reused by another string.
+/// two cores at once. A route is compared by its template's address first: the router hands every
+/// request of a route a clone of one shared string (axum flattens nested routers), so the text is
+/// compared only between different routes.
 struct RequestSeries {
     slots: [OnceLock<Series>; SERIES_KEPT],
 }
@@ -98,7 +99,9 @@ impl Series {
             && self.method == *method
             && match (&self.route, route) {
                 (None, None) => true,
-                (Some(a), Some(b)) => std::ptr::eq(a.as_str(), b.as_str()),
+                (Some(a), Some(b)) => {
+                    std::ptr::eq(a.as_str(), b.as_str()) || a.as_str() == b.as_str()
+                }
                 _ => false,
             }
     }
