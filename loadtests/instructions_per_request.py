@@ -19,20 +19,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
-
-def wait_for(url, timeout=180):
-    """Under callgrind a server takes seconds to start."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except OSError:
-            time.sleep(1)
-    sys.exit(f"{url} did not answer within {timeout} s")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_api import wait_for  # noqa: E402
 
 
 def wrk(url, conns, seconds, script):
@@ -76,7 +66,8 @@ def main():
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + a.server,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(a.url)
+        # Under callgrind a server takes seconds to start.
+        wait_for(lambda: urllib.request.urlopen(a.url, timeout=5), a.url, timeout=180)
         wrk(a.url, a.conns, 3, a.script)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         requests = wrk(a.url, a.conns, a.duration, a.script)
