@@ -358,6 +358,7 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
+    /// Entries held in process, an eighth of them kept for listing pages (see `cache::l1_shares`).
     pub l1_max_entries: u64,
     #[serde(with = "humantime_serde")]
     pub l1_ttl: Duration,

@@ -14,10 +14,39 @@ pub fn risk_assessments(id: Uuid) -> String {
 /// Listing pages live only in L1 (they change with every write), so a pattern over them never has to
 /// scan Redis or the database.
 pub fn merchant_list(query_fingerprint: &str) -> String {
-    format!("merchants:list:{query_fingerprint}")
+    format!("{MERCHANT_LIST_PREFIX}{query_fingerprint}")
 }
 
+const MERCHANT_LIST_PREFIX: &str = "merchants:list:";
+
 pub const MERCHANT_LISTS: &str = "merchants:list:*";
+
+pub fn is_merchant_list(key: &str) -> bool {
+    key.starts_with(MERCHANT_LIST_PREFIX)
+}
+
+/// What a pattern can drop from the listing pages' L1 table, which holds the keys [`is_merchant_list`]
+/// accepts and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListsReach {
+    /// Every listing page: the table can be emptied outright.
+    All,
+    /// Some listing pages and nothing else: only that table need be searched.
+    Some,
+    /// Other keys too (a pattern this release does not send itself): both tables are searched.
+    Beyond,
+}
+
+pub fn lists_reach(pattern: &str) -> ListsReach {
+    if pattern == MERCHANT_LISTS {
+        ListsReach::All
+    } else if is_merchant_list(pattern) {
+        // A pattern that starts with the prefix literally can only match keys that start with it.
+        ListsReach::Some
+    } else {
+        ListsReach::Beyond
+    }
+}
 
 /// What a write means for the caches.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +228,19 @@ mod tests {
             .iter()
             .any(|p| glob_match(p, &merchant_list("x"))));
         assert!(!inv.patterns.iter().any(|p| glob_match(p, &merchant(id))));
+    }
+
+    #[test]
+    fn a_pattern_reaches_the_listing_pages_alone_only_when_it_starts_with_their_prefix() {
+        assert_eq!(lists_reach(MERCHANT_LISTS), ListsReach::All);
+        assert_eq!(lists_reach("merchants:list:status=*"), ListsReach::Some);
+        for wider in ["merchants:*", "*", "merchant*:list:*", "merchant:*"] {
+            assert_eq!(lists_reach(wider), ListsReach::Beyond, "{wider}");
+        }
+        // `All` is only claimed where the pattern matches every key the table can hold.
+        assert!(glob_match(MERCHANT_LISTS, &merchant_list("")));
+        assert!(is_merchant_list(&merchant_list("x")));
+        assert!(!is_merchant_list(&merchant(Uuid::nil())));
     }
 
     #[test]

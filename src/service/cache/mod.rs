@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::CacheConfig;
 use crate::service::metrics::{LevelLabel, Metrics};
 use crate::telemetry::spans;
+use keys::ListsReach;
 pub use keys::{Event, Invalidation};
 use l2::RedisCache;
 use l3::DbCache;
@@ -64,6 +65,10 @@ const MAX_HEARD: u64 = 100_000;
 
 pub struct MultiLevelCache {
     l1: moka::future::Cache<String, Arc<Entry>>,
+    /// Listing pages, apart from `l1`: every merchant write drops them all, and emptying a table of
+    /// their own is one `invalidate_all`, where a predicate on a shared table is tested against every
+    /// entry (classifications, records) and made each write's cost grow with the cache.
+    lists: moka::future::Cache<String, Arc<Entry>>,
     l2: Option<RedisCache>,
     l3: Option<DbCache>,
     /// The newest version heard of per record key (see `records`).
@@ -80,11 +85,15 @@ impl MultiLevelCache {
         l3: Option<DbCache>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let l1 = moka::future::Cache::builder()
-            .max_capacity(cfg.l1_max_entries)
-            .time_to_live(cfg.l1_ttl)
-            .support_invalidation_closures()
-            .build();
+        let (l1_entries, list_entries) = l1_shares(cfg.l1_max_entries);
+        let table = |entries| {
+            moka::future::Cache::builder()
+                .max_capacity(entries)
+                .time_to_live(cfg.l1_ttl)
+                .support_invalidation_closures()
+                .build()
+        };
+        let (l1, lists) = (table(l1_entries), table(list_entries));
         // A stale record can outlive a write in Redis for at most the L2 TTL.
         let heard = moka::sync::Cache::builder()
             .max_capacity(MAX_HEARD)
@@ -92,6 +101,7 @@ impl MultiLevelCache {
             .build();
         Self {
             l1,
+            lists,
             l2,
             l3,
             heard,
@@ -138,7 +148,7 @@ impl MultiLevelCache {
         E: Send + Sync + 'static,
     {
         let entry = self
-            .l1
+            .table(key)
             .entry_by_ref(key)
             .or_try_insert_with(self.load_below_l1(key, levels, load))
             .await?;
@@ -209,16 +219,28 @@ impl MultiLevelCache {
         // notice must not drop the new version it has just stored.
         let versioned = |k: &String| inv.records.iter().any(|r| &r.key == k);
         for key in inv.keys.iter().filter(|k| !versioned(k)) {
-            self.l1.invalidate(key).await;
+            self.table(key).invalidate(key).await;
         }
-        if !inv.patterns.is_empty() {
-            let patterns = inv.patterns.clone();
-            // Only fails when closures are not enabled on the builder, which `new` always does.
-            let _ = self
-                .l1
-                .invalidate_entries_if(move |k, _| patterns.iter().any(|p| keys::glob_match(p, k)));
+        for pattern in &inv.patterns {
+            match keys::lists_reach(pattern) {
+                ListsReach::All => self.lists.invalidate_all(),
+                ListsReach::Some => drop_matching(&self.lists, pattern),
+                ListsReach::Beyond => {
+                    drop_matching(&self.lists, pattern);
+                    drop_matching(&self.l1, pattern);
+                }
+            }
         }
         self.metrics.cache_invalidations.inc();
+    }
+
+    /// The L1 table that holds `key`.
+    fn table(&self, key: &str) -> &moka::future::Cache<String, Arc<Entry>> {
+        if keys::is_merchant_list(key) {
+            &self.lists
+        } else {
+            &self.l1
+        }
     }
 
     /// Drops exact keys from the shared levels, after the writing transaction commits: computed
@@ -238,6 +260,7 @@ impl MultiLevelCache {
 
     pub fn clear_local(&self) {
         self.l1.invalidate_all();
+        self.lists.invalidate_all();
     }
 
     /// Sends `inv` to every instance (this one included): inside a transaction it is delivered when the
@@ -335,6 +358,21 @@ impl MultiLevelCache {
     }
 }
 
+/// Drops the entries of `table` whose key `pattern` matches. moka tests the predicate against each
+/// entry, so this is kept for patterns that no cheaper operation covers.
+fn drop_matching(table: &moka::future::Cache<String, Arc<Entry>>, pattern: &str) {
+    let pattern = pattern.to_owned();
+    // Only fails when closures are not enabled on the builder, which `new` always does.
+    let _ = table.invalidate_entries_if(move |k, _| keys::glob_match(&pattern, k));
+}
+
+/// How `cache.l1_max_entries` is shared between the two L1 tables: an eighth (at least one entry) for
+/// listing pages, which every write empties anyway, the rest for records and computed results.
+fn l1_shares(max_entries: u64) -> (u64, u64) {
+    let lists = (max_entries / 8).max(1);
+    (max_entries.saturating_sub(lists).max(1), lists)
+}
+
 /// How long a listener connection must have lasted for its loss to count as a fresh start.
 const LISTENER_HELD: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -386,6 +424,15 @@ mod tests {
         // Ten quick failures in a row wait out at least 100 ms × (2^6 - 1) + 5 s × 4.
         let first_ten: Duration = waits[..10].iter().sum();
         assert!(first_ten >= Duration::from_secs(26), "{first_ten:?}");
+    }
+
+    #[test]
+    fn listing_pages_get_an_eighth_of_l1_and_neither_table_is_ever_unbounded_or_empty() {
+        assert_eq!(l1_shares(1000), (875, 125));
+        assert_eq!(l1_shares(8), (7, 1));
+        // At the smallest sizes the two tables may hold one entry more than configured, never zero.
+        assert_eq!(l1_shares(1), (1, 1));
+        assert_eq!(l1_shares(u64::MAX).0 + l1_shares(u64::MAX).1, u64::MAX);
     }
 
     #[test]
