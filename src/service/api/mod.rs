@@ -76,36 +76,45 @@ where
 /// layer: what [`router`] wraps. Public for `benches/http_stack.rs`, which measures each layer.
 pub fn routes(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
-    let v1 = Router::new()
-        .route("/classifications", post(classifications::create))
-        .route("/merchants", post(merchants::create).get(merchants::list))
+    // Full paths rather than `nest("/v1", ...)`: axum gives each nested route one more boxed layer
+    // that rebuilds the request's URI without the prefix, on every request, for handlers that never
+    // read it. The matched route (`MatchedPath`) is "/v1/..." either way.
+    Router::new()
+        .route("/v1/classifications", post(classifications::create))
+        .route(
+            "/v1/merchants",
+            post(merchants::create).get(merchants::list),
+        )
         // Its own body limit: a file of merchants, each line held to the one-merchant limit.
         .route(
-            "/merchants:import",
+            "/v1/merchants:import",
             post(imports::import).layer(DefaultBodyLimit::max(server.max_import_bytes)),
         )
         .route(
-            "/merchants/{id}",
+            "/v1/merchants/{id}",
             get(merchants::get).patch(merchants::update),
         )
         .route(
-            "/merchants/{id}/risk-assessments",
+            "/v1/merchants/{id}/risk-assessments",
             post(risk_assessments::create).get(risk_assessments::list),
         )
         .route(
-            "/merchants/{id}/status-changes",
+            "/v1/merchants/{id}/status-changes",
             get(merchants::status_changes),
         )
-        .route("/reports/industries", get(reports::industries))
-        .route("/jobs/{id}", get(jobs::get));
-    Router::new()
-        .nest("/v1", v1)
+        .route("/v1/reports/industries", get(reports::industries))
+        .route("/v1/jobs/{id}", get(jobs::get))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::document))
-        // Every matched route passes the scope table; unknown paths fall through to 404 unasked.
-        .route_layer(crate::service::auth::RequireLayer::new(state.clone()))
-        .route_layer(middleware::RecordRouteLayer)
+        // Every matched route tells the observation layer its template, then passes the scope table;
+        // unknown paths fall through to 404 unasked. One `route_layer` for both: axum boxes each
+        // route once more per call, on every request.
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(middleware::RecordRouteLayer)
+                .layer(crate::service::auth::RequireLayer::new(state.clone())),
+        )
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
 }
