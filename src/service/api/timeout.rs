@@ -60,7 +60,7 @@ where
     fn call(&mut self, req: axum::http::Request<ReqBody>) -> Self::Future {
         WriteTimeoutFuture {
             inner: self.inner.call(req),
-            sleep: tokio::time::sleep(self.limit),
+            sleep: None,
             limit: self.limit,
         }
     }
@@ -70,8 +70,10 @@ pin_project_lite::pin_project! {
     pub struct WriteTimeoutFuture<F> {
         #[pin]
         inner: F,
+        // Armed by the first poll that finds the request unanswered, a moment after it arrived: the
+        // answers that are ready at once (health, in-process cache hits) never pay for a timer.
         #[pin]
-        sleep: tokio::time::Sleep,
+        sleep: Option<tokio::time::Sleep>,
         limit: Duration,
     }
 }
@@ -83,11 +85,17 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(done) = this.inner.poll(cx) {
             return Poll::Ready(done);
         }
-        std::task::ready!(this.sleep.poll(cx));
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        let Some(sleep) = this.sleep.as_pin_mut() else {
+            unreachable!("the timer is armed above")
+        };
+        std::task::ready!(sleep.poll(cx));
         Poll::Ready(Ok(ApiError::Timeout(*this.limit).into_response()))
     }
 }
