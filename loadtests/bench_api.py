@@ -22,7 +22,7 @@ Starts a throwaway PostgreSQL primary with a streaming replica and a Redis, migr
 at 64 and 1,000 connections, alternating subject and reference REPS times, and prints medians
 (min-max) and ratios against the issue's targets.
 
-Usage: python3 loadtests/bench_api.py [--reps 3] [--duration 10] [--json out.json]
+Usage: python3 loadtests/bench_api.py [--reps 3] [--duration 10] [--json out.json] [--only REGEX] [--pin]
 Needs: wrk, pgbench, redis-server, redis-benchmark, openssl (Debian: wrk postgresql-contrib redis-server openssl).
 """
 import argparse
@@ -316,6 +316,10 @@ def main():
                          "on release)")
     ap.add_argument("--kybctl", help="measure this kybctl binary instead of building the checkout's "
                                      "(to compare two builds, one run each, same machine state)")
+    ap.add_argument("--pin", action="store_true",
+                    help="run the HTTP servers (every kybctl serve and hello) on core 0 and wrk on core 1 "
+                         "(taskset), so that a server never competes with the generator for a core; "
+                         "PostgreSQL and Redis are not pinned (for the HTTP-stack pair, hello and /health)")
     ap.add_argument("--only", help="regex: run only the subjects whose names match (the pgbench references "
                                    "only with a database subject; the checks that need what was left out "
                                    "are skipped)")
@@ -328,6 +332,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     kybctl = a.kybctl or release_binary()
+    server_cpu, wrk_cpu = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if a.pin else ([], [])
     hello = release_binary("hello")
 
     procs = Procs()
@@ -379,7 +384,7 @@ def main():
             env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                        KYB_DATABASE_URL=db, KYB_REPLICA_URLS=replica,
                        KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **extra_env)
-            procs.start([kybctl, "serve", "--config", config_file], env=env)
+            procs.start([*server_cpu, kybctl, "serve", "--config", config_file], env=env)
             base = f"http://127.0.0.1:{api_port}"
             wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
             metrics_of[base] = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -423,7 +428,7 @@ def main():
                 f.write(lua)
 
         hello_port = free_port()
-        procs.start([hello, f"127.0.0.1:{hello_port}"])
+        procs.start([*server_cpu, hello, f"127.0.0.1:{hello_port}"])
         hello_url = f"http://127.0.0.1:{hello_port}/"
         wait_for(lambda: urllib.request.urlopen(hello_url, timeout=2).status == 200, "hello")
 
@@ -453,9 +458,9 @@ def main():
                 # other one (creation leaves WAL and vacuum work behind for whatever follows it).
                 order = list(subjects.items())
                 for name, (url, script) in (order if rep % 2 == 0 else order[::-1]):
-                    wrk(url, conns, a.warmup, script)
+                    wrk(url, conns, a.warmup, script, wrk_cpu)
                     before = read_batches(metrics_of.get(url))
-                    r = wrk(url, conns, a.duration, script)
+                    r = wrk(url, conns, a.duration, script, wrk_cpu)
                     after = read_batches(metrics_of.get(url))
                     # Reads by id per statement over the measured run, where the instance batches them.
                     if before and after and after[0] > before[0]:
