@@ -130,3 +130,55 @@ async fn a_keep_alive_client_learns_of_the_shutdown_from_a_response_not_a_reset(
         .expect("the server stops")
         .unwrap();
 }
+
+/// The header-read timeout (the plan's read timeout) on its own, with an idle timeout far longer: a
+/// client that keeps sending a header a byte at a time, so the connection is never quiet, is cut
+/// off once its head is late; one that finishes its head in time is answered.
+#[tokio::test]
+async fn a_head_sent_too_slowly_is_cut_off_though_bytes_keep_coming() {
+    let mut cfg = config(&migrated_db().await, None);
+    cfg.server.idle_timeout = Duration::from_secs(30);
+    cfg.server.read_timeout = Duration::from_millis(600);
+    let s = Service::start(cfg).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut buf = vec![0u8; 4096];
+
+    // In time: the head in two parts, 200 ms apart.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.write_all(b"host: x\r\n\r\n").await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // Too slow: a byte every 100 ms, never the end of the head.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let t = Instant::now();
+    c.write_all(b"GET /health HTTP/1.1\r\nx-slow: ")
+        .await
+        .unwrap();
+    let cut_off = loop {
+        tokio::select! {
+            r = c.read(&mut buf) => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if c.write_all(b"a").await.is_err() {
+                    break Ok(0);
+                }
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the slow head was never cut off"
+        );
+    };
+    let elapsed = t.elapsed();
+    assert!(
+        matches!(cut_off, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains("408"),
+        "{cut_off:?}"
+    );
+    // Within a connection tick (250 ms) of the deadline, and not before it.
+    assert!(
+        elapsed >= Duration::from_millis(550) && elapsed < Duration::from_millis(2_000),
+        "cut off after {elapsed:?}"
+    );
+}

@@ -112,6 +112,46 @@ impl AsyncWrite for Tracked {
     }
 }
 
+/// hyper's HTTP/1 header-read timer (the plan's read timeout), checked on the connection's tick.
+///
+/// hyper arms a fresh timer for every request head it waits for and drops it once the head is
+/// read. With tokio's timer each of those is an entry registered in, then removed from, the
+/// runtime's timer wheel under its lock: ~1,000 instructions per request, a tenth of what the
+/// service's HTTP stack adds to a bare route's `GET /health` (callgrind, BENCHMARKS.md). A
+/// `TickSleep` registers nothing: it compares the clock with its deadline whenever hyper polls it,
+/// and every connection's task is woken by its own tick (at most [`CHECK_EVERY`] apart, in
+/// [`serve`]) and polls the connection first. A head that is late is cut off within a tick of its
+/// deadline instead of at it, the same resolution as the idle timeout.
+#[derive(Clone, Copy)]
+struct TickTimer;
+
+impl hyper::rt::Timer for TickTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(TickSleep { deadline })
+    }
+}
+
+struct TickSleep {
+    deadline: std::time::Instant,
+}
+
+impl std::future::Future for TickSleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        // No waker kept: the connection's tick polls again (see `TickTimer`).
+        if std::time::Instant::now() >= self.deadline {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for TickSleep {}
+
 /// Serves `app` on `listener` until `shutdown` fires, then drains for at most `shutdown_grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
@@ -147,7 +187,7 @@ pub async fn serve<S, B>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(TickTimer)
         .header_read_timeout(cfg.read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
@@ -181,6 +221,8 @@ pub async fn serve<S, B>(
             // Shutdown and idleness are checked on a tick rather than awaited beside the connection:
             // a `cancelled()` future polled on every wake-up of every connection takes the token's
             // shared lock each time. The tick bounds how late a keep-alive connection starts draining.
+            // The tick also wakes the connection for `TickTimer`'s header-read deadline, so it runs
+            // until the connection ends, closing or not.
             let mut check =
                 tokio::time::interval(idle.min(CHECK_EVERY).max(Duration::from_millis(10)));
             let mut seen = 0;
@@ -190,7 +232,10 @@ pub async fn serve<S, B>(
                 tokio::select! {
                     biased;
                     _ = &mut conn => break,
-                    now = check.tick(), if !closing => {
+                    now = check.tick() => {
+                        if closing {
+                            continue;
+                        }
                         let n = moves.load(Ordering::Relaxed);
                         if n != seen {
                             seen = n;
