@@ -614,6 +614,9 @@ async fn status_changes_are_audited() {
     );
     assert_eq!(items[1]["actor"], "api-key:risk-desk");
     assert_eq!(items[1]["request_id"], "req-suspend-1");
+    // A change requested without an id is recorded under the one the service made for it.
+    let made = items[0]["request_id"].as_str().unwrap_or_default();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{trail}");
     assert_eq!(
         (
             items[1]["from_version"].as_i64(),

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use super::idempotency::{self, Idempotency};
+use super::middleware::RequestId;
 use super::{cache_lookup, json_bytes, CachedJson, State};
 use crate::classify::{self, BusinessInput, Classification};
 use crate::jobs::policy::Policy;
@@ -387,6 +388,7 @@ pub async fn update(
     ApiPath(id): ApiPath<Uuid>,
     axum::Extension(caller): axum::Extension<Principal>,
     headers: HeaderMap,
+    request_id: RequestId,
     ApiJson(patch): ApiJson<MerchantPatch>,
 ) -> Result<Response, ApiError> {
     let expected = expected_version(&headers)?;
@@ -444,10 +446,7 @@ pub async fn update(
             from_version: current.version,
             to_version: merchant.version,
             actor: caller.actor(),
-            request_id: headers
-                .get(&super::X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            request_id: request_id.as_str().map(str::to_owned),
             changed_at: merchant.updated_at,
         };
         q::record_status_change(&mut tx, id, &change).await?;

@@ -21,7 +21,9 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::http::header::Entry;
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument::Instrumented;
@@ -83,13 +85,11 @@ where
 
     fn call(&mut self, mut req: axum::http::Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
+        // Handed to handlers through the slot ([`RequestId`]) rather than set on the request's
+        // headers: a header insert hashes the name and may grow the map, on every request.
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
-            None => {
-                let v = new_request_id();
-                req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
-                v
-            }
+            None => new_request_id(),
         };
         let request_id = id.to_str().unwrap_or("-");
         let method = req.method().clone();
@@ -117,13 +117,13 @@ where
         let slot = RouteSlot(Arc::new(SlotInner {
             route: OnceLock::new(),
             span: span.clone(),
+            request_id: id,
         }));
         req.extensions_mut().insert(slot.clone());
         ObserveFuture {
             inner: self.inner.call(req).instrument(span),
             done: Some(Done {
                 start,
-                request_id: id,
                 method,
                 slot,
                 state: self.state.clone(),
@@ -141,6 +141,29 @@ pub struct RouteSlot(Arc<SlotInner>);
 struct SlotInner {
     route: OnceLock<MatchedPath>,
     span: Span,
+    request_id: HeaderValue,
+}
+
+/// The request's id (the caller's `X-Request-Id`, or the one made for it and echoed on the
+/// response), for handlers that record it. Outside the observation layer (a handler under test on
+/// its own) it is the caller's header, if any.
+pub struct RequestId(Option<HeaderValue>);
+
+impl RequestId {
+    pub fn as_str(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let id = match parts.extensions.get::<RouteSlot>() {
+            Some(slot) => Some(slot.0.request_id.clone()),
+            None => parts.headers.get(&X_REQUEST_ID).cloned(),
+        };
+        Ok(Self(id))
+    }
 }
 
 /// Applied with `Router::route_layer`: tells the observation layer which route matched.
@@ -193,7 +216,6 @@ where
 /// What the response needs from the request once it is served.
 struct Done {
     start: Instant,
-    request_id: HeaderValue,
     method: Method,
     slot: RouteSlot,
     state: Arc<AppState>,
@@ -235,8 +257,8 @@ where
                 headers.insert(X_RESPONSE_TIME.clone(), v);
             }
             // A response that names its own request id keeps it.
-            if !headers.contains_key(&X_REQUEST_ID) {
-                headers.insert(X_REQUEST_ID.clone(), done.request_id);
+            if let Entry::Vacant(v) = headers.entry(&X_REQUEST_ID) {
+                v.insert(done.slot.0.request_id.clone());
             }
             done.state.metrics.observe_request(
                 &done.method,
@@ -322,12 +344,7 @@ mod tests {
             // What a handler sees (the audit trail records it).
             .route(
                 "/seen",
-                get(|h: axum::http::HeaderMap| async move {
-                    h.get(&X_REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned()
-                }),
+                get(|id: RequestId| async move { id.as_str().unwrap_or_default().to_owned() }),
             )
             .route_layer(RecordRouteLayer);
         ObserveLayer::new(state).layer(CatchPanicLayer::custom(panic_response).layer(routes))
