@@ -29,21 +29,20 @@ pub type MaybeCompressed = Either<Body, UnsyncBoxBody<Bytes, BoxError>>;
 #[derive(Clone, Default)]
 pub struct CompressWhenAskedLayer;
 
-impl<S: Clone> tower_layer::Layer<S> for CompressWhenAskedLayer {
+impl<S> tower_layer::Layer<S> for CompressWhenAskedLayer {
     type Service = CompressWhenAsked<S>;
     fn layer(&self, inner: S) -> CompressWhenAsked<S> {
         CompressWhenAsked {
-            compressing: CompressionLayer::new().layer(inner.clone()),
-            plain: inner,
+            compressing: CompressionLayer::new().layer(inner),
         }
     }
 }
 
-/// Two handles on the same inner service: the plain one for requests that accept only identity, the
-/// tower-http one for the rest.
+/// tower-http's layer, around the inner service that requests asking for no encoding are handed to
+/// directly. One handle rather than a second clone beside it: the whole stack is cloned for every
+/// request (hyper-util's `TowerToHyperService`), so each clone here is paid per request.
 #[derive(Clone)]
 pub struct CompressWhenAsked<S> {
-    plain: S,
     compressing: Compression<S>,
 }
 
@@ -55,9 +54,11 @@ fn asks_for_encoding(headers: &HeaderMap) -> bool {
 /// What tower-http does to a response it does not compress for this client but would for another:
 /// `Vary: accept-encoding`, so a shared cache does not hand this answer to one that asked for gzip.
 fn mark_vary(res: &mut Response<Body>) {
-    let compressible = !res.headers().contains_key(header::CONTENT_ENCODING)
-        && !res.headers().contains_key(header::CONTENT_RANGE)
-        && DefaultPredicate::new().should_compress(res);
+    // The predicate first: for most small answers its size check (the body's exact length) settles
+    // it before any header is looked up.
+    let compressible = DefaultPredicate::new().should_compress(res)
+        && !res.headers().contains_key(header::CONTENT_ENCODING)
+        && !res.headers().contains_key(header::CONTENT_RANGE);
     let already = res.headers().get_all(header::VARY).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
@@ -77,9 +78,7 @@ where
     type Future = CompressWhenAskedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both handles share one inner service (a clone of the router, always ready); the one not
-        // called keeps its readiness for a later request.
-        std::task::ready!(self.plain.poll_ready(cx))?;
+        // tower-http's `poll_ready` is the inner service's, whichever path the request takes.
         self.compressing.poll_ready(cx)
     }
 
@@ -90,7 +89,7 @@ where
             }
         } else {
             CompressWhenAskedFuture::Plain {
-                inner: self.plain.call(req),
+                inner: self.compressing.get_mut().call(req),
             }
         }
     }
