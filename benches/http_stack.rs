@@ -16,12 +16,11 @@ use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tower::{Layer, Service, ServiceExt};
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use kybctl::config::{Config, Secret};
-use kybctl::service::api::{self, compression, middleware, timeout};
+use kybctl::service::api::{self, compression, guard, middleware};
 use kybctl::service::state::AppState;
 
 // The service's allocator (`src/main.rs`), so allocations cost here what they cost there.
@@ -108,10 +107,6 @@ fn main() {
         );
         measure!("routes only (auth, route recording)", routes());
         measure!(
-            "+ panic fallback",
-            CatchPanicLayer::custom(middleware::panic_response).layer(routes())
-        );
-        measure!(
             "+ observation (request id, span, metrics)",
             middleware::ObserveLayer::new(state.clone()).layer(routes())
         );
@@ -124,16 +119,12 @@ fn main() {
             compression::CompressWhenAskedLayer.layer(routes())
         );
         measure!(
-            "+ write timeout",
-            timeout::WriteTimeoutLayer::new(server.write_timeout).layer(routes())
+            "+ write timeout and panic fallback",
+            guard::GuardLayer::new(server.write_timeout).layer(routes())
         );
         measure!(
             "+ request body timeout",
             RequestBodyTimeoutLayer::new(server.read_timeout).layer(routes())
-        );
-        measure!(
-            "+ body limit",
-            axum::extract::DefaultBodyLimit::max(server.max_body_bytes).layer(routes())
         );
         measure!(
             "service router (all layers)",

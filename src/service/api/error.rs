@@ -2,7 +2,9 @@
 //! rejections it replaces (so malformed input never produces axum's plain-text answers).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -10,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::db_error::DbError;
 use crate::service::classify_cached::ClassifyError;
+use crate::service::state::AppState;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -262,17 +265,24 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// `axum::Json` with problem+json rejections.
+/// `axum::Json` with problem+json rejections, read up to `server.max_body_bytes`.
+///
+/// The limit is applied here, where a body is read, rather than by a `DefaultBodyLimit` layer
+/// around the router: that layer sets it on every request (a GET's too), an entry in each
+/// request's extension map that was the one to make the map grow.
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<Arc<AppState>> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
+    axum::Json<T>: FromRequest<Arc<AppState>, Rejection = JsonRejection>,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(
+        mut req: Request,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        DefaultBodyLimit::max(state.config.server.max_body_bytes).apply(&mut req);
         let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
         Ok(Self(v))
     }

@@ -1,5 +1,4 @@
-//! Per-request observation: the request id, the request's span, the latency header and metrics; and
-//! the panic fallback.
+//! Per-request observation: the request id, the request's span, the latency header and metrics.
 //!
 //! `observe` is a tower layer written out rather than `axum::middleware::from_fn` (which boxes the
 //! inner service and its future on every request), and it wraps the router once rather than being
@@ -12,7 +11,6 @@
 //! header up three times and store an extension nothing reads; together they were a third of the
 //! service-wide layers' cost per request (`benches/http_stack.rs`).
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,11 +23,9 @@ use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::header::Entry;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::response::{IntoResponse, Response};
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
-use super::error::ApiError;
 use super::X_REQUEST_ID;
 use crate::service::state::AppState;
 use crate::telemetry::traces;
@@ -305,26 +301,16 @@ fn new_request_id() -> HeaderValue {
         .expect("a hyphenated UUID is a valid header value")
 }
 
-/// A handler panic is a bug; the client gets a problem document and the process keeps serving.
-pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
-    let detail = err
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into());
-    ApiError::Internal(format!("handler panicked: {detail}")).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
+    use crate::service::api::guard::GuardLayer;
     use axum::body::Body;
     use axum::routing::get;
     use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt};
-    use tower_http::catch_panic::CatchPanicLayer;
 
     /// The service-wide order of `super::super::router`: observation outside the panic fallback.
     fn stack(
@@ -347,7 +333,7 @@ mod tests {
                 get(|id: RequestId| async move { id.as_str().unwrap_or_default().to_owned() }),
             )
             .route_layer(RecordRouteLayer);
-        ObserveLayer::new(state).layer(CatchPanicLayer::custom(panic_response).layer(routes))
+        ObserveLayer::new(state).layer(GuardLayer::new(Duration::from_secs(15)).layer(routes))
     }
 
     async fn boom() -> &'static str {

@@ -3,6 +3,7 @@
 pub mod classifications;
 pub mod compression;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod imports;
@@ -12,7 +13,6 @@ pub mod middleware;
 pub mod openapi;
 pub mod reports;
 pub mod risk_assessments;
-pub mod timeout;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +26,6 @@ use axum::BoxError;
 use axum::Router;
 use bytes::Bytes;
 use tower::{Service, ServiceBuilder};
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::service::cache::records::Lookup;
@@ -40,8 +39,9 @@ pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status"
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API: the routes and, wrapped once around the whole router, the service-wide layers
-/// (observation with request ids, panic fallback, compression when asked, timeouts, body limit). `B`
-/// is the server's request body type.
+/// (observation with request ids, compression when asked, the write timeout and panic fallback, the
+/// request body timeout). `B` is the server's request body type. The body limit is applied where a
+/// body is read ([`error::ApiJson`], and the import route's own), not to every request.
 pub fn router<B>(
     state: Arc<AppState>,
 ) -> impl Service<
@@ -64,11 +64,9 @@ where
         // Outside the panic fallback, so a handler's panic is answered with the request id and
         // counted as the 500 it is.
         .layer(middleware::ObserveLayer::new(state.clone()))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(compression::CompressWhenAskedLayer)
-        .layer(timeout::WriteTimeoutLayer::new(server.write_timeout))
+        .layer(guard::GuardLayer::new(server.write_timeout))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
-        .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .service(routes(state.clone()))
 }
 
