@@ -20,7 +20,10 @@ Starts a throwaway PostgreSQL primary with a streaming replica and a Redis, migr
   reference  redis-benchmark on the same Redis
 
 at 64 and 1,000 connections, alternating subject and reference REPS times, and prints medians
-(min-max) and ratios against the issue's targets.
+(min-max) and ratios against the issue's targets. Beside each HTTP figure it prints the server
+process's own CPU per request (user and system, all its threads, from /proc): with --pin the server's
+core is saturated, so user + system is the inverse of its rate, and the user share is what its code
+costs without the kernel's (which is where the machine's neighbours show).
 
 Usage: python3 loadtests/bench_api.py [--reps 3] [--duration 10] [--json out.json] [--only REGEX] [--pin]
 Needs: wrk, pgbench, redis-server, redis-benchmark, openssl (Debian: wrk postgresql-contrib redis-server openssl).
@@ -42,6 +45,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_per_request import TCK, ticks  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -279,6 +285,12 @@ def redis_bench(port):
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+): ([\d.]+) requests per second", out)}
 
 
+def cpu_ticks(pid):
+    """User and system CPU time (clock ticks) of process `pid`, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        return ticks(f.read())
+
+
 def summary(runs, key):
     vals = [r[key] for r in runs]
     return statistics.median(vals), min(vals), max(vals)
@@ -378,14 +390,17 @@ def main():
         key = open(key_file).read().strip()
 
         metrics_of = {}
+        # Each HTTP server's process, by base URL, for its CPU time per request.
+        pid_of = {}
 
         def serve(extra_env, config_file=config):
             api_port, metrics_port = free_port(), free_port()
             env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                        KYB_DATABASE_URL=db, KYB_REPLICA_URLS=replica,
                        KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **extra_env)
-            procs.start([*server_cpu, kybctl, "serve", "--config", config_file], env=env)
+            p = procs.start([*server_cpu, kybctl, "serve", "--config", config_file], env=env)
             base = f"http://127.0.0.1:{api_port}"
+            pid_of[base] = p.pid
             wait_for(lambda: urllib.request.urlopen(f"{base}/ready", timeout=2).status == 200, "kybctl serve")
             metrics_of[base] = f"http://127.0.0.1:{metrics_port}/metrics"
             return base
@@ -428,7 +443,7 @@ def main():
                 f.write(lua)
 
         hello_port = free_port()
-        procs.start([*server_cpu, hello, f"127.0.0.1:{hello_port}"])
+        pid_of[f"http://127.0.0.1:{hello_port}"] = procs.start([*server_cpu, hello, f"127.0.0.1:{hello_port}"]).pid
         hello_url = f"http://127.0.0.1:{hello_port}/"
         wait_for(lambda: urllib.request.urlopen(hello_url, timeout=2).status == 200, "hello")
 
@@ -460,8 +475,17 @@ def main():
                 for name, (url, script) in (order if rep % 2 == 0 else order[::-1]):
                     wrk(url, conns, a.warmup, script, wrk_cpu)
                     before = read_batches(metrics_of.get(url))
+                    pid = next(pid for base, pid in pid_of.items() if url == base or url.startswith(base + "/"))
+                    cpu_before = cpu_ticks(pid)
                     r = wrk(url, conns, a.duration, script, wrk_cpu)
+                    cpu_after = cpu_ticks(pid)
                     after = read_batches(metrics_of.get(url))
+                    # The server's own CPU per request (all its threads): user space is what its code
+                    # costs, system what the kernel does for it (sockets, wake-ups). Unlike the rate,
+                    # the user share barely moves with the machine's neighbours.
+                    served = r["rps"] * a.duration
+                    for key, i in (("user_us", 0), ("sys_us", 1)):
+                        r[key] = (cpu_after[i] - cpu_before[i]) / TCK * 1e6 / served
                     # Reads by id per statement over the measured run, where the instance batches them.
                     if before and after and after[0] > before[0]:
                         r["reads_per_statement"] = (after[1] - before[1]) / (after[0] - before[0])
@@ -469,7 +493,8 @@ def main():
                     batched = (f" reads/statement {r['reads_per_statement']:.2f}"
                                if "reads_per_statement" in r else "")
                     print(f"rep {rep + 1} {name} @{conns}: {r['rps']:.0f} rps p50 {r['p50_ms']:.2f} ms "
-                          f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non2xx']}{batched}", file=sys.stderr)
+                          f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non2xx']} server CPU/request user "
+                          f"{r['user_us']:.2f} us sys {r['sys_us']:.2f} us{batched}", file=sys.stderr)
             if not refs:
                 continue
             refs["pgbench -S"].append(pgbench(pg_host, port, True, a.duration))
@@ -478,15 +503,19 @@ def main():
                   f"{refs['pgbench tpcb-like'][-1]['rps']:.0f} tps", file=sys.stderr)
         rb = redis_bench(redis_port) if refs else {}
 
-        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, server and generator share the cores (unpinned)")
+        where = ("HTTP servers on core 0, wrk on core 1, databases unpinned" if a.pin
+                 else "server and generator share the cores (unpinned)")
+        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, {where}")
         print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max); "
               f"service pools {a.pool} connections per role; PostgreSQL over "
               f"{'its Unix socket' if a.unix_socket else 'TCP'} for the service and pgbench\n")
-        print(f"{'measurement':58} {'rps':>18} {'p50 ms':>8} {'p99 ms':>9} {'non-2xx':>8}")
+        print(f"{'measurement':58} {'rps':>18} {'p50 ms':>8} {'p99 ms':>9} {'non-2xx':>8} "
+              f"{'user us':>8} {'sys us':>7}  (server CPU per request)")
         for name, runs in results.items():
             m, lo, hi = summary(runs, "rps")
             print(f"{name:58} {m:8.0f} ({lo:.0f}-{hi:.0f}) {summary(runs, 'p50_ms')[0]:8.2f} "
-                  f"{summary(runs, 'p99_ms')[0]:9.2f} {sum(r['non2xx'] + r['socket_errors'] for r in runs):8d}")
+                  f"{summary(runs, 'p99_ms')[0]:9.2f} {sum(r['non2xx'] + r['socket_errors'] for r in runs):8d} "
+                  f"{summary(runs, 'user_us')[0]:8.2f} {summary(runs, 'sys_us')[0]:7.2f}")
         for name, runs in refs.items():
             m, lo, hi = summary(runs, "rps")
             print(f"{name:58} {m:8.0f} ({lo:.0f}-{hi:.0f}) tps")
@@ -530,6 +559,21 @@ def main():
             targets.append((f"cached read rps, JWT / auth off @{c}",
                             lambda c=c: med(f"cached merchant read, JWT @{c}") / med(f"cached merchant read, auth off (JWT bytes) @{c}"),
                             ">= 0.9", lambda v: v >= 0.9))
+        for c in (64, 1000):
+            health, bare = f"trivial (GET /health) @{c}", f"bare axum hello (reference) @{c}"
+            targets += [
+                # Each rep's pair ran back to back: the median of their ratios cancels the drift
+                # between reps that the ratio of medians keeps (no bar of its own; for the record).
+                (f"GET /health / hello rps, per-rep pairs (median) @{c}",
+                 lambda h=health, b=bare: statistics.median(
+                     x["rps"] / y["rps"] for x, y in zip(results[h], results[b])),
+                 "(none)", lambda v: True),
+                # What the service's own code costs beside the bare route's, without the kernel's
+                # share: hello's user CPU per request over the service's (for the record).
+                (f"hello / GET /health user CPU per request @{c}",
+                 lambda h=health, b=bare: med(b, "user_us") / med(h, "user_us"),
+                 "(none)", lambda v: True),
+            ]
         checks = []
         for name, measure, want, test in targets:
             try:

@@ -36,11 +36,16 @@ def snapshot():
                 argv = f.read().split("\0")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
         # Kernel threads have no command line; postgres backends rename theirs ("postgres: ...").
         name = os.path.basename((argv[0].split(":")[0].split() or ["kernel threads"])[0])
-        out[pid] = (name, int(fields[11]), int(fields[12]))
+        out[pid] = (name, *ticks(stat))
     return out
+
+
+def ticks(stat):
+    """(user, system) clock ticks from the text of a /proc/PID/stat (all the process's threads)."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]), int(fields[12])
 
 
 def main():
