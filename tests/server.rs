@@ -1,5 +1,5 @@
 //! Server behaviour: graceful shutdown drains in-flight requests; idle and header-read timeouts close
-//! connections.
+//! connections, each in its own part of a connection's life (waiting for a request, reading its head).
 
 mod common;
 
@@ -180,5 +180,44 @@ async fn a_head_sent_too_slowly_is_cut_off_though_bytes_keep_coming() {
     assert!(
         elapsed >= Duration::from_millis(550) && elapsed < Duration::from_millis(2_000),
         "cut off after {elapsed:?}"
+    );
+}
+
+/// A keep-alive connection waiting for its next request is governed by the idle timeout, not the
+/// header-read timeout: still usable after the read timeout has passed, closed once idle for the
+/// idle timeout. (hyper's own header timer closed it at the read timeout.)
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_the_read_timeout_until_the_idle_timeout() {
+    let mut cfg = config(&migrated_db().await, None);
+    cfg.server.read_timeout = Duration::from_millis(300);
+    cfg.server.idle_timeout = Duration::from_millis(1_500);
+    let s = Service::start(cfg).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let get = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(get).await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // Idle for more than twice the read timeout, then a second request on the same connection.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.write_all(get).await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "the idle connection was closed at the read timeout"
+    );
+
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "server closes the idle connection");
+    let elapsed = t.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_400) && elapsed < Duration::from_secs(3),
+        "closed after {elapsed:?}, idle timeout 1.5 s"
     );
 }

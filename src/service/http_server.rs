@@ -38,23 +38,39 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// During shutdown, how long a connection must have moved no bytes before it is closed.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
-pin_project_lite::pin_project! {
-    /// A TCP stream that counts the reads and writes that moved bytes, for the idle timeout. A counter
-    /// rather than a timestamp: reading the clock on every read and write was a measurable cost.
-    struct Tracked {
-        #[pin]
-        inner: TcpStream,
-        moves: Arc<AtomicU64>,
+/// What a connection's reads and writes have moved, for its timeouts: counters rather than
+/// timestamps, since reading the clock on every read and write was a measurable cost. Only the
+/// connection's own task writes them, so a load and a store need no read-modify-write.
+#[derive(Default)]
+struct Traffic {
+    /// Reads that moved bytes: the header-read timeout starts at the first one of a head.
+    reads: AtomicU64,
+    /// Writes that moved bytes: with the reads, what the idle timeout watches.
+    writes: AtomicU64,
+    /// Whether hyper has waited for this connection's first head yet (see [`HeadTimer`]).
+    first_head_armed: AtomicBool,
+}
+
+impl Traffic {
+    fn bump(counter: &AtomicU64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn moves(&self) -> u64 {
+        let reads = self.reads.load(Ordering::Relaxed);
+        reads.wrapping_add(self.writes.load(Ordering::Relaxed))
     }
 }
 
-impl Tracked {
-    fn touch(moves: &AtomicU64) {
-        // Only this connection's task writes it; the load and store need no read-modify-write.
-        moves.store(
-            moves.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
+pin_project_lite::pin_project! {
+    /// A TCP stream that counts its reads and writes ([`Traffic`]).
+    struct Tracked {
+        #[pin]
+        inner: TcpStream,
+        traffic: Arc<Traffic>,
     }
 }
 
@@ -68,7 +84,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            Self::touch(this.moves);
+            Traffic::bump(&this.traffic.reads);
         }
         r
     }
@@ -83,7 +99,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            Self::touch(this.moves);
+            Traffic::bump(&this.traffic.writes);
         }
         r
     }
@@ -97,7 +113,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            Self::touch(this.moves);
+            Traffic::bump(&this.traffic.writes);
         }
         r
     }
@@ -112,39 +128,74 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// hyper's HTTP/1 header-read timer (the plan's read timeout), checked on the connection's tick.
+/// hyper's HTTP/1 header-read timer (the plan's read timeout): started by a head's first byte and
+/// checked on the connection's tick. One per connection.
 ///
-/// hyper arms a fresh timer for every request head it waits for and drops it once the head is
-/// read. With tokio's timer each of those is an entry registered in, then removed from, the
-/// runtime's timer wheel under its lock: ~700 instructions per request, 3.5 % of a `GET /health`
-/// (callgrind, BENCHMARKS.md). A `TickSleep` registers nothing: it compares the clock with its
+/// hyper arms its header timer as soon as it waits for a head, the wait for a keep-alive
+/// connection's next request included. With tokio's timer that closed every keep-alive connection
+/// left idle for the read timeout (15 s) rather than the idle timeout (60 s), and a client reusing
+/// one then raced the close; and each arming was an entry registered in, then removed from, the
+/// runtime's timer wheel under its lock (~700 instructions per request, 3.5 % of a `GET /health`,
+/// BENCHMARKS.md). Here a head's deadline runs from the first byte read after hyper starts waiting
+/// for it (from the connection's start for its first head, as Go's `ReadHeaderTimeout`); until then
+/// the idle timeout governs. A `TickSleep` registers nothing: it compares the clock with its
 /// deadline whenever hyper polls it, and every connection's task is woken by its own tick (at most
-/// [`CHECK_EVERY`] apart, in [`serve`]) and polls the connection first. A head that is late is cut off within a tick of its
-/// deadline instead of at it, the same resolution as the idle timeout.
-#[derive(Clone, Copy)]
-struct TickTimer;
+/// [`CHECK_EVERY`] apart, in [`serve`]) and polls the connection first, so a late head is cut off
+/// within a tick of its deadline, the idle timeout's resolution.
+#[derive(Clone)]
+struct HeadTimer {
+    traffic: Arc<Traffic>,
+}
 
-impl hyper::rt::Timer for TickTimer {
+impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(std::time::Instant::now() + duration)
+        let start = if self.traffic.first_head_armed.swap(true, Ordering::Relaxed) {
+            HeadStart::FirstReadAfter {
+                reads: self.traffic.reads.load(Ordering::Relaxed),
+                traffic: self.traffic.clone(),
+            }
+        } else {
+            HeadStart::At(std::time::Instant::now())
+        };
+        Box::pin(TickSleep {
+            budget: duration,
+            start,
+        })
     }
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(TickSleep { deadline })
+        self.sleep(deadline.saturating_duration_since(std::time::Instant::now()))
     }
 }
 
 struct TickSleep {
-    deadline: std::time::Instant,
+    budget: Duration,
+    start: HeadStart,
+}
+
+enum HeadStart {
+    At(std::time::Instant),
+    /// Not yet: when a read after `reads` moves bytes.
+    FirstReadAfter {
+        traffic: Arc<Traffic>,
+        reads: u64,
+    },
 }
 
 impl std::future::Future for TickSleep {
     type Output = ();
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        // No waker kept: the connection's tick polls again (see `TickTimer`).
-        if std::time::Instant::now() >= self.deadline {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        // No waker kept: the connection's tick polls again (see `HeadTimer`).
+        let this = self.get_mut();
+        let now = std::time::Instant::now();
+        if let HeadStart::FirstReadAfter { traffic, reads } = &this.start {
+            if traffic.reads.load(Ordering::Relaxed) == *reads {
+                return Poll::Pending;
+            }
+            this.start = HeadStart::At(now);
+        }
+        match this.start {
+            HeadStart::At(start) if now.duration_since(start) >= this.budget => Poll::Ready(()),
+            _ => Poll::Pending,
         }
     }
 }
@@ -183,14 +234,6 @@ pub async fn serve<S, B>(
         })
         .layer(app)
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TickTimer)
-        .header_read_timeout(cfg.read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
     loop {
         let (stream, _peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -205,25 +248,37 @@ pub async fn serve<S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let moves = Arc::new(AtomicU64::new(0));
+        let traffic = Arc::new(Traffic::default());
         let io = Tracked {
             inner: stream,
-            moves: moves.clone(),
+            traffic: traffic.clone(),
         };
         let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
+        // Per connection, for its header timer's counters.
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(HeadTimer {
+                traffic: traffic.clone(),
+            })
+            .header_read_timeout(cfg.read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
         let shutdown = shutdown.clone();
         let idle = cfg.idle_timeout;
+        let tick = idle
+            .min(cfg.read_timeout)
+            .min(CHECK_EVERY)
+            .max(Duration::from_millis(10));
         tracker.spawn(async move {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
             // Shutdown and idleness are checked on a tick rather than awaited beside the connection:
             // a `cancelled()` future polled on every wake-up of every connection takes the token's
             // shared lock each time. The tick bounds how late a keep-alive connection starts draining.
-            // The tick also wakes the connection for `TickTimer`'s header-read deadline, so it runs
+            // The tick also wakes the connection for `HeadTimer`'s header-read deadline, so it runs
             // until the connection ends, closing or not.
-            let mut check =
-                tokio::time::interval(idle.min(CHECK_EVERY).max(Duration::from_millis(10)));
+            let mut check = tokio::time::interval(tick);
             let mut seen = 0;
             let mut quiet_since = tokio::time::Instant::now();
             let mut closing = false;
@@ -235,7 +290,7 @@ pub async fn serve<S, B>(
                         if closing {
                             continue;
                         }
-                        let n = moves.load(Ordering::Relaxed);
+                        let n = traffic.moves();
                         if n != seen {
                             seen = n;
                             quiet_since = now;
