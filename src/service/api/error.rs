@@ -1,9 +1,9 @@
 //! The API's one error type, rendered as RFC 9457 `application/problem+json`, and the extractors whose
 //! rejections it replaces (so malformed input never produces axum's plain-text answers).
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

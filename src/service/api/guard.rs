@@ -133,7 +133,7 @@ where
 }
 
 /// A handler panic is a bug; the client gets a problem document and the process keeps serving.
-pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
     let detail = err
         .downcast_ref::<String>()
         .cloned()
