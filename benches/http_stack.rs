@@ -25,7 +25,7 @@ use kybctl::service::state::AppState;
 
 // The service's allocator (`src/main.rs`), so allocations cost here what they cost there.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kybctl::allocator::MiMalloc = kybctl::allocator::MiMalloc;
 
 /// What wrk sends.
 fn request() -> Request<Empty<Bytes>> {

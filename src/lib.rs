@@ -3,9 +3,10 @@
 //! The three programs: [`service`] (the KYB API), [`operator`] (the `KybPlatform` controller) and
 //! [`cli`] (`kybctl`, which also starts the other two). The gates the CLI runs: [`loadtest`] and
 //! [`slo`]. What they share: [`schema`] (migrations, lint, index builds), [`classify`] (the pure
-//! classifier and its reference data), [`config`], [`telemetry`] and [`tls`]; [`local`] starts
-//! throwaway PostgreSQL and Redis servers for the demo and the tests.
+//! classifier and its reference data), [`config`], [`telemetry`], [`tls`] and the programs'
+//! [`allocator`]; [`local`] starts throwaway PostgreSQL and Redis servers for the demo and the tests.
 
+pub mod allocator;
 pub mod classify;
 pub mod cli;
 pub mod config;
