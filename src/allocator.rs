@@ -75,7 +75,10 @@ mod tests {
     fn blocks_are_aligned_sized_and_kept() {
         let a = MiMalloc;
         for align in (0..=12).map(|s| 1usize << s) {
-            for size in (1..=8192usize).step_by(7).chain([8, 16, 24, 1024, 1025, 4096]) {
+            for size in (1..=8192usize)
+                .step_by(7)
+                .chain([8, 16, 24, 1024, 1025, 4096])
+            {
                 let Ok(layout) = Layout::from_size_align(size, align) else {
                     continue;
                 };
@@ -88,7 +91,9 @@ mod tests {
                     let grown = size * 3 + 5;
                     let q = a.realloc(p, layout, grown);
                     assert_eq!(q as usize % align, 0, "realloc size {grown} align {align}");
-                    assert!(std::slice::from_raw_parts(q, size).iter().all(|b| *b == 0xAB));
+                    assert!(std::slice::from_raw_parts(q, size)
+                        .iter()
+                        .all(|b| *b == 0xAB));
                     a.dealloc(q, Layout::from_size_align(grown, align).unwrap());
 
                     let z = a.alloc_zeroed(layout);
