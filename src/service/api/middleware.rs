@@ -260,7 +260,7 @@ where
                 &done.method,
                 done.slot.0.route.get(),
                 status,
-                elapsed.as_secs_f64(),
+                elapsed,
             );
         }
         Poll::Ready(Ok(resp))

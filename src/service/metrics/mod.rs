@@ -1,6 +1,9 @@
 //! Prometheus metrics of the API service (prometheus-client, text exposition format).
 
+mod per_thread;
+
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use axum::http::Method;
@@ -10,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use per_thread::{RequestCount, RequestLatency, LATENCY_BOUNDS};
 
 /// A request's labels. Built on every request, so they hold what the request already has (the
 /// method, the router's shared route template) rather than new strings.
@@ -89,8 +94,8 @@ struct Series {
     method: Method,
     route: Option<MatchedPath>,
     status: u16,
-    requests: Counter,
-    duration: Histogram,
+    requests: RequestCount,
+    duration: RequestLatency,
 }
 
 impl Series {
@@ -106,9 +111,9 @@ impl Series {
             }
     }
 
-    fn record(&self, seconds: f64) {
+    fn record(&self, elapsed: Duration) {
         self.requests.inc();
-        self.duration.observe(seconds);
+        self.duration.observe(elapsed);
     }
 }
 
@@ -127,11 +132,11 @@ impl RequestSeries {
         method: &Method,
         route: Option<&MatchedPath>,
         status: u16,
-        seconds: f64,
-        make: impl FnOnce() -> (Counter, Histogram),
+        elapsed: Duration,
+        make: impl FnOnce() -> (RequestCount, RequestLatency),
     ) {
         let mut make = Some(make);
-        let series_of = |(requests, duration): (Counter, Histogram)| Series {
+        let series_of = |(requests, duration): (RequestCount, RequestLatency)| Series {
             method: method.clone(),
             route: route.cloned(),
             status,
@@ -146,18 +151,18 @@ impl RequestSeries {
                     // Another request took the slot first; if for another series, this one is
                     // counted all the same (it is the family's) and kept by a later request.
                     if !slot.get().is_some_and(|s| s.is(method, route, status)) {
-                        new.record(seconds);
+                        new.record(elapsed);
                         return;
                     }
                 }
             }
             if let Some(s) = slot.get().filter(|s| s.is(method, route, status)) {
-                s.record(seconds);
+                s.record(elapsed);
                 return;
             }
         }
         if let Some(make) = make {
-            series_of(make()).record(seconds);
+            series_of(make()).record(elapsed);
         }
     }
 }
@@ -235,8 +240,8 @@ pub struct QueueLabels {
 
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<RequestLabels, Counter>,
-    pub http_duration: Family<RequestLabels, Histogram>,
+    http_requests: Family<RequestLabels, RequestCount>,
+    http_duration: Family<RequestLabels, RequestLatency>,
     /// The two families' series by request, for [`Metrics::observe_request`].
     http_series: RequestSeries,
     pub cache_hits: Family<LevelLabel, Counter>,
@@ -256,15 +261,6 @@ pub struct Metrics {
     pub dead_letters: Family<QueueLabels, Gauge>,
 }
 
-/// Latency buckets from 0.5 ms to 10 s: the service answers in well under a millisecond from cache and
-/// the SLOs sit at 500 ms, so both ends need resolution.
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ]
-    .into_iter()
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -274,10 +270,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kyb");
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        let http_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(latency_buckets())
-        });
+        let http_requests = Family::<RequestLabels, RequestCount>::default();
+        let http_duration = Family::<RequestLabels, RequestLatency>::default();
         let cache_hits = Family::<LevelLabel, Counter>::default();
         let cache_misses = Family::<LevelLabel, Counter>::default();
         let cache_errors = Family::<LevelLabel, Counter>::default();
@@ -290,9 +284,8 @@ impl Metrics {
         let breaker_state = Family::<BreakerLabels, Gauge>::default();
         let outbound_calls = Family::<OutcomeLabels, Counter>::default();
         let job_attempts = Family::<JobOutcomeLabels, Counter>::default();
-        let job_start_delay = Family::<JobLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(latency_buckets())
-        });
+        let job_start_delay =
+            Family::<JobLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BOUNDS));
         let jobs_running = Gauge::default();
         let queue_depth = Family::<QueueDepthLabels, Gauge>::default();
         let queue_oldest_ready =
@@ -409,9 +402,9 @@ impl Metrics {
         method: &Method,
         route: Option<&MatchedPath>,
         status: u16,
-        seconds: f64,
+        elapsed: Duration,
     ) {
-        self.http_series.record(method, route, status, seconds, || {
+        self.http_series.record(method, route, status, elapsed, || {
             let labels = RequestLabels {
                 method: MethodLabel(method.clone()),
                 route: route.map_or(RouteLabel::Unmatched, |p| RouteLabel::Matched(p.clone())),
@@ -463,14 +456,24 @@ mod request_label_tests {
     fn requests_are_counted_in_the_families_kept_at_hand_or_not() {
         let metrics = Metrics::new();
         let get = axum::http::Method::GET;
-        metrics.observe_request(&get, None, 404, 0.001);
-        metrics.observe_request(&get, None, 404, 0.002);
-        metrics.observe_request(&axum::http::Method::POST, None, 404, 0.001);
+        metrics.observe_request(&get, None, 404, Duration::from_millis(1));
+        metrics.observe_request(&get, None, 404, Duration::from_millis(2));
+        metrics.observe_request(
+            &axum::http::Method::POST,
+            None,
+            404,
+            Duration::from_millis(1),
+        );
         // Twice as many series as are kept: the ones past them go to the families directly.
         for status in 0..(2 * SERIES_KEPT as u16) {
-            metrics.observe_request(&get, None, 600 + status, 0.001);
+            metrics.observe_request(&get, None, 600 + status, Duration::from_millis(1));
         }
-        metrics.observe_request(&get, None, 600 + 2 * SERIES_KEPT as u16 - 1, 0.001);
+        metrics.observe_request(
+            &get,
+            None,
+            600 + 2 * SERIES_KEPT as u16 - 1,
+            Duration::from_millis(1),
+        );
         let out = metrics.encode();
         let count = |labels: &str| {
             out.lines()
