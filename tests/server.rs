@@ -221,3 +221,66 @@ async fn a_keep_alive_connection_outlives_the_read_timeout_until_the_idle_timeou
         "closed after {elapsed:?}, idle timeout 1.5 s"
     );
 }
+
+/// One HTTP/2 connection (prior knowledge, as a mesh sidecar or gRPC-style client speaks it) carries
+/// many requests at once: each is answered, under its own request id, and counted in `/metrics`.
+/// The server calls the stack of each connection in place (`http_server::ConnectionService`), so
+/// this is the case where calls on one connection overlap.
+#[tokio::test]
+async fn concurrent_http2_streams_on_one_connection_are_each_answered_and_counted() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let s = Service::start(config(&migrated_db().await, None)).await;
+    let scrape_health_count = || async {
+        let text = s
+            .http
+            .get(format!("{}/metrics", s.metrics_base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"kyb_http_requests_total{method="GET",route="/health",status="200"} "#,
+                )
+            })
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = scrape_health_count().await;
+
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 connection by prior knowledge");
+    tokio::spawn(conn);
+    const STREAMS: usize = 64;
+    let responses = futures::future::join_all((0..STREAMS).map(|_| {
+        let mut sender = sender.clone();
+        let uri = format!("{}/health", s.base);
+        async move {
+            let req = hyper::Request::get(uri)
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.expect("a response");
+            let status = resp.status();
+            let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, id, body)
+        }
+    }))
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for (status, id, body) in &responses {
+        assert_eq!(*status, hyper::StatusCode::OK);
+        assert_eq!(&body[..], br#"{"status":"ok"}"#);
+        assert!(ids.insert(id.clone()), "request id {id} given twice");
+    }
+    assert_eq!(scrape_health_count().await - before, STREAMS as u64);
+}

@@ -9,27 +9,28 @@
 //!
 //! `axum::serve` offers neither header-read nor idle timeouts, hence this small loop over hyper-util.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::HttpBody;
 use axum::http::{Request, Response};
 use axum::BoxError;
 use bytes::Bytes;
+use futures::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::util::MapResponseLayer;
-use tower::{Layer, Service};
+use tower::util::{MapResponseLayer, Oneshot};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::config::ServerConfig;
 
@@ -202,6 +203,36 @@ impl std::future::Future for TickSleep {
 
 impl hyper::rt::Sleep for TickSleep {}
 
+/// hyper's `Service` over the tower stack: one copy of the stack per connection, called in place.
+///
+/// hyper-util's `TowerToHyperService` clones the whole stack for every request (hyper calls through
+/// `&self`, tower through `&mut self`) and drops the clone once it has called it, so every reference
+/// count in the stack (the router's, the app state's, the drain flag's), shared by all connections,
+/// was written twice per request from whichever core served it. Here a connection clones the stack
+/// once and each request borrows it: hyper calls `call` synchronously from the connection's own
+/// task, never from within another call, so the borrow cannot collide. A stack that is not ready at
+/// once (no layer of the service's ever waits) is served as hyper-util serves every request, by a
+/// clone that waits for readiness with the connection's waker.
+struct ConnectionService<S>(RefCell<S>);
+
+impl<S, R> hyper::service::Service<R> for ConnectionService<S>
+where
+    S: Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Oneshot<S, R>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let mut stack = self.0.borrow_mut();
+        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
+            // Pending, or an error the clone's own readiness check reports.
+            _ => Either::Right(stack.clone().oneshot(req)),
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` fires, then drains for at most `shutdown_grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
@@ -253,7 +284,7 @@ pub async fn serve<S, B>(
             inner: stream,
             traffic: traffic.clone(),
         };
-        let service = TowerToHyperService::new(app.clone());
+        let service = ConnectionService(RefCell::new(app.clone()));
         // Per connection, for its header timer's counters.
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
