@@ -328,6 +328,8 @@ def main():
                          "on release)")
     ap.add_argument("--kybctl", help="measure this kybctl binary instead of building the checkout's "
                                      "(to compare two builds, one run each, same machine state)")
+    ap.add_argument("--hello", help="use this build of examples/hello.rs as the bare axum reference instead "
+                                    "of building it (nothing is compiled during a series of runs)")
     ap.add_argument("--pin", action="store_true",
                     help="run the HTTP servers (every kybctl serve and hello) on core 0 and wrk on core 1 "
                          "(taskset), so that a server never competes with the generator for a core; "
@@ -345,7 +347,7 @@ def main():
 
     kybctl = a.kybctl or release_binary()
     server_cpu, wrk_cpu = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if a.pin else ([], [])
-    hello = release_binary("hello")
+    hello = a.hello or release_binary("hello")
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="kyb-bench-")
