@@ -234,16 +234,9 @@ async fn concurrent_http2_streams_on_one_connection_are_each_answered_and_counte
 
     let s = Service::start(config(&migrated_db().await, None)).await;
     let scrape_health_count = || async {
-        let text = s
-            .http
-            .get(format!("{}/metrics", s.metrics_base))
-            .send()
+        s.metrics()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| {
                 l.strip_prefix(
                     r#"kyb_http_requests_total{method="GET",route="/health",status="200"} "#,
