@@ -74,8 +74,8 @@ impl EncodeLabelValue for RouteLabel {
 /// finds its counter and histogram without the families' lookups. Each lookup hashes the whole label set
 /// (SipHash) under the family's lock; the two were ~900 instructions of a `GET /health` (callgrind,
 /// BENCHMARKS.md), a tenth of what the service's middleware adds to a bare axum route. A clone of a
-/// prometheus-client metric shares its value, so a series held here is the family's own (the request
-/// families are never cleared).
+/// request metric ([`per_thread`]) shares its shards, so a series held here is the family's own (the
+/// request families are never cleared).
 ///
 /// Written out rather than a concurrent map: the slots are filled in order and never emptied, so a
 /// lookup is a few atomic loads and comparisons, with no lock and no reference count written from the
