@@ -21,6 +21,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use kybctl::config::{Config, Secret};
 use kybctl::service::api::{self, compression, guard, middleware};
+use kybctl::service::auth::RequireLayer;
 use kybctl::service::state::AppState;
 
 // The service's allocator (`src/main.rs`), so allocations cost here what they cost there.
@@ -81,7 +82,8 @@ fn main() {
         config.database.url = Some(Secret::new("postgres://kyb@127.0.0.1:1/kyb"));
         let state = AppState::build(config).expect("state");
         let server = state.config.server.clone();
-        let routes = || api::routes(state.clone());
+        let routes = || api::routes(state.clone()).0;
+        let table = api::routes(state.clone()).1;
         let n = if bench { 200_000 } else { 1 };
         let rounds = if bench { 3 } else { 1 };
 
@@ -105,10 +107,17 @@ fn main() {
             "bare axum route",
             axum::Router::new().route("/health", get(|| async { "ok" }))
         );
-        measure!("routes only (auth, route recording)", routes());
+        measure!("routes only", routes());
         measure!(
-            "+ observation (request id, span, metrics)",
-            middleware::ObserveLayer::new(state.clone()).layer(routes())
+            "+ observation (request id, route, span, metrics)",
+            middleware::ObserveLayer::new(state.clone(), table.clone()).layer(routes())
+        );
+        // Authentication reads the route the observation layer matched, so it is measured inside
+        // it: the difference from the line above is its own.
+        measure!(
+            "+ observation and authentication",
+            middleware::ObserveLayer::new(state.clone(), table.clone())
+                .layer(RequireLayer::new(state.clone()).layer(routes()))
         );
         measure!(
             "+ compression (tower-http's layer alone)",

@@ -95,14 +95,6 @@ pub fn accept_parent(span: &tracing::Span, headers: &axum::http::HeaderMap, requ
     let _ = span.set_parent(parent);
 }
 
-/// Names `span` once it has started: a recorded `otel.name` renames a span only before its first
-/// entry, and a request's server span learns its route inside the router, after it was entered.
-pub fn rename(span: &tracing::Span, name: String) {
-    if enabled() {
-        span.context().span().update_name(name);
-    }
-}
-
 /// Writes the current span's trace context (`traceparent`, `tracestate`) into an outbound request's
 /// headers, so the callee's spans join this trace.
 pub fn inject(headers: &mut axum::http::HeaderMap) {

@@ -1,10 +1,11 @@
-//! Per-request observation: the request id, the request's span, the latency header and metrics.
+//! Per-request observation: the request id, the route template, the request's span, the latency
+//! header and metrics.
 //!
 //! `observe` is a tower layer written out rather than `axum::middleware::from_fn` (which boxes the
 //! inner service and its future on every request), and it wraps the router once rather than being
 //! applied to each route with `Router::layer`: axum wraps every route in a boxed, cloned-per-request
-//! service for each such layer. The route template is known only inside the router, so a small
-//! per-route layer ([`RecordRouteLayer`]) hands it back through a [`RouteSlot`] the request carries.
+//! service for each such layer. It matches the route template itself ([`RouteTable`]) and hands it,
+//! with the request id, to the layers and handlers inside through a [`RequestContext`].
 //!
 //! Request ids are part of the same layer rather than tower-http's `SetRequestId` and
 //! `PropagateRequestId`: those two wrap every request and response future once more each, look the
@@ -15,17 +16,17 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::extract::FromRequestParts;
 use axum::http::header::Entry;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method};
 use tracing::instrument::Instrumented;
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
+use super::route_table::RouteTable;
 use super::X_REQUEST_ID;
 use crate::service::state::AppState;
 use crate::telemetry::traces;
@@ -34,16 +35,17 @@ static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
 
 /// Gives every request an id (the caller's `X-Request-Id` if it sent one, else a new UUID, set on the
 /// request for the handlers and echoed on the response), wraps the request in a span carrying that id
-/// (so every log line of the request has it), sets `X-Response-Time`, and records count and latency
-/// by route template and status.
+/// (so every log line of the request has it), matches its route template in `routes`, sets
+/// `X-Response-Time`, and records count and latency by route template and status.
 #[derive(Clone)]
 pub struct ObserveLayer {
     state: Arc<AppState>,
+    routes: Arc<RouteTable>,
 }
 
 impl ObserveLayer {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, routes: Arc<RouteTable>) -> Self {
+        Self { state, routes }
     }
 }
 
@@ -53,6 +55,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
         Observe {
             inner,
             state: self.state.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -61,6 +64,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     state: Arc<AppState>,
+    routes: Arc<RouteTable>,
 }
 
 impl<S, ReqBody, B> tower_service::Service<axum::http::Request<ReqBody>> for Observe<S>
@@ -81,7 +85,7 @@ where
 
     fn call(&mut self, mut req: axum::http::Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
-        // Handed to handlers through the slot ([`RequestId`]) rather than set on the request's
+        // Handed to handlers through the context ([`RequestId`]) rather than set on the request's
         // headers: a header insert hashes the name and may grow the map, on every request.
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
@@ -89,12 +93,14 @@ where
         };
         let request_id = id.to_str().unwrap_or("-");
         let method = req.method().clone();
-        // The route is recorded once the router has matched it (`RecordRoute`).
+        // The template, not the raw path, so ids do not explode the label set.
+        let route = self.routes.find(req.uri().path());
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             method = %method,
-            route = tracing::field::Empty,
+            // Absent when no route matched.
+            route,
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
             http.request.method = tracing::field::Empty,
@@ -104,40 +110,50 @@ where
         );
         // The semantic-convention names only when a trace backend reads them; logs have method/route.
         if traces::enabled() {
-            // `{method}` alone until a route matches (semantic conventions for an unmatched request).
-            span.record("otel.name", method.as_str());
+            match route {
+                Some(route) => {
+                    span.record("otel.name", format!("{method} {route}").as_str());
+                    span.record("http.route", route);
+                }
+                // `{method}` alone for a request no route matched (semantic conventions).
+                None => {
+                    span.record("otel.name", method.as_str());
+                }
+            }
             span.record("otel.kind", "server");
             span.record("http.request.method", method.as_str());
             traces::accept_parent(&span, req.headers(), request_id);
         }
-        let slot = RouteSlot(Arc::new(SlotInner {
-            route: OnceLock::new(),
-            span: span.clone(),
-            request_id: id,
-        }));
-        req.extensions_mut().insert(slot.clone());
+        req.extensions_mut().insert(RequestContext {
+            request_id: id.clone(),
+            route,
+        });
         ObserveFuture {
             inner: self.inner.call(req).instrument(span),
             done: Some(Done {
                 start,
                 method,
-                slot,
+                route,
+                request_id: id,
                 state: self.state.clone(),
             }),
         }
     }
 }
 
-/// Where the per-route layer leaves the matched route template for the observation layer. Shared
-/// rather than passed back on the response, so a response made outside the router (the timeout's
-/// 503) is still counted under its route.
+/// What the observation layer learnt of a request, for the layers and handlers inside it: its id and
+/// the route template it matched (`None`: none did). Known before the router runs, so a response made
+/// outside it (the write timeout's 503) is counted under its route too.
 #[derive(Clone)]
-pub struct RouteSlot(Arc<SlotInner>);
-
-struct SlotInner {
-    route: OnceLock<MatchedPath>,
-    span: Span,
+pub struct RequestContext {
     request_id: HeaderValue,
+    route: Option<&'static str>,
+}
+
+impl RequestContext {
+    pub fn route(&self) -> Option<&'static str> {
+        self.route
+    }
 }
 
 /// The request's id (the caller's `X-Request-Id`, or the one made for it and echoed on the
@@ -154,58 +170,11 @@ impl RequestId {
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let id = match parts.extensions.get::<RouteSlot>() {
-            Some(slot) => Some(slot.0.request_id.clone()),
+        let id = match parts.extensions.get::<RequestContext>() {
+            Some(cx) => Some(cx.request_id.clone()),
             None => parts.headers.get(&X_REQUEST_ID).cloned(),
         };
         Ok(Self(id))
-    }
-}
-
-/// Applied with `Router::route_layer`: tells the observation layer which route matched.
-#[derive(Clone, Copy, Default)]
-pub struct RecordRouteLayer;
-
-impl<S> tower_layer::Layer<S> for RecordRouteLayer {
-    type Service = RecordRoute<S>;
-    fn layer(&self, inner: S) -> RecordRoute<S> {
-        RecordRoute { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct RecordRoute<S> {
-    inner: S,
-}
-
-impl<S> tower_service::Service<Request> for RecordRoute<S>
-where
-    S: tower_service::Service<Request>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> S::Future {
-        if let (Some(slot), Some(path)) = (
-            req.extensions().get::<RouteSlot>(),
-            req.extensions().get::<MatchedPath>(),
-        ) {
-            // The route template, not the raw path, so ids do not explode the label set.
-            let route = path.as_str();
-            slot.0.span.record("route", route);
-            if traces::enabled() {
-                let method = req.method().as_str();
-                traces::rename(&slot.0.span, format!("{method} {route}"));
-                slot.0.span.record("http.route", route);
-            }
-            let _ = slot.0.route.set(path.clone());
-        }
-        self.inner.call(req)
     }
 }
 
@@ -213,7 +182,8 @@ where
 struct Done {
     start: Instant,
     method: Method,
-    slot: RouteSlot,
+    route: Option<&'static str>,
+    request_id: HeaderValue,
     state: Arc<AppState>,
 }
 
@@ -232,12 +202,12 @@ where
     type Output = Result<axum::http::Response<B>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Ok(mut resp) = std::task::ready!(this.inner.poll(cx));
+        let mut this = self.project();
+        let Ok(mut resp) = std::task::ready!(this.inner.as_mut().poll(cx));
         if let Some(done) = this.done.take() {
             let elapsed = done.start.elapsed();
             let status = resp.status().as_u16();
-            let span = &done.slot.0.span;
+            let span = this.inner.as_ref().get_ref().span();
             // An explicit parent, not `in_scope`: entering the span costs even when the event is
             // filtered out.
             tracing::debug!(parent: span, status, elapsed_us = elapsed.as_micros() as u64, "served");
@@ -254,14 +224,11 @@ where
             }
             // A response that names its own request id keeps it.
             if let Entry::Vacant(v) = headers.entry(&X_REQUEST_ID) {
-                v.insert(done.slot.0.request_id.clone());
+                v.insert(done.request_id);
             }
-            done.state.metrics.observe_request(
-                &done.method,
-                done.slot.0.route.get(),
-                status,
-                elapsed,
-            );
+            done.state
+                .metrics
+                .observe_request(&done.method, done.route, status, elapsed);
         }
         Poll::Ready(Ok(resp))
     }
@@ -331,9 +298,10 @@ mod tests {
             .route(
                 "/seen",
                 get(|id: RequestId| async move { id.as_str().unwrap_or_default().to_owned() }),
-            )
-            .route_layer(RecordRouteLayer);
-        ObserveLayer::new(state).layer(GuardLayer::new(Duration::from_secs(15)).layer(routes))
+            );
+        let table = RouteTable::new(["/ok", "/named", "/boom", "/seen"]).unwrap();
+        ObserveLayer::new(state, Arc::new(table))
+            .layer(GuardLayer::new(Duration::from_secs(15)).layer(routes))
     }
 
     async fn boom() -> &'static str {

@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod reports;
 pub mod risk_assessments;
+pub mod route_table;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use axum::body::HttpBody;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::BoxError;
 use axum::Router;
 use bytes::Bytes;
@@ -32,6 +33,7 @@ use crate::service::cache::records::Lookup;
 use crate::service::cache::CacheStatus;
 use crate::service::state::AppState;
 use error::ApiError;
+use route_table::RouteTable;
 
 pub type State = axum::extract::State<Arc<AppState>>;
 
@@ -39,9 +41,10 @@ pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status"
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API: the routes and, wrapped once around the whole router, the service-wide layers
-/// (observation with request ids, compression when asked, the write timeout and panic fallback, the
-/// request body timeout). `B` is the server's request body type. The body limit is applied where a
-/// body is read ([`error::ApiJson`], and the import route's own), not to every request.
+/// (observation with request ids and the route match, compression when asked, the write timeout and
+/// panic fallback, the request body timeout, authentication). `B` is the server's request body type.
+/// The body limit is applied where a body is read ([`error::ApiJson`], and the import route's own),
+/// not to every request.
 pub fn router<B>(
     state: Arc<AppState>,
 ) -> impl Service<
@@ -58,63 +61,78 @@ where
     B::Error: Into<BoxError>,
 {
     let server = &state.config.server;
-    // Outermost first. Around the router, not `Router::layer`: axum would wrap each route in a boxed
-    // service per layer, cloned on every request.
+    let (routes, table) = routes(state.clone());
+    // Outermost first. Around the router, not `Router::layer` or `Router::route_layer`: axum would
+    // wrap each route in a boxed service per layer, cloned on every request.
     ServiceBuilder::new()
         // Outside the panic fallback, so a handler's panic is answered with the request id and
         // counted as the 500 it is.
-        .layer(middleware::ObserveLayer::new(state.clone()))
+        .layer(middleware::ObserveLayer::new(state.clone(), table))
         .layer(compression::CompressWhenAskedLayer)
         .layer(guard::GuardLayer::new(server.write_timeout))
         .layer(RequestBodyTimeoutLayer::new(server.read_timeout))
-        .service(routes(state.clone()))
+        // Inside the timeouts and the panic fallback, as a handler is (it may wait on an identity
+        // provider's keys); it checks the route the observation layer matched.
+        .layer(crate::service::auth::RequireLayer::new(state.clone()))
+        .service(routes)
 }
 
-/// The routes with their per-route layers (authentication, route recording) and no service-wide
-/// layer: what [`router`] wraps. Public for `benches/http_stack.rs`, which measures each layer.
-pub fn routes(state: Arc<AppState>) -> Router {
-    let server = &state.config.server;
+/// The routes, and a table of their templates for the service-wide layers to match (both from one
+/// list, so they cannot disagree), without any layer: what [`router`] wraps. Public for
+/// `benches/http_stack.rs`, which measures each layer.
+pub fn routes(state: Arc<AppState>) -> (Router, Arc<RouteTable>) {
+    let api = api_routes(&state.config.server);
+    // The templates are constants of `api_routes`: a bad one fails every start, and every test.
+    let table = RouteTable::new(api.iter().map(|(template, _)| *template))
+        .expect("the API's route templates are valid and distinct");
+    let router = api
+        .into_iter()
+        .fold(Router::new(), |router, (template, route)| {
+            router.route(template, route)
+        })
+        // Unknown paths are answered by authentication before they get here (it refuses a route it
+        // cannot name); this answers the same for the routes on their own.
+        .fallback(|| async { ApiError::NotFound("route") })
+        .with_state(state);
+    (router, Arc::new(table))
+}
+
+/// Every route: its template and what serves it.
+fn api_routes(
+    server: &crate::config::ServerConfig,
+) -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     // Full paths rather than `nest("/v1", ...)`: axum gives each nested route one more boxed layer
     // that rebuilds the request's URI without the prefix, on every request, for handlers that never
-    // read it. The matched route (`MatchedPath`) is "/v1/..." either way.
-    Router::new()
-        .route("/v1/classifications", post(classifications::create))
-        .route(
+    // read it.
+    vec![
+        ("/v1/classifications", post(classifications::create)),
+        (
             "/v1/merchants",
             post(merchants::create).get(merchants::list),
-        )
+        ),
         // Its own body limit: a file of merchants, each line held to the one-merchant limit.
-        .route(
+        (
             "/v1/merchants:import",
             post(imports::import).layer(DefaultBodyLimit::max(server.max_import_bytes)),
-        )
-        .route(
+        ),
+        (
             "/v1/merchants/{id}",
             get(merchants::get).patch(merchants::update),
-        )
-        .route(
+        ),
+        (
             "/v1/merchants/{id}/risk-assessments",
             post(risk_assessments::create).get(risk_assessments::list),
-        )
-        .route(
+        ),
+        (
             "/v1/merchants/{id}/status-changes",
             get(merchants::status_changes),
-        )
-        .route("/v1/reports/industries", get(reports::industries))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/openapi.json", get(openapi::document))
-        // Every matched route tells the observation layer its template, then passes the scope table;
-        // unknown paths fall through to 404 unasked. One `route_layer` for both: axum boxes each
-        // route once more per call, on every request.
-        .route_layer(
-            ServiceBuilder::new()
-                .layer(middleware::RecordRouteLayer)
-                .layer(crate::service::auth::RequireLayer::new(state.clone())),
-        )
-        .fallback(|| async { ApiError::NotFound("route") })
-        .with_state(state)
+        ),
+        ("/v1/reports/industries", get(reports::industries)),
+        ("/v1/jobs/{id}", get(jobs::get)),
+        ("/health", get(health::health)),
+        ("/ready", get(health::ready)),
+        ("/openapi.json", get(openapi::document)),
+    ]
 }
 
 /// `/metrics` and the per-shard `/ready`, for their own listener (`metrics_listen`): off the API port,
@@ -183,6 +201,59 @@ pub fn json_bytes<T: serde::Serialize>(v: &T) -> Result<Bytes, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::auth::scopes::{self, Needs};
+    use crate::service::auth::RequireLayer;
+    use axum::body::Body;
+    use axum::http::Method;
+    use tower::{Layer, ServiceExt};
+
+    /// A route the scope table does not know is refused, so it must be there to be reachable.
+    #[test]
+    fn every_route_is_in_the_scope_table() {
+        let server = crate::config::Config::default().server;
+        for (template, _) in api_routes(&server) {
+            assert!(
+                scopes::needed(&Method::GET, template) == Some(Needs::Nothing)
+                    || !scopes::allowed(template).is_empty(),
+                "{template} is not in the scope table"
+            );
+        }
+    }
+
+    async fn status<S>(svc: &S, path: &str) -> StatusCode
+    where
+        S: Service<axum::http::Request<Body>, Response = Response, Error = Infallible> + Clone,
+    {
+        let req = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        svc.clone().oneshot(req).await.unwrap().status()
+    }
+
+    /// Authentication passes only what it can name: a route the observation layer matched and the
+    /// scope table knows. Anything else is refused before the router, whatever the router has.
+    #[tokio::test]
+    async fn authentication_refuses_what_it_cannot_name() {
+        let mut config = crate::config::Config::default();
+        config.auth.insecure_no_auth = true;
+        // Built without connecting; nothing here touches the database.
+        config.database.url = Some(crate::config::Secret::new("postgres://kyb@127.0.0.1:1/kyb"));
+        let state = AppState::build(config).expect("state");
+        let inner = Router::new()
+            .route("/health", get(|| async { "reached" }))
+            .route("/v1/unlisted", get(|| async { "reached" }));
+        let table = RouteTable::new(["/health", "/v1/unlisted"]).unwrap();
+        let observed = middleware::ObserveLayer::new(state.clone(), Arc::new(table))
+            .layer(RequireLayer::new(state.clone()).layer(inner.clone()));
+        assert_eq!(status(&observed, "/health").await, StatusCode::OK);
+        // Routed, but not in the scope table.
+        assert_eq!(
+            status(&observed, "/v1/unlisted").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(status(&observed, "/v1/other").await, StatusCode::NOT_FOUND);
+        // No observation layer outside: no route to check, so nothing passes.
+        let bare = RequireLayer::new(state).layer(inner);
+        assert_eq!(status(&bare, "/health").await, StatusCode::NOT_FOUND);
+    }
 
     fn lookup(values: &[&str]) -> Lookup {
         let mut headers = axum::http::HeaderMap::new();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
+use axum::http::Request;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthConfig, ConfigError};
 use crate::service::api::error::ApiError;
+use crate::service::api::middleware::RequestContext;
 use crate::service::state::AppState;
 use api_keys::ApiKeys;
 use jwt::JwtVerifier;
@@ -197,13 +198,17 @@ fn anonymous() -> Principal {
     }
 }
 
-/// The route layer: authenticates, limits the rate, checks the route's scope, and drops a
+/// Around the router: authenticates, limits the rate, checks the route's scope, and drops a
 /// `no-cache` request directive from a caller without the `ops` scope (it would send every read to
 /// the primary, and a listing to every shard).
 ///
-/// A tower layer rather than `axum::middleware::from_fn`, which boxes the inner route and its future on
-/// every request: public routes (`/health`, `/ready`) pass straight through, unboxed, and only a request
-/// that must be authenticated pays for an async block (issue 9).
+/// The route is the template the observation layer matched ([`RequestContext`]); a request without
+/// one (no route matched, or no observation layer outside) is refused as unknown, so nothing reaches
+/// a handler unchecked.
+///
+/// A tower layer rather than `axum::middleware::from_fn`, which boxes the inner service and its future
+/// on every request: public routes (`/health`, `/ready`) pass straight through, unboxed, and only a
+/// request that must be authenticated pays for an async block (issue 9).
 #[derive(Clone)]
 pub struct RequireLayer {
     state: Arc<AppState>,
@@ -233,13 +238,14 @@ pub struct Require<S> {
 
 type Checked = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
 
-impl<S> tower_service::Service<Request> for Require<S>
+impl<S, B> tower_service::Service<Request<B>> for Require<S>
 where
-    S: tower_service::Service<Request, Response = Response, Error = Infallible>
+    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
@@ -249,18 +255,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures::future::Either;
         let route = req
             .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str())
+            .get::<RequestContext>()
+            .and_then(RequestContext::route)
             .unwrap_or_default();
         let wanted = match scopes::needed(req.method(), route) {
             Some(Needs::Nothing) => return Either::Left(self.inner.call(req)),
             Some(Needs::AnyOf(wanted)) => wanted,
             // A method the route lacks is 405 with `Allow`, as the router would answer (this layer
-            // sees the request first); a route the table lacks is refused as unknown.
+            // sees the request first); a route the table lacks, or none, is refused as unknown.
             None => {
                 let methods = scopes::allowed(route);
                 let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();

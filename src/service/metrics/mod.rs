@@ -5,7 +5,6 @@ mod per_thread;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::MatchedPath;
 use axum::http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +16,7 @@ use prometheus_client::registry::Registry;
 use per_thread::{RequestCount, RequestLatency, LATENCY_BOUNDS};
 
 /// A request's labels. Built on every request, so they hold what the request already has (the
-/// method, the router's shared route template) rather than new strings.
+/// method, the route table's template) rather than new strings.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: MethodLabel,
@@ -34,33 +33,19 @@ impl EncodeLabelValue for MethodLabel {
     }
 }
 
-/// The route template a request matched (a clone shares the router's string), or none.
-#[derive(Clone, Debug)]
+/// The route template a request matched, or none.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RouteLabel {
-    Matched(MatchedPath),
+    Matched(&'static str),
     Unmatched,
 }
 
 impl RouteLabel {
-    pub fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            RouteLabel::Matched(p) => p.as_str(),
+            RouteLabel::Matched(route) => route,
             RouteLabel::Unmatched => "unmatched",
         }
-    }
-}
-
-impl PartialEq for RouteLabel {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for RouteLabel {}
-
-impl std::hash::Hash for RouteLabel {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
     }
 }
 
@@ -79,9 +64,8 @@ impl EncodeLabelValue for RouteLabel {
 ///
 /// Written out rather than a concurrent map: the slots are filled in order and never emptied, so a
 /// lookup is a few atomic loads and comparisons, with no lock and no reference count written from the
-/// two cores at once. A route is compared by its template's address first: the router hands every
-/// request of a route a clone of one shared string (axum flattens nested routers), so the text is
-/// compared only between different routes.
+/// two cores at once. A route is compared by its template's address first: every request of a route
+/// carries the route table's one string, so the text is compared only between different routes.
 struct RequestSeries {
     slots: [OnceLock<Series>; SERIES_KEPT],
 }
@@ -92,21 +76,19 @@ const SERIES_KEPT: usize = 64;
 
 struct Series {
     method: Method,
-    route: Option<MatchedPath>,
+    route: Option<&'static str>,
     status: u16,
     requests: RequestCount,
     duration: RequestLatency,
 }
 
 impl Series {
-    fn is(&self, method: &Method, route: Option<&MatchedPath>, status: u16) -> bool {
+    fn is(&self, method: &Method, route: Option<&str>, status: u16) -> bool {
         self.status == status
             && self.method == *method
-            && match (&self.route, route) {
+            && match (self.route, route) {
                 (None, None) => true,
-                (Some(a), Some(b)) => {
-                    std::ptr::eq(a.as_str(), b.as_str()) || a.as_str() == b.as_str()
-                }
+                (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
                 _ => false,
             }
     }
@@ -130,7 +112,7 @@ impl RequestSeries {
     fn record(
         &self,
         method: &Method,
-        route: Option<&MatchedPath>,
+        route: Option<&'static str>,
         status: u16,
         elapsed: Duration,
         make: impl FnOnce() -> (RequestCount, RequestLatency),
@@ -138,7 +120,7 @@ impl RequestSeries {
         let mut make = Some(make);
         let series_of = |(requests, duration): (RequestCount, RequestLatency)| Series {
             method: method.clone(),
-            route: route.cloned(),
+            route,
             status,
             requests,
             duration,
@@ -400,14 +382,14 @@ impl Metrics {
     pub fn observe_request(
         &self,
         method: &Method,
-        route: Option<&MatchedPath>,
+        route: Option<&'static str>,
         status: u16,
         elapsed: Duration,
     ) {
         self.http_series.record(method, route, status, elapsed, || {
             let labels = RequestLabels {
                 method: MethodLabel(method.clone()),
-                route: route.map_or(RouteLabel::Unmatched, |p| RouteLabel::Matched(p.clone())),
+                route: route.map_or(RouteLabel::Unmatched, RouteLabel::Matched),
                 status,
             };
             (
@@ -458,6 +440,10 @@ mod request_label_tests {
         let get = axum::http::Method::GET;
         metrics.observe_request(&get, None, 404, Duration::from_millis(1));
         metrics.observe_request(&get, None, 404, Duration::from_millis(2));
+        // The same template from two strings (a route compared by address, then by text).
+        let copy: &'static str = String::from("/v1/things/{id}").leak();
+        metrics.observe_request(&get, Some("/v1/things/{id}"), 200, Duration::ZERO);
+        metrics.observe_request(&get, Some(copy), 200, Duration::ZERO);
         metrics.observe_request(
             &axum::http::Method::POST,
             None,
@@ -482,6 +468,10 @@ mod request_label_tests {
                 .to_owned()
         };
         assert_eq!(count(r#"method="GET",route="unmatched",status="404""#), "2");
+        assert_eq!(
+            count(r#"method="GET",route="/v1/things/{id}",status="200""#),
+            "2"
+        );
         assert_eq!(
             count(r#"method="POST",route="unmatched",status="404""#),
             "1"
