@@ -263,8 +263,11 @@ fn response_time(elapsed: std::time::Duration) -> Option<HeaderValue> {
 fn new_request_id() -> HeaderValue {
     // One u128 rather than `[u8; 16]`: rand fills an array a byte at a time, one word drawn per byte.
     let id = uuid::Builder::from_random_bytes(rand::random::<u128>().to_le_bytes()).into_uuid();
-    let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text);
+    // Shared from the start (one allocation holding the text and its count): the id is cloned for the
+    // request's context, and a header value copied from a slice allocates again on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .expect("a hyphenated UUID is a valid header value")
 }
 
