@@ -82,8 +82,8 @@ fn main() {
         config.database.url = Some(Secret::new("postgres://kyb@127.0.0.1:1/kyb"));
         let state = AppState::build(config).expect("state");
         let server = state.config.server.clone();
+        let (_, table) = api::routes(state.clone());
         let routes = || api::routes(state.clone()).0;
-        let table = api::routes(state.clone()).1;
         let n = if bench { 200_000 } else { 1 };
         let rounds = if bench { 3 } else { 1 };
 
