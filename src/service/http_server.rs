@@ -187,16 +187,23 @@ impl std::future::Future for TickSleep {
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
         // No waker kept: the connection's tick polls again (see `HeadTimer`).
         let this = self.get_mut();
-        let now = std::time::Instant::now();
-        if let HeadStart::FirstReadAfter { traffic, reads } = &this.start {
-            if traffic.reads.load(Ordering::Relaxed) == *reads {
-                return Poll::Pending;
+        // The clock is read only once a head has started: hyper polls this once per request while
+        // it waits for the next head, mostly before any byte of it has arrived.
+        match &this.start {
+            HeadStart::FirstReadAfter { traffic, reads } => {
+                if traffic.reads.load(Ordering::Relaxed) == *reads {
+                    return Poll::Pending;
+                }
+                this.start = HeadStart::At(std::time::Instant::now());
+                // Just started: due at once only with no budget at all.
+                if this.budget.is_zero() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
             }
-            this.start = HeadStart::At(now);
-        }
-        match this.start {
-            HeadStart::At(start) if now.duration_since(start) >= this.budget => Poll::Ready(()),
-            _ => Poll::Pending,
+            HeadStart::At(start) if start.elapsed() >= this.budget => Poll::Ready(()),
+            HeadStart::At(_) => Poll::Pending,
         }
     }
 }

@@ -12,15 +12,16 @@ use crate::service::metrics::PoolLabels;
 
 /// Liveness: the process serves.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")), tag = "operations")]
-pub async fn health() -> impl IntoResponse {
+pub async fn health() -> Response {
     // A constant document: probes call this every few seconds per pod, and it needs no serialiser.
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        r#"{"status":"ok"}"#,
-    )
+    // Built directly rather than as `([(CONTENT_TYPE, ..)], body)`: a `&str` response first gets
+    // `text/plain`, which the pair then replaces, two header inserts where one does.
+    let mut response = Response::new(axum::body::Body::from(r#"{"status":"ok"}"#));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[derive(Serialize)]
@@ -308,6 +309,19 @@ mod tests {
     use super::*;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use sqlx::SqlSafeStr;
+
+    /// Liveness is a JSON document, labelled as one (probes and dashboards parse it).
+    #[tokio::test]
+    async fn liveness_is_a_json_document() {
+        use http_body_util::BodyExt;
+        let r = health().await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let types: Vec<_> = r.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["application/json"]);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc, serde_json::json!({"status": "ok"}));
+    }
 
     fn check(kind: CheckKind, shard: Option<&str>, ok: bool, public: &str) -> Finding {
         Finding {
