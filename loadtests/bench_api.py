@@ -334,6 +334,11 @@ def main():
                     help="run the HTTP servers (every kybctl serve and hello) on core 0 and wrk on core 1 "
                          "(taskset), so that a server never competes with the generator for a core; "
                          "PostgreSQL and Redis are not pinned (for the HTTP-stack pair, hello and /health)")
+    ap.add_argument("--workers", type=int,
+                    help="runtime worker threads of every HTTP server (kybctl serve and hello alike, through "
+                         "TOKIO_WORKER_THREADS; default: one per core). With --workers 1 a server's connections "
+                         "never move between cores, which isolates what its code costs from what sharing the "
+                         "cores with the generator costs it")
     ap.add_argument("--only", help="regex: run only the subjects whose names match (the pgbench references "
                                    "only with a database subject; the checks that need what was left out "
                                    "are skipped)")
@@ -348,6 +353,7 @@ def main():
     kybctl = a.kybctl or release_binary()
     server_cpu, wrk_cpu = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if a.pin else ([], [])
     hello = a.hello or release_binary("hello")
+    workers_env = {"TOKIO_WORKER_THREADS": str(a.workers)} if a.workers else {}
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="kyb-bench-")
@@ -399,7 +405,8 @@ def main():
             api_port, metrics_port = free_port(), free_port()
             env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                        KYB_DATABASE_URL=db, KYB_REPLICA_URLS=replica,
-                       KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **extra_env)
+                       KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **workers_env,
+                       **extra_env)
             p = procs.start([*server_cpu, kybctl, "serve", "--config", config_file], env=env)
             base = f"http://127.0.0.1:{api_port}"
             pid_of[base] = p.pid
@@ -445,7 +452,8 @@ def main():
                 f.write(lua)
 
         hello_port = free_port()
-        pid_of[f"http://127.0.0.1:{hello_port}"] = procs.start([*server_cpu, hello, f"127.0.0.1:{hello_port}"]).pid
+        pid_of[f"http://127.0.0.1:{hello_port}"] = procs.start([*server_cpu, hello, f"127.0.0.1:{hello_port}"],
+                                                                 env=dict(os.environ, **workers_env)).pid
         hello_url = f"http://127.0.0.1:{hello_port}/"
         wait_for(lambda: urllib.request.urlopen(hello_url, timeout=2).status == 200, "hello")
 
@@ -507,7 +515,8 @@ def main():
 
         where = ("HTTP servers on core 0, wrk on core 1, databases unpinned" if a.pin
                  else "server and generator share the cores (unpinned)")
-        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, {where}")
+        workers = f"{a.workers} runtime worker thread(s) per server" if a.workers else "a runtime worker per core"
+        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, {where}; {workers}")
         print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max); "
               f"service pools {a.pool} connections per role; PostgreSQL over "
               f"{'its Unix socket' if a.unix_socket else 'TCP'} for the service and pgbench\n")

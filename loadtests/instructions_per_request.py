@@ -8,7 +8,7 @@ divides the instructions executed (user space, all threads, background tasks inc
 requests wrk counted. Under callgrind a server runs ~50 times slower than natively, so this measures
 work, not time: the kernel's share (sockets, scheduling) is not counted at all.
 
-Usage: python3 loadtests/instructions_per_request.py URL [--script LUA] [--top 25] -- SERVER ARGS...
+Usage: python3 loadtests/instructions_per_request.py URL [--script LUA] [--top 25] [--cache-sim] -- SERVER ARGS...
 Example: python3 loadtests/instructions_per_request.py http://127.0.0.1:8090/ -- target/release/examples/hello 127.0.0.1:8090
 Needs: valgrind (callgrind_control, callgrind_annotate) and wrk (Debian: valgrind wrk).
 """
@@ -59,11 +59,16 @@ def main():
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--top", type=int, default=0, help="also list the N costliest functions per request")
     ap.add_argument("--keep", help="copy the callgrind dump here (for callgrind_annotate)")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also simulate the caches (this machine kind's: 32 KiB 8-way L1i and L1d, 1 MiB "
+                         "L2 as the last level) and print misses per request. One simulated cache for "
+                         "all threads, no prefetcher: a count to compare builds by, not a CPU's")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kyb-callgrind-")
     out = os.path.join(tmp, "callgrind.out")
     with open(os.path.join(tmp, "server.log"), "w") as log:
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + a.server,
+        cache = ["--cache-sim=yes", "--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"] if a.cache_sim else []
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", *cache, f"--callgrind-out-file={out}"] + a.server,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
         # Under callgrind a server takes seconds to start.
@@ -76,8 +81,14 @@ def main():
         if not dumps:
             sys.exit("callgrind wrote no dump")
         with open(dumps[-1]) as f:
-            total = next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
+            lines = [line.split() for line in f if line.startswith(("events:", "summary:", "totals:"))]
+        # `events:` names the columns of the totals line (Ir alone, or Ir and the cache events).
+        events = dict(zip(lines[0][1:], (int(v) for v in lines[-1][1:])))
+        total = events["Ir"]
         print(f"{a.server[0]}: {requests} requests, {total:,} instructions, {total / requests:,.0f} per request")
+        if a.cache_sim:
+            # I1mr/D1mr/D1mw: first-level misses (instruction, data read, data write); IL/DL: last level.
+            print("  per request: " + ", ".join(f"{name} {value / requests:,.1f}" for name, value in events.items()))
         for per_request, name in top_functions(dumps[-1], total, requests, a.top):
             print(f"  {per_request:9,.0f}  {name[:160]}")
         if a.keep:
