@@ -11,6 +11,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod db_error;
+pub mod db_row;
 pub mod jobs;
 pub mod loadtest;
 pub mod local;

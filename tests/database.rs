@@ -729,3 +729,37 @@ async fn concurrent_primary_reads_share_statements_and_each_gets_its_own_answer(
         assert!(matches!(&answer, Ok(Some(m)) if m.id == *id), "{answer:?}");
     }
 }
+
+/// Stored enums are PostgreSQL text: they bind as their names, read back, and a name the enum does
+/// not know is an error that says which, not a panic or a default.
+#[tokio::test]
+async fn text_enums_bind_read_back_and_refuse_unknown_names() {
+    use kybctl::service::model::{MerchantStatus, RiskLevel};
+
+    let pg = TempPostgres::start().unwrap();
+    let pool = PgPool::connect(&pg.url("postgres")).await.unwrap();
+    for status in [
+        MerchantStatus::Pending,
+        MerchantStatus::Active,
+        MerchantStatus::Suspended,
+        MerchantStatus::Closed,
+    ] {
+        let (text, back): (String, MerchantStatus) = sqlx::query_as("SELECT $1::text, $1")
+            .bind(status)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!((text.as_str(), back), (status.as_str(), status));
+    }
+    let level: Option<RiskLevel> = sqlx::query_scalar("SELECT 'critical'::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(level, Some(RiskLevel::Critical));
+    let err = sqlx::query_scalar::<_, RiskLevel>("SELECT 'severe'::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"severe\" is not a RiskLevel"), "{err}");
+}

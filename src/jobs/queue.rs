@@ -18,6 +18,7 @@ use super::failure::{self, Failure};
 use super::policy::{AfterFailure, Policy};
 use super::JobKind;
 use crate::db_error::DbError;
+use crate::db_row;
 use crate::telemetry::spans;
 
 /// The plan's queue.
@@ -132,7 +133,7 @@ pub async fn enqueue(
 }
 
 /// A job claimed by a worker: its attempt's fencing token proves the claim.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: Uuid,
     pub kind: String,
@@ -144,6 +145,18 @@ pub struct Claimed {
     pub enqueued_at: DateTime<Utc>,
     pub run_at: DateTime<Utc>,
 }
+
+db_row::from_row!(Claimed {
+    id,
+    kind,
+    payload,
+    priority,
+    attempts,
+    max_attempts,
+    lease_token,
+    enqueued_at,
+    run_at
+});
 
 /// Claims up to `n` ready jobs of `queue` of the given kinds, oldest in claim order first, for
 /// `worker` with a lease of `lease`. Each claim starts an attempt with a new fencing token.
@@ -450,7 +463,7 @@ pub async fn rescue_expired(pool: &PgPool) -> Result<u64, QueueError> {
 }
 
 /// What `GET /v1/jobs/{id}` and `kybctl jobs show` say of a job.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: Uuid,
     pub queue: String,
@@ -477,6 +490,24 @@ pub struct JobView {
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
 }
+
+db_row::from_row!(JobView {
+    id,
+    queue,
+    kind,
+    status,
+    priority,
+    attempts,
+    max_attempts,
+    payload,
+    enqueued_at,
+    run_at,
+    first_started_at,
+    finished_at,
+    last_error,
+    last_error_kind,
+    result
+});
 
 impl JobView {
     /// What the API tells the job's caller: the error in the caller's form ([`failure::for_caller`]).
@@ -533,7 +564,7 @@ pub async fn list(
 }
 
 /// Counts by queue, kind, priority and status, with the age of the oldest ready job of each.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StatsRow {
     pub queue: String,
     pub kind: String,
@@ -543,6 +574,15 @@ pub struct StatsRow {
     /// Seconds the oldest job of this row has been ready (queued or failed with its delay over).
     pub oldest_ready_seconds: Option<f64>,
 }
+
+db_row::from_row!(StatsRow {
+    queue,
+    kind,
+    priority,
+    status,
+    jobs,
+    oldest_ready_seconds
+});
 
 pub async fn stats(pool: &PgPool) -> Result<Vec<StatsRow>, QueueError> {
     Ok(sqlx::query_as(
@@ -603,7 +643,7 @@ pub async fn retry_now(pool: &PgPool, policy: &Policy, id: Uuid) -> Result<(), Q
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
     pub job_id: Uuid,
     pub queue: String,
@@ -614,6 +654,17 @@ pub struct DeadLetter {
     pub replayed_at: Option<DateTime<Utc>>,
     pub replay_job_id: Option<Uuid>,
 }
+
+db_row::from_row!(DeadLetter {
+    job_id,
+    queue,
+    kind,
+    payload,
+    errors,
+    died_at,
+    replayed_at,
+    replay_job_id
+});
 
 pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, QueueError> {
     Ok(sqlx::query_as(

@@ -6,10 +6,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::classify::{fields, BusinessInput, Classification};
+use crate::db_row;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum MerchantStatus {
     Pending,
     Active,
@@ -26,7 +26,19 @@ impl MerchantStatus {
             Self::Closed => "closed",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "active" => Self::Active,
+            "suspended" => Self::Suspended,
+            "closed" => Self::Closed,
+            _ => return None,
+        })
+    }
 }
+
+db_row::text_enum!(MerchantStatus);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Merchant {
@@ -148,17 +160,37 @@ pub struct MerchantPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema, sqlx::Type,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RiskLevel {
     Low,
     Medium,
     High,
     Critical,
 }
+
+impl RiskLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "low" => Self::Low,
+            "medium" => Self::Medium,
+            "high" => Self::High,
+            "critical" => Self::Critical,
+            _ => return None,
+        })
+    }
+}
+
+db_row::text_enum!(RiskLevel);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct RiskFactor {
@@ -186,7 +218,7 @@ pub struct RiskAssessmentList {
 }
 
 /// One status change of a merchant, from the audit trail.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusChange {
     pub from_status: MerchantStatus,
     pub to_status: MerchantStatus,
@@ -199,8 +231,48 @@ pub struct StatusChange {
     pub changed_at: DateTime<Utc>,
 }
 
+db_row::from_row!(StatusChange {
+    from_status,
+    to_status,
+    from_version,
+    to_version,
+    actor,
+    request_id,
+    changed_at,
+});
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusChangeList {
     /// Newest first.
     pub items: Vec<StatusChange>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The database stores the API's names: one spelling per value, read back as it was written.
+    #[test]
+    fn stored_names_are_the_json_names() {
+        for s in [
+            MerchantStatus::Pending,
+            MerchantStatus::Active,
+            MerchantStatus::Suspended,
+            MerchantStatus::Closed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(MerchantStatus::parse(s.as_str()), Some(s));
+        }
+        for l in [
+            RiskLevel::Low,
+            RiskLevel::Medium,
+            RiskLevel::High,
+            RiskLevel::Critical,
+        ] {
+            assert_eq!(serde_json::to_value(l).unwrap(), l.as_str());
+            assert_eq!(RiskLevel::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(MerchantStatus::parse("Active"), None);
+        assert_eq!(RiskLevel::parse(""), None);
+    }
 }

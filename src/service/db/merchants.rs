@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::classify::{self, Alternative, BusinessInput, Classification, Method};
 use crate::db_error::DbError;
+use crate::db_row;
 use crate::service::model::{Merchant, MerchantStatus, StatusChange};
 use crate::telemetry::spans;
 
@@ -22,7 +23,6 @@ macro_rules! select_merchants {
     };
 }
 
-#[derive(sqlx::FromRow)]
 struct Row {
     id: Uuid,
     name: String,
@@ -41,6 +41,25 @@ struct Row {
     matched_terms: Option<Vec<String>>,
     alternatives: Option<sqlx::types::Json<Vec<Alternative>>>,
 }
+
+db_row::from_row!(Row {
+    id,
+    name,
+    description,
+    website,
+    country,
+    declared_mcc,
+    status,
+    version,
+    created_at,
+    updated_at,
+    industry_id,
+    mcc,
+    confidence_score,
+    classification_method,
+    matched_terms,
+    alternatives
+});
 
 impl From<Row> for Merchant {
     fn from(r: Row) -> Self {
@@ -128,12 +147,17 @@ pub async fn get_for_update(
 }
 
 /// What the database assigns to a new merchant.
-#[derive(sqlx::FromRow)]
 pub struct Stamp {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+db_row::from_row!(Stamp {
+    version,
+    created_at,
+    updated_at
+});
 
 /// Inserts a merchant and its active classification in one statement: one round trip and its own
 /// transaction, where BEGIN, two INSERTs, a read-back and COMMIT took five (issue 9). The caller
