@@ -211,9 +211,21 @@ where
     (reader, stream)
 }
 
-fn hash_of<T: Serialize>(obj: &T) -> Result<String, Error> {
-    let bytes = serde_json::to_vec(obj).map_err(|e| Error::Serialise("child", e))?;
-    Ok(hex::encode(&Sha256::digest(&bytes)[..8]))
+fn hash_of(json: &[u8]) -> String {
+    hex::encode(&Sha256::digest(json)[..8])
+}
+
+/// A child as JSON text, then as a JSON value, through the text. Not `serde_json::to_value`: the
+/// apply already writes every child as text (its hash, the patch), and a second serialiser would
+/// compile all of a Kubernetes type's serialisation again (the Pod template's tree above all), for
+/// a build measurably longer (BENCHMARKS.md, twenty-fifth pass) and nothing at run time.
+fn to_json<T: Serialize>(
+    obj: &T,
+    what: &'static str,
+) -> Result<(Vec<u8>, serde_json::Value), Error> {
+    let text = serde_json::to_vec(obj).map_err(|e| Error::Serialise(what, e))?;
+    let value = serde_json::from_slice(&text).map_err(|e| Error::Serialise(what, e))?;
+    Ok((text, value))
 }
 
 /// Whether a child must be applied: it is missing, or was last applied from another desired state.
@@ -232,9 +244,8 @@ pub(super) fn object<K: Serialize>(
 ) -> Result<Option<serde_json::Value>, Error> {
     cached
         .as_deref()
-        .map(serde_json::to_value)
+        .map(|k| to_json(k, "cached child").map(|(_, value)| value))
         .transpose()
-        .map_err(|e| Error::Serialise("cached child", e))
 }
 
 /// Applies `desired` unless `live` (its cached metadata) already carries its hash and `live_object`
@@ -255,14 +266,9 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let hash = hash_of(&desired)?;
-    let drifted = match &live_object {
-        Some(live) => {
-            let want = serde_json::to_value(&desired).map_err(|e| Error::Serialise("child", e))?;
-            drift::drift(&want, live)
-        }
-        None => None,
-    };
+    let (text, want) = to_json(&desired, "child")?;
+    let hash = hash_of(&text);
+    let drifted = live_object.and_then(|live| drift::drift(&want, &live));
     if !needs_apply(live, &hash) && drifted.is_none() {
         return Ok(None);
     }

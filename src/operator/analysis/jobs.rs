@@ -119,8 +119,10 @@ pub fn validate(j: &JobProvider, args: &[Arg]) -> Result<(), String> {
 fn job_spec(j: &JobProvider, args: &[Arg]) -> Result<JobSpec, String> {
     let mut raw = j.spec.clone();
     substitute_strings(&mut raw, args);
-    let mut spec: JobSpec =
-        serde_json::from_value(raw).map_err(|e| format!("spec is not a batch/v1 JobSpec: {e}"))?;
+    // Read from text, not with `from_value`: the Jobs this operator watches are read from text
+    // already, and a second deserialiser would compile all of the Pod template's again.
+    let mut spec: JobSpec = serde_json::from_str(&raw.to_string())
+        .map_err(|e| format!("spec is not a batch/v1 JobSpec: {e}"))?;
     spec.active_deadline_seconds = Some(
         spec.active_deadline_seconds
             .map_or(j.deadline_seconds, |d| d.min(j.deadline_seconds)),
