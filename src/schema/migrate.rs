@@ -35,7 +35,7 @@ macro_rules! reversible_migrations {
     };
 }
 
-const MIGRATION_FILES: [(i64, &str, &str, &str); 9] = reversible_migrations![
+const MIGRATION_FILES: &[(i64, &str, &str, &str)] = &reversible_migrations![
     20261128000001 "schema",
     20261129000001 "classification_confidence_index",
     20261130000001 "merchant_active_classification",

@@ -251,27 +251,33 @@ pub struct StatusChangeList {
 mod tests {
     use super::*;
 
+    /// Every value's stored name is its JSON name and reads back as the same value.
+    fn names_round_trip<T: Serialize + Copy + PartialEq + std::fmt::Debug>(
+        all: &[T],
+        as_str: fn(T) -> &'static str,
+        parse: fn(&str) -> Option<T>,
+    ) {
+        for &v in all {
+            assert_eq!(serde_json::to_value(v).unwrap(), as_str(v));
+            assert_eq!(parse(as_str(v)), Some(v));
+        }
+    }
+
     /// The database stores the API's names: one spelling per value, read back as it was written.
     #[test]
     fn stored_names_are_the_json_names() {
-        for s in [
-            MerchantStatus::Pending,
-            MerchantStatus::Active,
-            MerchantStatus::Suspended,
-            MerchantStatus::Closed,
-        ] {
-            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
-            assert_eq!(MerchantStatus::parse(s.as_str()), Some(s));
-        }
-        for l in [
-            RiskLevel::Low,
-            RiskLevel::Medium,
-            RiskLevel::High,
-            RiskLevel::Critical,
-        ] {
-            assert_eq!(serde_json::to_value(l).unwrap(), l.as_str());
-            assert_eq!(RiskLevel::parse(l.as_str()), Some(l));
-        }
+        use MerchantStatus::*;
+        use RiskLevel::*;
+        names_round_trip(
+            &[Pending, Active, Suspended, Closed],
+            MerchantStatus::as_str,
+            MerchantStatus::parse,
+        );
+        names_round_trip(
+            &[Low, Medium, High, Critical],
+            RiskLevel::as_str,
+            RiskLevel::parse,
+        );
         assert_eq!(MerchantStatus::parse("Active"), None);
         assert_eq!(RiskLevel::parse(""), None);
     }
