@@ -60,13 +60,14 @@ fn mark_vary(res: &mut Response<Body>) {
         && !res.headers().contains_key(header::CONTENT_ENCODING)
         && !res.headers().contains_key(header::CONTENT_RANGE);
     // Only then: a lookup of `Vary` costs a hash of its name on every request.
-    let already = || {
-        res.headers().get_all(header::VARY).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
-        })
-    };
-    if compressible && !already() {
+    if !compressible {
+        return;
+    }
+    let already = res.headers().get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+    });
+    if !already {
         res.headers_mut()
             .append(header::VARY, header::ACCEPT_ENCODING.into());
     }
