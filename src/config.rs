@@ -720,6 +720,15 @@ mod tests {
     }
 
     #[test]
+    fn internationalised_registry_hosts_are_read_as_punycode() {
+        // url's IDNA back end is the one pinned in Cargo.toml (`idna_adapter`); its 1.0 stream
+        // would refuse this host, and ICU4X's (1.2) would read it alike.
+        let c = Config::from_yaml("registry: {base_url: 'https://bücher.example/v1'}\n").unwrap();
+        let url = c.registry.base_url.unwrap();
+        assert_eq!(url.host_str(), Some("xn--bcher-kva.example"));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::from_yaml("databse: {}\n").unwrap_err().to_string();
         assert!(err.contains("databse"), "{err}");
