@@ -23,7 +23,8 @@ at 64 and 1,000 connections, alternating subject and reference REPS times, and p
 (min-max) and ratios against the issue's targets. Beside each HTTP figure it prints the server
 process's own CPU per request (user and system, all its threads, from /proc): with --pin the server's
 core is saturated, so user + system is the inverse of its rate, and the user share is what its code
-costs without the kernel's (which is where the machine's neighbours show).
+costs without the kernel's (which is where the machine's neighbours show). The services log at their
+default level, as deployed, unless --log sets RUST_LOG (the caller's own RUST_LOG is not passed on).
 
 Usage: python3 loadtests/bench_api.py [--reps 3] [--duration 10] [--json out.json] [--only REGEX] [--pin]
 Needs: wrk, pgbench, redis-server, redis-benchmark, openssl (Debian: wrk postgresql-contrib redis-server openssl).
@@ -339,6 +340,10 @@ def main():
                          "TOKIO_WORKER_THREADS; default: one per core). With --workers 1 a server's connections "
                          "never move between cores, which isolates what its code costs from what sharing the "
                          "cores with the generator costs it")
+    ap.add_argument("--log", metavar="RUST_LOG",
+                    help="log filter of every kybctl serve (RUST_LOG); default: none set, so the service logs "
+                         "at its own default level, as deployed (what it costs per request is part of "
+                         "what is measured)")
     ap.add_argument("--only", help="regex: run only the subjects whose names match (the pgbench references "
                                    "only with a database subject; the checks that need what was left out "
                                    "are skipped)")
@@ -405,8 +410,10 @@ def main():
             api_port, metrics_port = free_port(), free_port()
             env = dict(os.environ, KYB_LISTEN=f"127.0.0.1:{api_port}", KYB_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                        KYB_DATABASE_URL=db, KYB_REPLICA_URLS=replica,
-                       KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", RUST_LOG="warn", **workers_env,
-                       **extra_env)
+                       KYB_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", **workers_env, **extra_env)
+            env.pop("RUST_LOG", None)
+            if a.log:
+                env["RUST_LOG"] = a.log
             p = procs.start([*server_cpu, kybctl, "serve", "--config", config_file], env=env)
             base = f"http://127.0.0.1:{api_port}"
             pid_of[base] = p.pid
@@ -516,7 +523,8 @@ def main():
         where = ("HTTP servers on core 0, wrk on core 1, databases unpinned" if a.pin
                  else "server and generator share the cores (unpinned)")
         workers = f"{a.workers} runtime worker thread(s) per server" if a.workers else "a runtime worker per core"
-        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, {where}; {workers}")
+        logs = f"RUST_LOG={a.log}" if a.log else "the service's default log level"
+        print(f"\nmachine: {os.cpu_count()} cores, {cpu_model()}; wrk -t2, {where}; {workers}; {logs}")
         print(f"{a.reps} reps x {a.duration}s (after {a.warmup}s warm-up each), medians (min-max); "
               f"service pools {a.pool} connections per role; PostgreSQL over "
               f"{'its Unix socket' if a.unix_socket else 'TCP'} for the service and pgbench\n")

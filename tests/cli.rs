@@ -142,6 +142,92 @@ fn serve_with_insecure_no_auth_says_so_loudly() {
     assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
 }
 
+/// At the default log level (`RUST_LOG` unset) a request makes no span and a success writes nothing,
+/// and a request the server fails is one line naming it: id, method, route, status, cause. The
+/// failure here is the database's: the service starts without it and answers what needs it with 503.
+#[test]
+fn serve_logs_each_failed_request_once_with_its_id_at_the_default_level() {
+    let port = kybctl::local::free_port().unwrap();
+    let dead = kybctl::local::free_port().unwrap();
+    let mut child = kybctl()
+        .args(["serve", "--insecure-no-auth", "--database-url"])
+        .arg(format!("postgres://kyb@127.0.0.1:{dead}/kyb"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", kybctl::local::free_port().unwrap()),
+        ])
+        .env_remove("KYB_API_KEYS_FILES")
+        .env_remove("RUST_LOG")
+        .env("KYB_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str, id: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .header("x-request-id", id)
+            .send()
+            .map(|r| r.status().as_u16())
+    };
+    let up = (0..100).any(|_| {
+        let ok = get("/health", "req-wait").is_ok_and(|s| s == 200);
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    let quiet = get("/health", "req-quiet");
+    let failed = get(
+        "/v1/merchants/00000000-0000-4000-8000-000000000001",
+        "req-down",
+    );
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    child.wait().unwrap();
+    assert!(up, "service did not answer /health: {lines:?}");
+    assert_eq!(quiet.ok(), Some(200));
+    assert_eq!(failed.ok(), Some(503), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("req-quiet")),
+        "a success is logged at the default level: {lines:?}"
+    );
+    let logged: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.contains("req-down"))
+        .map(|l| serde_json::from_str(l).expect("JSON log lines"))
+        .collect();
+    assert_eq!(
+        logged.len(),
+        1,
+        "one line for the failed request: {lines:?}"
+    );
+    let line = &logged[0];
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["message"], "request failed", "{line}");
+    assert_eq!(line["request_id"], "req-down", "{line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["route"], "/v1/merchants/{id}", "{line}");
+    assert_eq!(line["status"], 503, "{line}");
+    assert_eq!(line["problem"], "unavailable", "{line}");
+    let cause = line["cause"].as_str().unwrap_or_default();
+    // sqlx's refused connection, or the pool's own verdict once its probe has run.
+    assert!(
+        cause.contains("database") || cause.contains(&format!("127.0.0.1:{dead}")),
+        "the cause names what was down: {line}"
+    );
+    assert!(
+        line.get("span").is_none(),
+        "a request span at the default level: {line}"
+    );
+}
+
 #[test]
 fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
     let pg = common::pg();

@@ -20,10 +20,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// What the log lines show unless `RUST_LOG` says otherwise.
+/// What the log lines show unless `RUST_LOG` says otherwise. Not the API's request spans, which are
+/// `debug` (see `service::api::middleware`).
 const LOG_FILTER: &str = "info,sqlx=warn,goose=error";
-/// What becomes spans: our own `debug` spans (database, cache, outbound calls) too, none of the HTTP
-/// clients' internals (the exporter's own requests would otherwise trace themselves).
+/// What becomes spans: our own `debug` spans (requests, database, cache, outbound calls) too, none of
+/// the HTTP clients' internals (the exporter's own requests would otherwise trace themselves).
 const TRACE_FILTER: &str = "info,kybctl=debug,sqlx=warn,goose=off,hyper=off,h2=off,reqwest=off";
 
 /// Flushes and stops the trace exporter when dropped (at the end of `main`).
@@ -191,7 +192,7 @@ mod tests {
                 // Its answer is not the point (per-layer filters say yes to the whole subscriber and
                 // decide per layer); the verdict it leaves behind on the thread is.
                 log::Log::enabled(&bridge, &query_log);
-                let _request = tracing::info_span!("request").entered();
+                let _request = tracing::debug_span!("request").entered();
             }
         });
         assert_eq!(*seen.0.lock().unwrap(), ["request"; 3]);

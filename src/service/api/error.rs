@@ -143,21 +143,33 @@ impl ApiError {
     }
 }
 
+/// Why the server failed a request (a 5xx), for the log line the observation layer writes with the
+/// request's id, method and route (`middleware::log_failure`); the caller is shown a generic detail.
+/// Handed over on the response rather than logged here: a handler has no request id at hand, and at the
+/// default log level there is no request span to lend it one.
+#[derive(Debug, Clone)]
+pub struct FailureCause {
+    /// The problem type's slug (`internal`, `unavailable`, `timeout`).
+    pub problem: &'static str,
+    pub detail: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
-        let detail = match &self {
-            ApiError::Internal(d) => {
-                tracing::error!(detail = %d, "request failed");
-                "the server failed to handle the request; see its logs".to_owned()
-            }
+        let (detail, cause) = match &self {
+            ApiError::Internal(d) => (
+                "the server failed to handle the request; see its logs".to_owned(),
+                Some(d.clone()),
+            ),
             // The detail names hosts and shards: for the logs, not for callers.
-            ApiError::Unavailable(d) => {
-                tracing::warn!(detail = %d, "dependency unavailable");
+            ApiError::Unavailable(d) => (
                 "a service this request needs is unavailable; retry after the Retry-After interval"
-                    .to_owned()
-            }
-            other => other.to_string(),
+                    .to_owned(),
+                Some(d.clone()),
+            ),
+            ApiError::Timeout(_) => (self.to_string(), Some(self.to_string())),
+            other => (other.to_string(), None),
         };
         let field = match &self {
             ApiError::Invalid { field, .. } => Some(field.clone()),
@@ -175,6 +187,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(detail) = cause {
+            resp.extensions_mut().insert(FailureCause {
+                problem: slug,
+                detail,
+            });
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -26,6 +26,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
+use super::error::FailureCause;
 use super::route_table::RouteTable;
 use super::X_REQUEST_ID;
 use crate::service::state::AppState;
@@ -34,9 +35,16 @@ use crate::telemetry::traces;
 static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
 
 /// Gives every request an id (the caller's `X-Request-Id` if it sent one, else a new UUID, set on the
-/// request for the handlers and echoed on the response), wraps the request in a span carrying that id
-/// (so every log line of the request has it), matches its route template in `routes`, sets
-/// `X-Response-Time`, and records count and latency by route template and status.
+/// request for the handlers and echoed on the response), wraps the request in a span carrying that id,
+/// matches its route template in `routes`, sets `X-Response-Time`, records count and latency by route
+/// template and status, and logs each request the server fails (5xx) with its id.
+///
+/// The span is `debug`, as tower-http's `TraceLayer` makes it: traces always get it (their filter takes
+/// kybctl's `debug` spans), the logs at `RUST_LOG=debug`, where every log line of the request carries
+/// it. At the default `info` no span is made. An `info` span cost every request what the service's
+/// whole middleware costs (~7,000 instructions per `GET /health`, callgrind, BENCHMARKS.md): the log
+/// layer formats a span's fields when the span is made, for log lines that almost never come. What an
+/// operator needs at `info`, the failed requests, this layer logs itself with their id (`log_failure`).
 #[derive(Clone)]
 pub struct ObserveLayer {
     state: Arc<AppState>,
@@ -95,7 +103,7 @@ where
         let method = req.method().clone();
         // The template, not the raw path, so ids do not explode the label set.
         let route = self.routes.find(req.uri().path());
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "request",
             request_id = %request_id,
             method = %method,
@@ -218,6 +226,10 @@ where
                     span.record("otel.status_code", "error");
                 }
             }
+            if status >= 500 {
+                let cause = resp.extensions_mut().remove::<FailureCause>();
+                log_failure(span, &done, status, elapsed, cause.as_ref());
+            }
             let headers = resp.headers_mut();
             if let Some(v) = response_time(elapsed) {
                 headers.insert(X_RESPONSE_TIME.clone(), v);
@@ -231,6 +243,30 @@ where
                 .observe_request(&done.method, done.route, status, elapsed);
         }
         Poll::Ready(Ok(resp))
+    }
+}
+
+/// One line per request the server failed (5xx), with what finds it again: the id its caller got, the
+/// method, route, status and time taken, and the cause the caller was not shown. `error` when the
+/// service itself failed, `warn` for a 503 (a dependency down, or the write timeout), which it answers
+/// by design. Child of the request's span when there is one (traces show it on the request).
+fn log_failure(
+    span: &tracing::Span,
+    done: &Done,
+    status: u16,
+    elapsed: std::time::Duration,
+    cause: Option<&FailureCause>,
+) {
+    let request_id = done.request_id.to_str().unwrap_or("-");
+    let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+    let problem = cause.map(|c| c.problem);
+    let cause = cause.map(|c| c.detail.as_str());
+    if status == 503 {
+        tracing::warn!(parent: span, request_id, method = %done.method, route = done.route, status,
+            elapsed_ms, problem, cause, "request failed");
+    } else {
+        tracing::error!(parent: span, request_id, method = %done.method, route = done.route, status,
+            elapsed_ms, problem, cause, "request failed");
     }
 }
 

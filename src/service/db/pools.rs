@@ -405,9 +405,9 @@ impl ShardPools {
             let was = self.primary_up.swap(ok, Ordering::Relaxed);
             if was != ok {
                 if ok {
-                    tracing::info!(shard = %self.id, target = %self.primary_target, "primary reachable again");
+                    tracing::info!(shard = %self.id, primary = %self.primary_target, "primary reachable again");
                 } else {
-                    tracing::error!(shard = %self.id, target = %self.primary_target, "primary unreachable; writes answer 503");
+                    tracing::error!(shard = %self.id, primary = %self.primary_target, "primary unreachable; writes answer 503");
                 }
             }
         }
