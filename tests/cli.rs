@@ -11,6 +11,18 @@ fn kybctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kybctl"))
 }
 
+/// Stops a `kybctl serve` as Kubernetes does (SIGTERM) and returns its exit status and its stderr's
+/// lines (piped when spawned).
+fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, Vec<String>) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    (child.wait().unwrap(), lines)
+}
+
 #[test]
 fn migrate_up_is_idempotent_and_reports() {
     let pg = common::pg();
@@ -97,7 +109,7 @@ fn serve_with_insecure_no_auth_says_so_loudly() {
         .unwrap()
         .success());
     let port = kybctl::local::free_port().unwrap();
-    let mut child = kybctl()
+    let child = kybctl()
         .args([
             "serve",
             "--insecure-no-auth",
@@ -127,13 +139,7 @@ fn serve_with_insecure_no_auth_says_so_loudly() {
         }
         ok
     });
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    child.wait().unwrap();
+    let (_, lines) = stop(child);
     assert!(served, "no credentials needed: {lines:?}");
     let warning = lines
         .iter()
@@ -149,7 +155,7 @@ fn serve_with_insecure_no_auth_says_so_loudly() {
 fn serve_logs_each_failed_request_once_with_its_id_at_the_default_level() {
     let port = kybctl::local::free_port().unwrap();
     let dead = kybctl::local::free_port().unwrap();
-    let mut child = kybctl()
+    let child = kybctl()
         .args(["serve", "--insecure-no-auth", "--database-url"])
         .arg(format!("postgres://kyb@127.0.0.1:{dead}/kyb"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -184,13 +190,7 @@ fn serve_logs_each_failed_request_once_with_its_id_at_the_default_level() {
         "/v1/merchants/00000000-0000-4000-8000-000000000001",
         "req-down",
     );
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    child.wait().unwrap();
+    let (_, lines) = stop(child);
     assert!(up, "service did not answer /health: {lines:?}");
     assert_eq!(quiet.ok(), Some(200));
     assert_eq!(failed.ok(), Some(503), "{lines:?}");
@@ -278,7 +278,7 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
     let keys_file = dir.path().join("keys.yaml");
     std::fs::write(&keys_file, &entry).unwrap();
     let metrics_port = kybctl::local::free_port().unwrap();
-    let mut child = kybctl()
+    let child = kybctl()
         .arg("serve")
         .env("KYB_LISTEN", format!("127.0.0.1:{port}"))
         .env("KYB_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
@@ -334,14 +334,7 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
         .send()
         .unwrap();
     assert_eq!(metrics.status(), 200);
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let stderr = child.stderr.take().unwrap();
-    let lines: Vec<String> = BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    let status = child.wait().unwrap();
+    let (status, lines) = stop(child);
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     let all = lines.join("\n");
     assert!(!all.contains("pw-marker-93"), "password logged");

@@ -168,7 +168,10 @@ impl IntoResponse for ApiError {
                     .to_owned(),
                 Some(d.clone()),
             ),
-            ApiError::Timeout(_) => (self.to_string(), Some(self.to_string())),
+            ApiError::Timeout(_) => {
+                let d = self.to_string();
+                (d.clone(), Some(d))
+            }
             other => (other.to_string(), None),
         };
         let field = match &self {
