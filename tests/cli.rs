@@ -11,6 +11,17 @@ fn kybctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kybctl"))
 }
 
+/// Whether `ok` holds within ten seconds, asked every 100 ms (a `kybctl serve` coming up).
+fn within_10s(mut ok: impl FnMut() -> bool) -> bool {
+    (0..100).any(|_| {
+        let done = ok();
+        if !done {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    })
+}
+
 /// Stops a `kybctl serve` as Kubernetes does (SIGTERM) and returns its exit status and its stderr's
 /// lines (piped when spawned).
 fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, Vec<String>) {
@@ -129,15 +140,11 @@ fn serve_with_insecure_no_auth_says_so_loudly() {
         .unwrap();
     let client = reqwest::blocking::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/reports/industries");
-    let served = (0..100).any(|_| {
-        let ok = client
+    let served = within_10s(|| {
+        client
             .get(&url)
             .send()
-            .is_ok_and(|r| r.status().is_success());
-        if !ok {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ok
+            .is_ok_and(|r| r.status().is_success())
     });
     let (_, lines) = stop(child);
     assert!(served, "no credentials needed: {lines:?}");
@@ -178,13 +185,7 @@ fn serve_logs_each_failed_request_once_with_its_id_at_the_default_level() {
             .send()
             .map(|r| r.status().as_u16())
     };
-    let up = (0..100).any(|_| {
-        let ok = get("/health", "req-wait").is_ok_and(|s| s == 200);
-        if !ok {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ok
-    });
+    let up = within_10s(|| get("/health", "req-wait").is_ok_and(|s| s == 200));
     let quiet = get("/health", "req-quiet");
     let failed = get(
         "/v1/merchants/00000000-0000-4000-8000-000000000001",
@@ -292,19 +293,12 @@ fn serve_from_env_logs_request_ids_hides_secrets_and_stops_on_sigterm() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::blocking::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if client
+    let up = within_10s(|| {
+        client
             .get(format!("{base}/ready"))
             .send()
-            .map(|r| r.status().is_success())
-            .unwrap_or(false)
-        {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            .is_ok_and(|r| r.status().is_success())
+    });
     assert!(up, "service did not become ready");
     let classify = |key: Option<&str>| {
         let mut req = client
