@@ -48,7 +48,9 @@ struct Traffic {
     reads: AtomicU64,
     /// Writes that moved bytes: with the reads, what the idle timeout watches.
     writes: AtomicU64,
-    /// Whether hyper has waited for this connection's first head yet (see [`HeadTimer`]).
+    /// Whether hyper has waited for this connection's first head yet (see [`HeadTimer`]). Only the
+    /// connection's own task touches it: atomic because a hyper timer must be `Sync`, not because
+    /// it is shared.
     first_head_armed: AtomicBool,
 }
 
@@ -141,21 +143,31 @@ impl AsyncWrite for Tracked {
 /// for it (from the connection's start for its first head, as Go's `ReadHeaderTimeout`); until then
 /// the idle timeout governs. A `TickSleep` registers nothing: it compares the clock with its
 /// deadline whenever hyper polls it, and every connection's task is woken by its own tick (at most
-/// [`CHECK_EVERY`] apart, in [`serve`]) and polls the connection first, so a late head is cut off
-/// within a tick of its deadline, the idle timeout's resolution.
+/// [`CHECK_EVERY`] apart, in [`serve`]) and polls the connection, so a late head is cut off within a
+/// tick of its deadline, the idle timeout's resolution.
+///
+/// Its clock is fixed: [`Timer::now`](hyper::rt::Timer::now) answers `epoch`, the connection's
+/// start. hyper's HTTP/1 server reads this timer's clock only to pass `now() + header_read_timeout`
+/// back to `sleep_until`, and a `TickSleep` needs only the budget, which the fixed clock hands back
+/// exactly: two clock reads per request fewer (a `clock_gettime` costs ~17 ns on this machine kind,
+/// `perf`, BENCHMARKS.md).
 #[derive(Clone)]
 struct HeadTimer {
     traffic: Arc<Traffic>,
+    epoch: std::time::Instant,
 }
 
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let start = if self.traffic.first_head_armed.swap(true, Ordering::Relaxed) {
+        let first = &self.traffic.first_head_armed;
+        // A load and a store rather than a swap (a locked instruction): one task writes it.
+        let start = if first.load(Ordering::Relaxed) {
             HeadStart::FirstReadAfter {
                 reads: self.traffic.reads.load(Ordering::Relaxed),
                 traffic: self.traffic.clone(),
             }
         } else {
+            first.store(true, Ordering::Relaxed);
             HeadStart::At(std::time::Instant::now())
         };
         Box::pin(TickSleep {
@@ -164,7 +176,10 @@ impl hyper::rt::Timer for HeadTimer {
         })
     }
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep(deadline.saturating_duration_since(std::time::Instant::now()))
+        self.sleep(deadline.saturating_duration_since(self.epoch))
+    }
+    fn now(&self) -> std::time::Instant {
+        self.epoch
     }
 }
 
@@ -240,6 +255,56 @@ where
     }
 }
 
+/// Whether a connection's tick is due, so that its task polls the tick only then rather than on
+/// every wake-up: the task is woken for each request, and polling a pending interval re-registers
+/// its waker (two atomic read-modify-writes) each time, ~50 ns per request (`perf`, BENCHMARKS.md).
+/// The interval is given a waker of its own, [`TickWake`], which marks the tick due and wakes the
+/// task.
+#[derive(Default)]
+struct DueTick(Option<(Arc<TickWake>, Waker)>);
+
+/// The interval's waker: marks the tick due, then wakes the connection's task.
+struct TickWake {
+    due: AtomicBool,
+    task: Waker,
+}
+
+impl std::task::Wake for TickWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.due.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl DueTick {
+    /// A context to poll the tick with, when it is due: woken by the tick since it was last polled,
+    /// or never polled yet with this task's waker (at first, and were the task's waker to change).
+    fn take(&mut self, task: &Waker) -> Option<Context<'_>> {
+        match &self.0 {
+            Some((flag, _)) if flag.task.will_wake(task) => {
+                // A load first: the store (and the tick's poll) only when it is set. A tick that
+                // fires between the two is not lost: the tick is polled right after, and finds
+                // itself elapsed.
+                if !flag.due.load(Ordering::Acquire) {
+                    return None;
+                }
+                flag.due.store(false, Ordering::Relaxed);
+            }
+            _ => {
+                let flag = Arc::new(TickWake {
+                    due: AtomicBool::new(false),
+                    task: task.clone(),
+                });
+                self.0 = Some((flag.clone(), Waker::from(flag)));
+            }
+        }
+        self.0.as_ref().map(|(_, waker)| Context::from_waker(waker))
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` fires, then drains for at most `shutdown_grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
@@ -298,6 +363,7 @@ pub async fn serve<S, B>(
             .http1()
             .timer(HeadTimer {
                 traffic: traffic.clone(),
+                epoch: std::time::Instant::now(),
             })
             .header_read_timeout(cfg.read_timeout)
             .keep_alive(true);
@@ -317,14 +383,13 @@ pub async fn serve<S, B>(
             // The tick also wakes the connection for `HeadTimer`'s header-read deadline, so it runs
             // until the connection ends, closing or not.
             let mut check = tokio::time::interval(tick);
+            let mut due = DueTick::default();
             let mut seen = 0;
             let mut quiet_since = tokio::time::Instant::now();
             let mut closing = false;
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut conn => break,
-                    now = check.tick() => {
+            std::future::poll_fn(|cx| {
+                if let Some(mut tick_cx) = due.take(cx.waker()) {
+                    while let Poll::Ready(now) = check.poll_tick(&mut tick_cx) {
                         if closing {
                             continue;
                         }
@@ -334,13 +399,18 @@ pub async fn serve<S, B>(
                             quiet_since = now;
                         }
                         let quiet = now.duration_since(quiet_since);
-                        if quiet >= idle || (shutdown.is_cancelled() && quiet >= DRAIN_QUIET.min(idle)) {
+                        if quiet >= idle
+                            || (shutdown.is_cancelled() && quiet >= DRAIN_QUIET.min(idle))
+                        {
                             closing = true;
                             conn.as_mut().graceful_shutdown();
                         }
                     }
                 }
-            }
+                // After the tick, so a connection told to close is polled to do it at once.
+                std::future::Future::poll(conn.as_mut(), cx).map(|_| ())
+            })
+            .await;
         });
     }
     draining.store(true, Ordering::Relaxed);
@@ -355,5 +425,43 @@ pub async fn serve<S, B>(
         .is_err()
     {
         tracing::warn!(grace = ?cfg.shutdown_grace, "shutdown grace period over; closing remaining connections");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A task's waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Task(AtomicUsize);
+
+    impl std::task::Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_tick_is_polled_at_first_then_only_once_it_has_woken_the_task() {
+        let task = Arc::new(Task::default());
+        let waker = Waker::from(task.clone());
+        let mut due = DueTick::default();
+        let tick_waker = due.take(&waker).expect("polled at first").waker().clone();
+        assert!(due.take(&waker).is_none(), "not due until the tick fires");
+
+        tick_waker.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1, "the tick wakes the task");
+        assert!(due.take(&waker).is_some(), "due once it fired");
+        assert!(due.take(&waker).is_none(), "and polled once for it");
+
+        // Polled by a task with another waker: the tick is polled again, to wake that one.
+        let other = Arc::new(Task::default());
+        let other_waker = Waker::from(other.clone());
+        let tick_waker = due.take(&other_waker).expect("a new waker").waker().clone();
+        tick_waker.wake();
+        assert_eq!(other.0.load(Ordering::Relaxed), 1);
+        assert_eq!(task.0.load(Ordering::Relaxed), 1);
     }
 }
