@@ -62,6 +62,12 @@ where
 struct Stack<'a> {
     name: &'a str,
     per_request: Vec<Duration>,
+    /// The size of its response future: what hyper and each layer move by value on every request.
+    future_bytes: usize,
+}
+
+fn future_bytes<S: Service<Request<Empty<Bytes>>>>(_: &S) -> usize {
+    std::mem::size_of::<S::Future>()
 }
 
 fn main() {
@@ -94,12 +100,17 @@ fn main() {
                 let name: &str = $name;
                 if only.as_deref().is_none_or(|w| name.contains(w)) {
                     let mut svc = $svc;
+                    let future_bytes = future_bytes(&svc);
                     serve_n(&mut svc, n.min(1_000)).await; // warm-up
                     let mut per_request = Vec::new();
                     for _ in 0..rounds {
                         per_request.push(serve_n(&mut svc, n).await);
                     }
-                    stacks.push(Stack { name, per_request });
+                    stacks.push(Stack {
+                        name,
+                        per_request,
+                        future_bytes,
+                    });
                 }
             }};
         }
@@ -132,7 +143,7 @@ fn main() {
             guard::GuardLayer::new(server.write_timeout).layer(routes())
         );
         measure!(
-            "+ request body timeout",
+            "+ body timeout (now on body routes only)",
             RequestBodyTimeoutLayer::new(server.read_timeout).layer(routes())
         );
         measure!(
@@ -161,8 +172,8 @@ fn main() {
             std::mem::size_of::<tower_http::compression::CompressionBody<axum::body::Body>>()
         );
         println!(
-            "{:<48} {:>22} {:>14}",
-            "stack", "ns/request (rounds)", "vs routes only"
+            "{:<48} {:>22} {:>14} {:>13}",
+            "stack", "ns/request (rounds)", "vs routes only", "future bytes"
         );
         for s in &stacks {
             let rounds: Vec<String> = s
@@ -171,7 +182,13 @@ fn main() {
                 .map(|d| d.as_nanos().to_string())
                 .collect();
             let m = median(s);
-            println!("{:<48} {:>22} {:>+14}", s.name, rounds.join(" "), m - base);
+            println!(
+                "{:<48} {:>22} {:>+14} {:>13}",
+                s.name,
+                rounds.join(" "),
+                m - base,
+                s.future_bytes
+            );
         }
     });
 }

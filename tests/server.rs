@@ -1,5 +1,6 @@
 //! Server behaviour: graceful shutdown drains in-flight requests; idle and header-read timeouts close
-//! connections, each in its own part of a connection's life (waiting for a request, reading its head).
+//! connections, each in its own part of a connection's life (waiting for a request, reading its head);
+//! the read timeout also answers a request whose body stops coming.
 
 mod common;
 
@@ -181,6 +182,42 @@ async fn a_head_sent_too_slowly_is_cut_off_though_bytes_keep_coming() {
         elapsed >= Duration::from_millis(550) && elapsed < Duration::from_millis(2_000),
         "cut off after {elapsed:?}"
     );
+}
+
+/// A body that stops coming is answered once the read timeout passes between its frames, well before
+/// the write timeout, on the routes that read one however they read it (a JSON document, an import's
+/// raw lines).
+#[tokio::test]
+async fn a_body_that_stops_coming_is_answered_at_the_read_timeout() {
+    let mut cfg = config(&migrated_db().await, None);
+    cfg.server.read_timeout = Duration::from_millis(600);
+    cfg.server.write_timeout = Duration::from_secs(20);
+    let s = Service::start(cfg).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    for (path, media_type) in [
+        ("/v1/classifications", "application/json"),
+        ("/v1/merchants", "application/json"),
+        ("/v1/merchants:import", "application/x-ndjson"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let t = Instant::now();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {media_type}\r\ncontent-length: 100\r\n\r\n{{\"name\""
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer in 10 s"))
+            .unwrap();
+        let elapsed = t.elapsed();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 4"), "{path}: {answer}");
+        assert!(
+            elapsed >= Duration::from_millis(550) && elapsed < Duration::from_secs(5),
+            "{path}: answered after {elapsed:?}"
+        );
+    }
 }
 
 /// A keep-alive connection waiting for its next request is governed by the idle timeout, not the

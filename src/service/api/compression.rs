@@ -89,7 +89,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if asks_for_encoding(req.headers()) {
             CompressWhenAskedFuture::Compressing {
-                inner: self.compressing.call(req),
+                inner: Box::pin(self.compressing.call(req)),
             }
         } else {
             CompressWhenAskedFuture::Plain {
@@ -103,7 +103,11 @@ pin_project_lite::pin_project! {
     #[project = Proj]
     pub enum CompressWhenAskedFuture<F> {
         Plain { #[pin] inner: F },
-        Compressing { #[pin] inner: ResponseFuture<F, DefaultPredicate> },
+        // Boxed: tower-http's future keeps the negotiated encodings and its predicate beside the
+        // inner one (168 bytes more on the service's stack), and an enum is as large as its largest
+        // variant, so inline every request's future carried them and copied them each time a layer
+        // or hyper moved it. A compressed answer allocates its encoder anyway.
+        Compressing { inner: Pin<Box<ResponseFuture<F, DefaultPredicate>>> },
     }
 }
 
@@ -120,6 +124,7 @@ where
                 r.map(Either::Left)
             }),
             Proj::Compressing { inner } => inner
+                .as_mut()
                 .poll(cx)
                 .map_ok(|r| r.map(|b: CompressionBody<Body>| Either::Right(b.boxed_unsync()))),
         }

@@ -88,9 +88,10 @@ pin_project_lite::pin_project! {
             inner: F,
             // Armed by the first poll that finds the request unanswered, a moment after it
             // arrived: the answers that are ready at once (health, in-process cache hits) never
-            // pay for a timer.
-            #[pin]
-            sleep: Option<tokio::time::Sleep>,
+            // pay for a timer. Boxed: inline, tokio's timer entry made every request's future 128
+            // bytes larger, copied each time a layer or hyper moved it; the requests that arm it
+            // wait on a dependency, next to which one allocation is nothing.
+            sleep: Option<Pin<Box<tokio::time::Sleep>>>,
             limit: Duration,
         },
         Panicked { answer: Option<Response> },
@@ -104,7 +105,7 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, mut sleep, limit) = match self.project() {
+        let (inner, sleep, limit) = match self.project() {
             Proj::Serving {
                 inner,
                 sleep,
@@ -121,13 +122,8 @@ where
             // The handler's future is not polled again: it is dropped with this one.
             Err(panic) => return Poll::Ready(Ok(panic_response(panic))),
         }
-        if sleep.is_none() {
-            sleep.set(Some(tokio::time::sleep(*limit)));
-        }
-        let Some(timer) = sleep.as_pin_mut() else {
-            unreachable!("the timer is armed above")
-        };
-        std::task::ready!(timer.poll(cx));
+        let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*limit)));
+        std::task::ready!(timer.as_mut().poll(cx));
         Poll::Ready(Ok(ApiError::Timeout(*limit).into_response()))
     }
 }
